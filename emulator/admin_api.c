@@ -1,0 +1,84 @@
+#include "admin_api.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "clock.h"
+#include "log.h"
+#include "util.h"
+
+static json_t *clock_json(void)
+{
+    char when[40];
+    int64_t now = emu_clock_now();
+    emu_time_rfc3339(now, when, sizeof when);
+    return json_pack("{s:s,s:I,s:I}", "now", when, "nowUnix", (json_int_t)now, "offsetSeconds",
+                     (json_int_t)emu_clock_offset());
+}
+
+static void h_health(emu_req *req, void *ud)
+{
+    emu_admin_ctx *ctx = ud;
+    hsm_stats st;
+    hsm_get_stats(ctx->hsm, &st);
+    json_t *j = json_pack("{s:s,s:s,s:I,s:o,s:{s:s}}", "status", "ok", "version", ctx->version,
+                          "uptimeSeconds", (json_int_t)(emu_wall_now() - ctx->started), "clock",
+                          clock_json(), "hsm", "module", hsm_module_path(ctx->hsm));
+    emu_send_json(req, 200, j);
+}
+
+static void h_clock_get(emu_req *req, void *ud)
+{
+    emu_send_json(req, 200, clock_json());
+}
+
+void emu_admin_load_clock(emu_store *store)
+{
+    char buf[32];
+    int64_t off;
+    if (emu_store_meta_get(store, "clock_offset", buf, sizeof buf) &&
+        emu_parse_i64(buf, INT64_MIN / 4, INT64_MAX / 4, &off))
+        emu_clock_set_offset(off);
+}
+
+static void h_clock_post(emu_req *req, void *ud)
+{
+    emu_admin_ctx *ctx = ud;
+    char err[256];
+    json_t *body = emu_req_json(req, false, err, sizeof err);
+    if (!body) {
+        emu_send_error(req, 400, "BadParameter", "%s", err);
+        return;
+    }
+    json_t *adv = json_object_get(body, "advance");
+    int64_t secs = 0;
+    if (!json_is_string(adv) || !emu_iso_duration_parse(json_string_value(adv), &secs)) {
+        json_decref(body);
+        emu_send_error(req, 400, "BadParameter",
+                       "Send {\"advance\": \"<ISO-8601 duration>\"}, e.g. \"P7D\" or \"PT1H\"; "
+                       "the clock only moves forward.");
+        return;
+    }
+    json_decref(body);
+    int64_t off = emu_clock_offset() + secs;
+    char buf[32];
+    snprintf(buf, sizeof buf, "%" PRId64, off);
+    if (!emu_store_meta_set(ctx->store, "clock_offset", buf)) {
+        emu_send_error(req, 500, "StoreError", "The clock offset could not be saved.");
+        return;
+    }
+    emu_clock_set_offset(off);
+    emu_log(EMU_LOG_INFO, "clock", "clock advanced by %" PRId64 " s (offset %" PRId64 " s)", secs,
+            off);
+    emu_clock_apply_due();
+    emu_send_json(req, 200, clock_json());
+}
+
+void emu_admin_register(emu_router *r, emu_admin_ctx *ctx)
+{
+    emu_router_add(r, "GET", "/_emulator/health", 0, NULL, h_health, ctx);
+    emu_router_add(r, "GET", "/_emulator/clock", 0, NULL, h_clock_get, ctx);
+    /* slow: hooks may purge keys or re-check environments through the HSM */
+    emu_router_add(r, "POST", "/_emulator/clock", EMU_ROUTE_SLOW, NULL, h_clock_post, ctx);
+}

@@ -1,0 +1,27 @@
+/*
+ * admin_api: the emulator's own endpoints under /_emulator: health (always open) and the
+ * clock (GET reads it; POST {"advance": "P7D"} moves it forward and applies what became
+ * due before answering).
+ */
+#ifndef CMKEMU_ADMIN_API_H
+#define CMKEMU_ADMIN_API_H
+
+#include <stdint.h>
+
+#include "hsm.h"
+#include "router.h"
+#include "store.h"
+
+typedef struct {
+    emu_store *store;
+    hsm_t *hsm;
+    const char *version;
+    const char *data_dir;
+    int64_t started; /* wall clock */
+} emu_admin_ctx;
+
+void emu_admin_register(emu_router *r, emu_admin_ctx *ctx);
+/* Loads the persisted clock offset from the store. */
+void emu_admin_load_clock(emu_store *store);
+
+#endif

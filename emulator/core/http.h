@@ -1,0 +1,33 @@
+/*
+ * http: the HTTPS server (libmicrohttpd with GnuTLS inside, epoll thread pool sized to the
+ * cores, TLS 1.2+). It turns a connection into an emu_req, enforces the input bounds
+ * (header count 431, body size 413), runs the route's precheck when the headers are in,
+ * and runs the handler either on the event thread (cheap routes) or on the worker pool with
+ * the connection suspended (EMU_ROUTE_SLOW).
+ */
+#ifndef CMKEMU_HTTP_H
+#define CMKEMU_HTTP_H
+
+#include <stddef.h>
+
+#include "router.h"
+#include "workers.h"
+
+typedef struct {
+    const char *host; /* numeric or "localhost" */
+    int port;         /* 0 = any free port */
+    int threads;      /* event threads */
+    const char *cert_pem, *key_pem;
+    long max_body, max_headers, max_json_depth;
+    const emu_router *router;
+    emu_workers *workers;
+} emu_http_config;
+
+typedef struct emu_http emu_http;
+
+emu_http *emu_http_start(const emu_http_config *cfg, char *err, size_t errlen);
+int emu_http_port(const emu_http *h);
+/* Stops accepting, closes connections, frees. NULL is a no-op. */
+void emu_http_stop(emu_http *h);
+
+#endif

@@ -1,0 +1,1958 @@
+#include "kv.h"
+
+#include <ctype.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/crypto.h>
+
+#include "clock.h"
+#include "log.h"
+#include "util.h"
+
+/* ---- in-memory model ------------------------------------------------------------------- */
+
+typedef struct kv_version {
+    char version[33];
+    int64_t seq;
+    uint8_t hsm_id[HSM_ID_LEN];
+    bool hsm; /* RSA-HSM */
+    unsigned bits;
+    uint8_t n[512];
+    size_t n_len;
+    uint8_t e[8];
+    size_t e_len;
+    unsigned ops;
+    bool enabled;
+    int64_t nbf, exp, created, updated;
+    json_t *tags; /* owned; NULL = none */
+} kv_version;
+
+typedef struct kv_key {
+    char name[128];  /* as created */
+    char lname[128]; /* lowercase: identity and sort order */
+    kv_version **versions; /* creation order; latest last */
+    size_t nversions, capversions;
+    kv_version **by_version; /* sorted by version string */
+    bool deleted;
+    int64_t deleted_date, scheduled_purge;
+    json_t *rotation_policy; /* owned; NULL = default */
+    int64_t rp_created, rp_updated;
+} kv_key;
+
+typedef struct kv_vault {
+    kv_vault_info info;
+    kv_key **keys; /* sorted by lname; live and deleted */
+    size_t nkeys, capkeys;
+} kv_vault;
+
+struct kv {
+    pthread_rwlock_t lock;
+    emu_store *store;
+    hsm_t *hsm;
+    kv_vault **vaults;
+    size_t nvaults;
+    int64_t next_seq;
+};
+
+static const emu_migration KV_MIGRATIONS[] = {
+    {"keyvault", 1,
+     "CREATE TABLE kv_vaults(name TEXT PRIMARY KEY, is_default INTEGER NOT NULL,"
+     " soft_delete INTEGER NOT NULL, retention_days INTEGER NOT NULL,"
+     " purge_protection INTEGER NOT NULL, rbac INTEGER NOT NULL, tenant TEXT NOT NULL,"
+     " created INTEGER NOT NULL);"
+     "CREATE TABLE kv_keys(vault TEXT NOT NULL REFERENCES kv_vaults(name) ON DELETE CASCADE,"
+     " lname TEXT NOT NULL, name TEXT NOT NULL, deleted_date INTEGER,"
+     " scheduled_purge INTEGER, rotation_policy TEXT, rp_created INTEGER, rp_updated INTEGER,"
+     " PRIMARY KEY(vault, lname));"
+     "CREATE TABLE kv_versions(vault TEXT NOT NULL, lname TEXT NOT NULL, version TEXT NOT NULL,"
+     " seq INTEGER NOT NULL, hsm_id BLOB NOT NULL, hsm INTEGER NOT NULL, bits INTEGER NOT NULL,"
+     " n BLOB NOT NULL, e BLOB NOT NULL, ops INTEGER NOT NULL, enabled INTEGER NOT NULL,"
+     " nbf INTEGER, exp INTEGER, created INTEGER NOT NULL, updated INTEGER NOT NULL,"
+     " tags TEXT, PRIMARY KEY(vault, lname, version),"
+     " FOREIGN KEY(vault, lname) REFERENCES kv_keys(vault, lname) ON DELETE CASCADE);"
+     "CREATE INDEX kv_versions_seq ON kv_versions(vault, lname, seq);"},
+};
+
+const char *kv_status_str(kv_status st)
+{
+    switch (st) {
+    case KV_OK: return "ok";
+    case KV_ERR_BAD_PARAM: return "bad parameter";
+    case KV_ERR_VAULT_NOT_FOUND: return "vault not found";
+    case KV_ERR_KEY_NOT_FOUND: return "key not found";
+    case KV_ERR_DELETED_CONFLICT: return "deleted but recoverable";
+    case KV_ERR_CONFLICT: return "conflict";
+    case KV_ERR_PURGE_PROTECTED: return "purge protected";
+    case KV_ERR_DISABLED: return "key disabled";
+    case KV_ERR_EXPIRED: return "key expired";
+    case KV_ERR_NOT_YET_VALID: return "key not yet valid";
+    case KV_ERR_OP_NOT_ALLOWED: return "operation not allowed";
+    case KV_ERR_FORBIDDEN: return "forbidden";
+    case KV_ERR_HSM: return "hsm failure";
+    case KV_ERR_STORE: return "store failure";
+    case KV_ERR_VAULT_EXISTS: return "vault exists";
+    }
+    return "?";
+}
+
+static kv_status fail(kv_err *e, kv_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static kv_status fail(kv_err *e, kv_status st, const char *fmt, ...)
+{
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+    }
+    return st;
+}
+
+static void lower_copy(char *dst, size_t dstlen, const char *src)
+{
+    size_t i = 0;
+    for (; src[i] && i + 1 < dstlen; i++)
+        dst[i] = (char)tolower((unsigned char)src[i]);
+    dst[i] = '\0';
+}
+
+static bool valid_key_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > 127)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '-')
+            return false;
+    return true;
+}
+
+static const char *recovery_level(const kv_vault_info *v)
+{
+    if (!v->soft_delete)
+        return "Purgeable";
+    if (v->purge_protection)
+        return v->retention_days == 90 ? "Recoverable" : "CustomizedRecoverable";
+    return v->retention_days == 90 ? "Recoverable+Purgeable" : "CustomizedRecoverable+Purgeable";
+}
+
+/* ---- lookups (caller holds the lock) ---------------------------------------------------- */
+
+static kv_vault *vault_find(kv_t *kv, const char *name)
+{
+    for (size_t i = 0; i < kv->nvaults; i++)
+        if (!strcasecmp(kv->vaults[i]->info.name, name))
+            return kv->vaults[i];
+    return NULL;
+}
+
+/* Index of the first key whose lname >= lname. */
+static size_t key_lower_bound(const kv_vault *v, const char *lname)
+{
+    size_t lo = 0, hi = v->nkeys;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (strcmp(v->keys[mid]->lname, lname) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static kv_key *key_find(const kv_vault *v, const char *name)
+{
+    char lname[128];
+    lower_copy(lname, sizeof lname, name);
+    size_t i = key_lower_bound(v, lname);
+    if (i < v->nkeys && !strcmp(v->keys[i]->lname, lname))
+        return v->keys[i];
+    return NULL;
+}
+
+static void key_insert(kv_vault *v, kv_key *k)
+{
+    size_t i = key_lower_bound(v, k->lname);
+    if (v->nkeys == v->capkeys) {
+        v->capkeys = v->capkeys ? v->capkeys * 2 : 16;
+        v->keys = emu_xrealloc(v->keys, v->capkeys * sizeof *v->keys);
+    }
+    memmove(v->keys + i + 1, v->keys + i, (v->nkeys - i) * sizeof *v->keys);
+    v->keys[i] = k;
+    v->nkeys++;
+}
+
+static void version_free(kv_version *ver)
+{
+    if (!ver)
+        return;
+    json_decref(ver->tags);
+    free(ver);
+}
+
+static void key_free(kv_key *k)
+{
+    if (!k)
+        return;
+    for (size_t i = 0; i < k->nversions; i++)
+        version_free(k->versions[i]);
+    free(k->versions);
+    free(k->by_version);
+    json_decref(k->rotation_policy);
+    free(k);
+}
+
+static void key_remove(kv_vault *v, kv_key *k)
+{
+    size_t i = key_lower_bound(v, k->lname);
+    if (i < v->nkeys && v->keys[i] == k) {
+        memmove(v->keys + i, v->keys + i + 1, (v->nkeys - i - 1) * sizeof *v->keys);
+        v->nkeys--;
+    }
+}
+
+static size_t version_lower_bound(const kv_key *k, const char *version)
+{
+    size_t lo = 0, hi = k->nversions;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (strcmp(k->by_version[mid]->version, version) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static kv_version *version_find(const kv_key *k, const char *version)
+{
+    if (!version || !*version)
+        return k->nversions ? k->versions[k->nversions - 1] : NULL;
+    char lv[40];
+    if (strlen(version) != 32)
+        return NULL;
+    lower_copy(lv, sizeof lv, version);
+    size_t i = version_lower_bound(k, lv);
+    if (i < k->nversions && !strcmp(k->by_version[i]->version, lv))
+        return k->by_version[i];
+    return NULL;
+}
+
+static void version_add(kv_key *k, kv_version *ver)
+{
+    if (k->nversions == k->capversions) {
+        k->capversions = k->capversions ? k->capversions * 2 : 4;
+        k->versions = emu_xrealloc(k->versions, k->capversions * sizeof *k->versions);
+        k->by_version = emu_xrealloc(k->by_version, k->capversions * sizeof *k->by_version);
+    }
+    /* creation order: by seq (restore and load may add out of order) */
+    size_t i = k->nversions;
+    while (i > 0 && k->versions[i - 1]->seq > ver->seq)
+        i--;
+    memmove(k->versions + i + 1, k->versions + i, (k->nversions - i) * sizeof *k->versions);
+    k->versions[i] = ver;
+    size_t j = version_lower_bound(k, ver->version);
+    memmove(k->by_version + j + 1, k->by_version + j,
+            (k->nversions - j) * sizeof *k->by_version);
+    k->by_version[j] = ver;
+    k->nversions++;
+}
+
+static void fill_view(const kv_vault *v, const kv_key *k, const kv_version *ver, kv_key_view *out)
+{
+    memset(out, 0, sizeof *out);
+    snprintf(out->vault, sizeof out->vault, "%s", v->info.name);
+    snprintf(out->name, sizeof out->name, "%s", k->name);
+    snprintf(out->version, sizeof out->version, "%s", ver->version);
+    snprintf(out->kty, sizeof out->kty, "%s", ver->hsm ? "RSA-HSM" : "RSA");
+    out->bits = ver->bits;
+    memcpy(out->n, ver->n, ver->n_len);
+    out->n_len = ver->n_len;
+    memcpy(out->e, ver->e, ver->e_len);
+    out->e_len = ver->e_len;
+    out->ops = ver->ops;
+    out->enabled = ver->enabled;
+    out->nbf = ver->nbf;
+    out->exp = ver->exp;
+    out->created = ver->created;
+    out->updated = ver->updated;
+    out->tags = ver->tags ? json_deep_copy(ver->tags) : NULL;
+    out->recovery_level = recovery_level(&v->info);
+    out->recoverable_days = v->info.soft_delete ? v->info.retention_days : 0;
+    out->deleted = k->deleted;
+    out->deleted_date = k->deleted_date;
+    out->scheduled_purge = k->scheduled_purge;
+}
+
+void kv_key_view_cleanup(kv_key_view *v)
+{
+    if (!v)
+        return;
+    json_decref(v->tags);
+    v->tags = NULL;
+}
+
+/* ---- key ops ---------------------------------------------------------------------------- */
+
+static const struct {
+    const char *name;
+    unsigned bit;
+} OPS[] = {
+    {"encrypt", KV_OP_ENCRYPT}, {"decrypt", KV_OP_DECRYPT},     {"sign", KV_OP_SIGN},
+    {"verify", KV_OP_VERIFY},   {"wrapKey", KV_OP_WRAP},        {"unwrapKey", KV_OP_UNWRAP},
+    {"import", KV_OP_IMPORT},   {"export", KV_OP_EXPORT},
+};
+
+bool kv_ops_parse(const json_t *arr, unsigned *mask, kv_err *e)
+{
+    if (!json_is_array(arr)) {
+        fail(e, KV_ERR_BAD_PARAM, "key_ops must be an array of operation names.");
+        return false;
+    }
+    unsigned m = 0;
+    size_t i;
+    json_t *it;
+    json_array_foreach(arr, i, it)
+    {
+        const char *s = json_string_value(it);
+        bool found = false;
+        for (size_t j = 0; s && j < sizeof OPS / sizeof OPS[0]; j++)
+            if (!strcasecmp(s, OPS[j].name)) {
+                m |= OPS[j].bit;
+                found = true;
+            }
+        if (!found) {
+            fail(e, KV_ERR_BAD_PARAM,
+                 "Invalid key operation '%s'. Allowed: encrypt, decrypt, sign, verify, wrapKey, "
+                 "unwrapKey, import, export.",
+                 s ? s : "(not a string)");
+            return false;
+        }
+    }
+    *mask = m;
+    return true;
+}
+
+json_t *kv_ops_json(unsigned mask)
+{
+    json_t *a = json_array();
+    for (size_t j = 0; j < sizeof OPS / sizeof OPS[0]; j++)
+        if (mask & OPS[j].bit)
+            json_array_append_new(a, json_string(OPS[j].name));
+    return a;
+}
+
+/* ---- persistence (caller holds kv write lock; takes the store lock) --------------------- */
+
+static bool bind_opt_i64(sqlite3_stmt *st, int idx, int64_t v)
+{
+    return (v ? sqlite3_bind_int64(st, idx, v) : sqlite3_bind_null(st, idx)) == SQLITE_OK;
+}
+
+static bool db_step_done(sqlite3 *db, sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        emu_log(EMU_LOG_ERROR, "kv", "store write failed: %s", sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE;
+}
+
+static bool db_put_key(sqlite3 *db, const char *vault, const kv_key *k)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           /* an upsert, not INSERT OR REPLACE: REPLACE deletes the row
+                            * first and the versions' ON DELETE CASCADE with it */
+                           "INSERT INTO kv_keys(vault,lname,name,deleted_date,"
+                           "scheduled_purge,rotation_policy,rp_created,rp_updated) "
+                           "VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(vault,lname) DO UPDATE SET "
+                           "name=excluded.name, deleted_date=excluded.deleted_date,"
+                           " scheduled_purge=excluded.scheduled_purge,"
+                           " rotation_policy=excluded.rotation_policy,"
+                           " rp_created=excluded.rp_created, rp_updated=excluded.rp_updated",
+                           -1, &st, NULL) != SQLITE_OK)
+        return false;
+    char *rp = k->rotation_policy ? json_dumps(k->rotation_policy, JSON_COMPACT) : NULL;
+    sqlite3_bind_text(st, 1, vault, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, k->lname, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, k->name, -1, SQLITE_STATIC);
+    bind_opt_i64(st, 4, k->deleted ? k->deleted_date : 0);
+    bind_opt_i64(st, 5, k->deleted ? k->scheduled_purge : 0);
+    if (rp)
+        sqlite3_bind_text(st, 6, rp, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, 6);
+    bind_opt_i64(st, 7, k->rp_created);
+    bind_opt_i64(st, 8, k->rp_updated);
+    free(rp);
+    return db_step_done(db, st);
+}
+
+static bool db_put_version(sqlite3 *db, const char *vault, const char *lname,
+                           const kv_version *ver)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "INSERT OR REPLACE INTO kv_versions(vault,lname,version,seq,hsm_id,hsm,"
+                           "bits,n,e,ops,enabled,nbf,exp,created,updated,tags) "
+                           "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return false;
+    char *tags = ver->tags ? json_dumps(ver->tags, JSON_COMPACT) : NULL;
+    sqlite3_bind_text(st, 1, vault, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, lname, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, ver->version, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, ver->seq);
+    sqlite3_bind_blob(st, 5, ver->hsm_id, HSM_ID_LEN, SQLITE_STATIC);
+    sqlite3_bind_int(st, 6, ver->hsm);
+    sqlite3_bind_int(st, 7, (int)ver->bits);
+    sqlite3_bind_blob(st, 8, ver->n, (int)ver->n_len, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 9, ver->e, (int)ver->e_len, SQLITE_STATIC);
+    sqlite3_bind_int(st, 10, (int)ver->ops);
+    sqlite3_bind_int(st, 11, ver->enabled);
+    bind_opt_i64(st, 12, ver->nbf);
+    bind_opt_i64(st, 13, ver->exp);
+    sqlite3_bind_int64(st, 14, ver->created);
+    sqlite3_bind_int64(st, 15, ver->updated);
+    if (tags)
+        sqlite3_bind_text(st, 16, tags, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, 16);
+    free(tags);
+    return db_step_done(db, st);
+}
+
+static bool db_delete_key(sqlite3 *db, const char *vault, const char *lname)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "DELETE FROM kv_keys WHERE vault=? AND lname=?", -1, &st, NULL) !=
+        SQLITE_OK)
+        return false;
+    sqlite3_bind_text(st, 1, vault, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, lname, -1, SQLITE_STATIC);
+    return db_step_done(db, st);
+}
+
+/* Runs fn inside one transaction; true if committed. */
+typedef bool (*db_fn)(sqlite3 *db, void *ud);
+static bool db_txn(kv_t *kv, db_fn fn, void *ud)
+{
+    sqlite3 *db = emu_store_lock(kv->store);
+    bool ok = emu_store_begin(db);
+    if (ok) {
+        ok = fn(db, ud);
+        if (ok)
+            ok = emu_store_commit(db);
+        else
+            emu_store_rollback(db);
+    }
+    emu_store_unlock(kv->store);
+    return ok;
+}
+
+/* ---- open / load ------------------------------------------------------------------------ */
+
+static kv_vault *vault_from_info(const kv_vault_info *info)
+{
+    kv_vault *v = emu_xcalloc(1, sizeof *v);
+    v->info = *info;
+    lower_copy(v->info.name, sizeof v->info.name, info->name);
+    return v;
+}
+
+static bool load_all(kv_t *kv, char *err, size_t errlen)
+{
+    sqlite3 *db = emu_store_lock(kv->store);
+    sqlite3_stmt *st = NULL;
+    bool ok = false;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT name,is_default,soft_delete,retention_days,purge_protection,"
+                           "rbac,tenant,created FROM kv_vaults ORDER BY name",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        kv_vault_info info = {0};
+        snprintf(info.name, sizeof info.name, "%s", (const char *)sqlite3_column_text(st, 0));
+        info.is_default = sqlite3_column_int(st, 1);
+        info.soft_delete = sqlite3_column_int(st, 2);
+        info.retention_days = sqlite3_column_int(st, 3);
+        info.purge_protection = sqlite3_column_int(st, 4);
+        info.rbac = sqlite3_column_int(st, 5);
+        snprintf(info.tenant, sizeof info.tenant, "%s", (const char *)sqlite3_column_text(st, 6));
+        info.created = sqlite3_column_int64(st, 7);
+        kv->vaults = emu_xrealloc(kv->vaults, (kv->nvaults + 1) * sizeof *kv->vaults);
+        kv->vaults[kv->nvaults++] = vault_from_info(&info);
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT vault,lname,name,deleted_date,scheduled_purge,rotation_policy,"
+                           "rp_created,rp_updated FROM kv_keys ORDER BY vault, lname",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        kv_vault *v = vault_find(kv, (const char *)sqlite3_column_text(st, 0));
+        if (!v)
+            continue;
+        kv_key *k = emu_xcalloc(1, sizeof *k);
+        snprintf(k->lname, sizeof k->lname, "%s", (const char *)sqlite3_column_text(st, 1));
+        snprintf(k->name, sizeof k->name, "%s", (const char *)sqlite3_column_text(st, 2));
+        k->deleted = sqlite3_column_type(st, 3) != SQLITE_NULL;
+        k->deleted_date = sqlite3_column_int64(st, 3);
+        k->scheduled_purge = sqlite3_column_int64(st, 4);
+        if (sqlite3_column_type(st, 5) != SQLITE_NULL)
+            k->rotation_policy =
+                json_loads((const char *)sqlite3_column_text(st, 5), 0, NULL);
+        k->rp_created = sqlite3_column_int64(st, 6);
+        k->rp_updated = sqlite3_column_int64(st, 7);
+        /* rows come sorted by lname: append */
+        if (v->nkeys == v->capkeys) {
+            v->capkeys = v->capkeys ? v->capkeys * 2 : 16;
+            v->keys = emu_xrealloc(v->keys, v->capkeys * sizeof *v->keys);
+        }
+        v->keys[v->nkeys++] = k;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT vault,lname,version,seq,hsm_id,hsm,bits,n,e,ops,enabled,nbf,"
+                           "exp,created,updated,tags FROM kv_versions ORDER BY vault,lname,seq",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        kv_vault *v = vault_find(kv, (const char *)sqlite3_column_text(st, 0));
+        kv_key *k = v ? key_find(v, (const char *)sqlite3_column_text(st, 1)) : NULL;
+        if (!k)
+            continue;
+        kv_version *ver = emu_xcalloc(1, sizeof *ver);
+        snprintf(ver->version, sizeof ver->version, "%s", (const char *)sqlite3_column_text(st, 2));
+        ver->seq = sqlite3_column_int64(st, 3);
+        if (sqlite3_column_bytes(st, 4) == HSM_ID_LEN)
+            memcpy(ver->hsm_id, sqlite3_column_blob(st, 4), HSM_ID_LEN);
+        ver->hsm = sqlite3_column_int(st, 5);
+        ver->bits = (unsigned)sqlite3_column_int(st, 6);
+        ver->n_len = (size_t)sqlite3_column_bytes(st, 7);
+        if (ver->n_len > sizeof ver->n)
+            ver->n_len = sizeof ver->n;
+        memcpy(ver->n, sqlite3_column_blob(st, 7), ver->n_len);
+        ver->e_len = (size_t)sqlite3_column_bytes(st, 8);
+        if (ver->e_len > sizeof ver->e)
+            ver->e_len = sizeof ver->e;
+        memcpy(ver->e, sqlite3_column_blob(st, 8), ver->e_len);
+        ver->ops = (unsigned)sqlite3_column_int(st, 9);
+        ver->enabled = sqlite3_column_int(st, 10);
+        ver->nbf = sqlite3_column_int64(st, 11);
+        ver->exp = sqlite3_column_int64(st, 12);
+        ver->created = sqlite3_column_int64(st, 13);
+        ver->updated = sqlite3_column_int64(st, 14);
+        if (sqlite3_column_type(st, 15) != SQLITE_NULL)
+            ver->tags = json_loads((const char *)sqlite3_column_text(st, 15), 0, NULL);
+        if (ver->seq >= kv->next_seq)
+            kv->next_seq = ver->seq + 1;
+        version_add(k, ver);
+    }
+    ok = true;
+out:
+    if (!ok)
+        snprintf(err, errlen, "cannot load key vault state: %s", sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    emu_store_unlock(kv->store);
+    return ok;
+}
+
+/* Reconcile token and store: token key pairs that no row refers to are destroyed (a crash
+ * between creating the object and committing its row, or between a purge's commit and the
+ * object's destruction). Rows whose object is missing are reported. */
+typedef struct {
+    uint8_t (*ids)[HSM_ID_LEN];
+    size_t n, cap;
+} id_list;
+
+static void collect_id(const uint8_t id[HSM_ID_LEN], void *ud)
+{
+    id_list *l = ud;
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 64;
+        l->ids = emu_xrealloc(l->ids, l->cap * HSM_ID_LEN);
+    }
+    memcpy(l->ids[l->n++], id, HSM_ID_LEN);
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+    return memcmp(a, b, HSM_ID_LEN);
+}
+
+/* Other domains (platform keys, token signing key) register the ids they own so that
+ * reconciliation spares them; they live in table hsm_owned. */
+static bool id_owned_elsewhere(sqlite3 *db, const uint8_t id[HSM_ID_LEN])
+{
+    sqlite3_stmt *st = NULL;
+    bool found = false;
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM hsm_owned WHERE hsm_id=?", -1, &st, NULL) ==
+        SQLITE_OK) {
+        sqlite3_bind_blob(st, 1, id, HSM_ID_LEN, SQLITE_STATIC);
+        found = sqlite3_step(st) == SQLITE_ROW;
+    }
+    sqlite3_finalize(st);
+    return found;
+}
+
+static void reconcile(kv_t *kv)
+{
+    id_list token = {0}, rows = {0};
+    if (hsm_key_foreach(kv->hsm, collect_id, &token) != HSM_OK) {
+        emu_log(EMU_LOG_WARN, "kv", "cannot list token keys; reconciliation skipped");
+        return;
+    }
+    for (size_t i = 0; i < kv->nvaults; i++)
+        for (size_t j = 0; j < kv->vaults[i]->nkeys; j++) {
+            kv_key *k = kv->vaults[i]->keys[j];
+            for (size_t x = 0; x < k->nversions; x++)
+                collect_id(k->versions[x]->hsm_id, &rows);
+        }
+    if (token.n)
+        qsort(token.ids, token.n, HSM_ID_LEN, cmp_id);
+    if (rows.n)
+        qsort(rows.ids, rows.n, HSM_ID_LEN, cmp_id);
+    sqlite3 *db = emu_store_lock(kv->store);
+    size_t orphans = 0, missing = 0;
+    for (size_t i = 0; i < token.n; i++) {
+        if (rows.n && bsearch(token.ids[i], rows.ids, rows.n, HSM_ID_LEN, cmp_id))
+            continue;
+        if (id_owned_elsewhere(db, token.ids[i]))
+            continue;
+        hsm_key_destroy(kv->hsm, token.ids[i]);
+        orphans++;
+    }
+    emu_store_unlock(kv->store);
+    for (size_t i = 0; i < rows.n; i++)
+        if (!token.n || !bsearch(rows.ids[i], token.ids, token.n, HSM_ID_LEN, cmp_id))
+            missing++;
+    if (orphans)
+        emu_log(EMU_LOG_WARN, "kv", "destroyed %zu token key pair(s) that no key version refers to",
+                orphans);
+    if (missing)
+        emu_log(EMU_LOG_ERROR, "kv",
+                "%zu key version(s) have no key pair in the token: their crypto operations fail",
+                missing);
+    free(token.ids);
+    free(rows.ids);
+}
+
+static void due_hook(int64_t now, void *ud)
+{
+    kv_apply_due(ud, now);
+}
+
+kv_t *kv_open(emu_store *store, hsm_t *hsm, char *err, size_t errlen)
+{
+    if (!emu_store_migrate(store, KV_MIGRATIONS, sizeof KV_MIGRATIONS / sizeof KV_MIGRATIONS[0],
+                           err, errlen))
+        return NULL;
+    {
+        sqlite3 *db = emu_store_lock(store);
+        bool ok = emu_store_exec(db, "CREATE TABLE IF NOT EXISTS hsm_owned(hsm_id BLOB PRIMARY "
+                                     "KEY, owner TEXT NOT NULL)");
+        emu_store_unlock(store);
+        if (!ok) {
+            snprintf(err, errlen, "cannot create table hsm_owned");
+            return NULL;
+        }
+    }
+    kv_t *kv = emu_xcalloc(1, sizeof *kv);
+    pthread_rwlock_init(&kv->lock, NULL);
+    kv->store = store;
+    kv->hsm = hsm;
+    kv->next_seq = 1;
+    if (!load_all(kv, err, errlen)) {
+        kv_close(kv);
+        return NULL;
+    }
+    reconcile(kv);
+    emu_clock_hook_add(due_hook, kv);
+    return kv;
+}
+
+void kv_close(kv_t *kv)
+{
+    if (!kv)
+        return;
+    for (size_t i = 0; i < kv->nvaults; i++) {
+        for (size_t j = 0; j < kv->vaults[i]->nkeys; j++)
+            key_free(kv->vaults[i]->keys[j]);
+        free(kv->vaults[i]->keys);
+        free(kv->vaults[i]);
+    }
+    free(kv->vaults);
+    pthread_rwlock_destroy(&kv->lock);
+    free(kv);
+}
+
+hsm_t *kv_hsm(kv_t *kv)
+{
+    return kv->hsm;
+}
+
+/* ---- vaults ----------------------------------------------------------------------------- */
+
+static bool valid_vault_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 3 || n > 24 || !isalpha((unsigned char)s[0]) || s[n - 1] == '-')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (!isalnum((unsigned char)s[i]) && s[i] != '-')
+            return false;
+        if (s[i] == '-' && s[i + 1] == '-')
+            return false;
+    }
+    return true;
+}
+
+typedef struct {
+    const kv_vault_info *info;
+} vault_put_ud;
+
+static bool db_put_vault(sqlite3 *db, void *ud)
+{
+    const kv_vault_info *i = ((vault_put_ud *)ud)->info;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "INSERT INTO kv_vaults(name,is_default,soft_delete,"
+                           "retention_days,purge_protection,rbac,tenant,created) "
+                           "VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                           "is_default=excluded.is_default, soft_delete=excluded.soft_delete,"
+                           " retention_days=excluded.retention_days,"
+                           " purge_protection=excluded.purge_protection, rbac=excluded.rbac,"
+                           " tenant=excluded.tenant",
+                           -1, &st, NULL) != SQLITE_OK)
+        return false;
+    sqlite3_bind_text(st, 1, i->name, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 2, i->is_default);
+    sqlite3_bind_int(st, 3, i->soft_delete);
+    sqlite3_bind_int(st, 4, i->retention_days);
+    sqlite3_bind_int(st, 5, i->purge_protection);
+    sqlite3_bind_int(st, 6, i->rbac);
+    sqlite3_bind_text(st, 7, i->tenant, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 8, i->created);
+    return db_step_done(db, st);
+}
+
+kv_status kv_vault_create(kv_t *kv, const kv_vault_info *info, kv_err *e)
+{
+    if (!valid_vault_name(info->name))
+        return fail(e, KV_ERR_BAD_PARAM,
+                    "Vault name '%s' is invalid: 3-24 characters, letters, digits and single "
+                    "dashes, starting with a letter.",
+                    info->name);
+    if (info->retention_days < 7 || info->retention_days > 90)
+        return fail(e, KV_ERR_BAD_PARAM, "softDeleteRetentionInDays must be from 7 to 90.");
+    kv_vault *v = vault_from_info(info);
+    if (!v->info.created)
+        v->info.created = emu_clock_now();
+    pthread_rwlock_wrlock(&kv->lock);
+    kv_status st = KV_OK;
+    if (vault_find(kv, v->info.name)) {
+        st = fail(e, KV_ERR_VAULT_EXISTS, "A vault named '%s' already exists.", v->info.name);
+    } else {
+        for (size_t i = 0; i < kv->nvaults && v->info.is_default; i++)
+            if (kv->vaults[i]->info.is_default)
+                st = fail(e, KV_ERR_CONFLICT, "Vault '%s' is already the default vault.",
+                          kv->vaults[i]->info.name);
+    }
+    if (st == KV_OK) {
+        vault_put_ud ud = {&v->info};
+        if (!db_txn(kv, db_put_vault, &ud))
+            st = fail(e, KV_ERR_STORE, "The vault could not be saved.");
+    }
+    if (st == KV_OK) {
+        kv->vaults = emu_xrealloc(kv->vaults, (kv->nvaults + 1) * sizeof *kv->vaults);
+        kv->vaults[kv->nvaults++] = v;
+        v = NULL;
+    }
+    pthread_rwlock_unlock(&kv->lock);
+    free(v);
+    return st;
+}
+
+kv_status kv_vault_get(kv_t *kv, const char *name, kv_vault_info *out)
+{
+    pthread_rwlock_rdlock(&kv->lock);
+    kv_vault *v = vault_find(kv, name);
+    if (v)
+        *out = v->info;
+    pthread_rwlock_unlock(&kv->lock);
+    return v ? KV_OK : KV_ERR_VAULT_NOT_FOUND;
+}
+
+bool kv_vault_default(kv_t *kv, char *out, size_t outlen)
+{
+    bool found = false;
+    pthread_rwlock_rdlock(&kv->lock);
+    for (size_t i = 0; i < kv->nvaults && !found; i++)
+        if (kv->vaults[i]->info.is_default) {
+            snprintf(out, outlen, "%s", kv->vaults[i]->info.name);
+            found = true;
+        }
+    pthread_rwlock_unlock(&kv->lock);
+    return found;
+}
+
+size_t kv_vault_count(kv_t *kv)
+{
+    pthread_rwlock_rdlock(&kv->lock);
+    size_t n = kv->nvaults;
+    pthread_rwlock_unlock(&kv->lock);
+    return n;
+}
+
+size_t kv_key_count(kv_t *kv, const char *vault)
+{
+    pthread_rwlock_rdlock(&kv->lock);
+    kv_vault *v = vault_find(kv, vault);
+    size_t n = v ? v->nkeys : 0;
+    pthread_rwlock_unlock(&kv->lock);
+    return n;
+}
+
+/* ---- create / import -------------------------------------------------------------------- */
+
+static kv_status hsm_fail(kv_err *e, hsm_status hs, const char *what)
+{
+    if (hs == HSM_ERR_ARGS)
+        return fail(e, KV_ERR_BAD_PARAM, "The HSM refused the %s: invalid parameters.", what);
+    return fail(e, KV_ERR_HSM, "The HSM failed the %s (%s).", what, hsm_status_str(hs));
+}
+
+/* Checks that name may get a new version: vault exists, key not soft-deleted. Lock held. */
+static kv_status check_new_version(kv_t *kv, const char *vault, const char *name, kv_vault **vp,
+                                   kv_key **kp, kv_err *e)
+{
+    kv_vault *v = vault_find(kv, vault);
+    if (!v)
+        return fail(e, KV_ERR_VAULT_NOT_FOUND, "Vault '%s' does not exist.", vault);
+    kv_key *k = key_find(v, name);
+    if (k && k->deleted)
+        return fail(e, KV_ERR_DELETED_CONFLICT,
+                    "Key %s is currently in a deleted but recoverable state, and its name "
+                    "cannot be reused; in this state, the key can only be recovered or purged.",
+                    name);
+    *vp = v;
+    *kp = k;
+    return KV_OK;
+}
+
+typedef struct {
+    const char *vault;
+    kv_key *key;
+    bool put_key;
+    kv_version **versions;
+    size_t nversions;
+} put_ud;
+
+static bool db_put_key_versions(sqlite3 *db, void *vud)
+{
+    put_ud *u = vud;
+    if (u->put_key && !db_put_key(db, u->vault, u->key))
+        return false;
+    for (size_t i = 0; i < u->nversions; i++)
+        if (!db_put_version(db, u->vault, u->key->lname, u->versions[i]))
+            return false;
+    return true;
+}
+
+static json_t *policy_get_default(void);
+static int64_t policy_expiry_seconds(const json_t *policy);
+
+/* Adds a version whose key pair already exists in the token. On failure the pair is
+ * destroyed. */
+static kv_status add_version(kv_t *kv, const char *vault, const char *name, kv_version *ver,
+                             kv_key_view *out, kv_err *e)
+{
+    pthread_rwlock_wrlock(&kv->lock);
+    kv_vault *v = NULL;
+    kv_key *k = NULL;
+    kv_status st = check_new_version(kv, vault, name, &v, &k, e);
+    bool new_key = false;
+    if (st == KV_OK) {
+        if (!k) {
+            k = emu_xcalloc(1, sizeof *k);
+            snprintf(k->name, sizeof k->name, "%s", name);
+            lower_copy(k->lname, sizeof k->lname, name);
+            new_key = true;
+        }
+        ver->seq = kv->next_seq++;
+        if (!ver->exp && k->rotation_policy) {
+            int64_t life = policy_expiry_seconds(k->rotation_policy);
+            if (life > 0)
+                ver->exp = ver->created + life;
+        }
+        put_ud ud = {v->info.name, k, new_key, &ver, 1};
+        if (!db_txn(kv, db_put_key_versions, &ud)) {
+            st = fail(e, KV_ERR_STORE, "The key could not be saved.");
+            if (new_key)
+                key_free(k);
+        } else {
+            if (new_key)
+                key_insert(v, k);
+            version_add(k, ver);
+            if (out)
+                fill_view(v, k, ver, out);
+            ver = NULL;
+        }
+    }
+    pthread_rwlock_unlock(&kv->lock);
+    if (ver) {
+        hsm_key_destroy(kv->hsm, ver->hsm_id);
+        version_free(ver);
+    }
+    return st;
+}
+
+static void new_version_id(kv_t *kv, char out[33])
+{
+    uint8_t r[16];
+    if (hsm_random(kv->hsm, r, sizeof r) != HSM_OK) {
+        char g[37];
+        emu_guid(g); /* OpenSSL CSPRNG fallback */
+        size_t o = 0;
+        for (size_t i = 0; g[i] && o < 32; i++)
+            if (g[i] != '-')
+                out[o++] = g[i];
+        out[32] = '\0';
+        return;
+    }
+    emu_hex_encode(r, 16, out);
+}
+
+static kv_status validate_create(const char *name, const kv_create_params *p, kv_err *e)
+{
+    if (!valid_key_name(name))
+        return fail(e, KV_ERR_BAD_PARAM,
+                    "Key name '%.130s' is invalid: use 1-127 letters, digits and dashes.", name);
+    if (p->nbf && p->exp && p->nbf >= p->exp)
+        return fail(e, KV_ERR_BAD_PARAM, "The key's nbf must be earlier than its exp.");
+    return KV_OK;
+}
+
+static kv_version *version_new(kv_t *kv, const kv_create_params *p)
+{
+    kv_version *ver = emu_xcalloc(1, sizeof *ver);
+    new_version_id(kv, ver->version);
+    ver->hsm = p->hsm;
+    ver->ops = p->ops ? p->ops : KV_OPS_RSA_DEFAULT;
+    ver->enabled = p->has_enabled ? p->enabled : true;
+    ver->nbf = p->nbf;
+    ver->exp = p->exp;
+    ver->created = ver->updated = emu_clock_now();
+    ver->tags = p->tags ? json_deep_copy(p->tags) : NULL;
+    return ver;
+}
+
+static kv_status fill_public(kv_t *kv, kv_version *ver, kv_err *e)
+{
+    uint8_t *n = NULL, *ex = NULL;
+    size_t nl = 0, el = 0;
+    hsm_status hs = hsm_rsa_public(kv->hsm, ver->hsm_id, &n, &nl, &ex, &el);
+    if (hs != HSM_OK)
+        return hsm_fail(e, hs, "public key export");
+    if (nl > sizeof ver->n || el > sizeof ver->e) {
+        free(n);
+        free(ex);
+        return fail(e, KV_ERR_BAD_PARAM, "The key is larger than supported.");
+    }
+    memcpy(ver->n, n, nl);
+    ver->n_len = nl;
+    memcpy(ver->e, ex, el);
+    ver->e_len = el;
+    ver->bits = (unsigned)nl * 8;
+    if (nl && n[0] < 0x80) { /* bits from the leading byte */
+        unsigned b = 0;
+        for (uint8_t x = n[0]; x; x >>= 1)
+            b++;
+        ver->bits = (unsigned)(nl - 1) * 8 + b;
+    }
+    free(n);
+    free(ex);
+    return KV_OK;
+}
+
+kv_status kv_key_create(kv_t *kv, const char *vault, const char *name, const kv_create_params *p,
+                        kv_key_view *out, kv_err *e)
+{
+    kv_status st = validate_create(name, p, e);
+    if (st != KV_OK)
+        return st;
+    if (p->bits != 2048 && p->bits != 3072 && p->bits != 4096)
+        return fail(e, KV_ERR_BAD_PARAM,
+                    "The key size %u is not supported for RSA keys: use 2048, 3072 or 4096.",
+                    p->bits);
+    if (p->exponent && (p->exponent < 3 || !(p->exponent & 1)))
+        return fail(e, KV_ERR_BAD_PARAM, "public_exponent must be an odd number of at least 3.");
+    /* fail fast before the slow key generation */
+    pthread_rwlock_rdlock(&kv->lock);
+    kv_vault *v = NULL;
+    kv_key *k = NULL;
+    st = check_new_version(kv, vault, name, &v, &k, e);
+    pthread_rwlock_unlock(&kv->lock);
+    if (st != KV_OK)
+        return st;
+    kv_version *ver = version_new(kv, p);
+    char label[256];
+    snprintf(label, sizeof label, "%s/%s/%s", vault, name, ver->version);
+    hsm_status hs = hsm_rsa_generate(kv->hsm, p->bits, p->exponent, label, ver->hsm_id);
+    if (hs != HSM_OK) {
+        version_free(ver);
+        return hsm_fail(e, hs, "key generation");
+    }
+    st = fill_public(kv, ver, e);
+    if (st != KV_OK) {
+        hsm_key_destroy(kv->hsm, ver->hsm_id);
+        version_free(ver);
+        return st;
+    }
+    return add_version(kv, vault, name, ver, out, e);
+}
+
+kv_status kv_key_import(kv_t *kv, const char *vault, const char *name,
+                        const hsm_rsa_components *c, const kv_create_params *p, kv_key_view *out,
+                        kv_err *e)
+{
+    kv_status st = validate_create(name, p, e);
+    if (st != KV_OK)
+        return st;
+    pthread_rwlock_rdlock(&kv->lock);
+    kv_vault *v = NULL;
+    kv_key *k = NULL;
+    st = check_new_version(kv, vault, name, &v, &k, e);
+    pthread_rwlock_unlock(&kv->lock);
+    if (st != KV_OK)
+        return st;
+    kv_version *ver = version_new(kv, p);
+    char label[256];
+    snprintf(label, sizeof label, "%s/%s/%s", vault, name, ver->version);
+    hsm_status hs = hsm_rsa_import(kv->hsm, c, label, ver->hsm_id);
+    if (hs != HSM_OK) {
+        version_free(ver);
+        if (hs == HSM_ERR_ARGS)
+            return fail(e, KV_ERR_BAD_PARAM,
+                        "The RSA key could not be imported: it needs n, e, d, p and q of a "
+                        "2048-4096 bit key that belong together.");
+        return hsm_fail(e, hs, "key import");
+    }
+    st = fill_public(kv, ver, e);
+    if (st == KV_OK && (ver->bits < 2048 || ver->bits > 4096))
+        st = fail(e, KV_ERR_BAD_PARAM, "RSA keys of %u bits are not supported (2048-4096).",
+                  ver->bits);
+    if (st != KV_OK) {
+        hsm_key_destroy(kv->hsm, ver->hsm_id);
+        version_free(ver);
+        return st;
+    }
+    return add_version(kv, vault, name, ver, out, e);
+}
+
+/* ---- read ------------------------------------------------------------------------------- */
+
+/* Finds a live key version. Lock held. */
+static kv_status live_version(kv_t *kv, const char *vault, const char *name, const char *version,
+                              kv_vault **vp, kv_key **kp, kv_version **verp, kv_err *e)
+{
+    kv_vault *v = vault_find(kv, vault);
+    if (!v)
+        return fail(e, KV_ERR_VAULT_NOT_FOUND, "Vault '%s' does not exist.", vault);
+    kv_key *k = key_find(v, name);
+    if (!k || k->deleted)
+        return fail(e, KV_ERR_KEY_NOT_FOUND, "A key with (name/id) %.130s was not found in this "
+                                             "key vault.",
+                    name);
+    kv_version *ver = version_find(k, version);
+    if (!ver)
+        return fail(e, KV_ERR_KEY_NOT_FOUND,
+                    "A key with (name/id) %.130s/%.40s was not found in this key vault.", name,
+                    version ? version : "");
+    *vp = v;
+    *kp = k;
+    *verp = ver;
+    return KV_OK;
+}
+
+kv_status kv_key_get(kv_t *kv, const char *vault, const char *name, const char *version,
+                     kv_key_view *out, kv_err *e)
+{
+    pthread_rwlock_rdlock(&kv->lock);
+    kv_vault *v;
+    kv_key *k;
+    kv_version *ver;
+    kv_status st = live_version(kv, vault, name, version, &v, &k, &ver, e);
+    if (st == KV_OK)
+        fill_view(v, k, ver, out);
+    pthread_rwlock_unlock(&kv->lock);
+    return st;
+}
+
+typedef struct {
+    const char *vault, *lname;
+    kv_version *ver;
+} ver_ud;
+
+static bool db_put_one_version(sqlite3 *db, void *vud)
+{
+    ver_ud *u = vud;
+    return db_put_version(db, u->vault, u->lname, u->ver);
+}
+
+kv_status kv_key_update(kv_t *kv, const char *vault, const char *name, const char *version,
+                        const kv_update_params *p, kv_key_view *out, kv_err *e)
+{
+    pthread_rwlock_wrlock(&kv->lock);
+    kv_vault *v;
+    kv_key *k;
+    kv_version *ver;
+    kv_status st = live_version(kv, vault, name, version, &v, &k, &ver, e);
+    if (st == KV_OK) {
+        kv_version next = *ver;
+        if (p->has_ops)
+            next.ops = p->ops;
+        if (p->has_enabled)
+            next.enabled = p->enabled;
+        if (p->has_nbf)
+            next.nbf = p->nbf;
+        if (p->has_exp)
+            next.exp = p->exp;
+        if (next.nbf && next.exp && next.nbf >= next.exp) {
+            st = fail(e, KV_ERR_BAD_PARAM, "The key's nbf must be earlier than its exp.");
+        } else {
+            next.tags = p->tags ? json_deep_copy(p->tags) : (ver->tags ? json_incref(ver->tags)
+                                                                       : NULL);
+            next.updated = emu_clock_now();
+            ver_ud ud = {v->info.name, k->lname, &next};
+            if (!db_txn(kv, db_put_one_version, &ud)) {
+                json_decref(next.tags);
+                st = fail(e, KV_ERR_STORE, "The key could not be saved.");
+            } else {
+                json_decref(ver->tags);
+                *ver = next;
+                fill_view(v, k, ver, out);
+            }
+        }
+    }
+    pthread_rwlock_unlock(&kv->lock);
+    return st;
+}
+
+static kv_status list_keys(kv_t *kv, const char *vault, const char *after, size_t max,
+                           bool deleted, kv_key_view *out, size_t *n, bool *more, kv_err *e)
+{
+    *n = 0;
+    *more = false;
+    pthread_rwlock_rdlock(&kv->lock);
+    kv_vault *v = vault_find(kv, vault);
+    if (!v) {
+        pthread_rwlock_unlock(&kv->lock);
+        return fail(e, KV_ERR_VAULT_NOT_FOUND, "Vault '%s' does not exist.", vault);
+    }
+    char lafter[128];
+    lower_copy(lafter, sizeof lafter, after ? after : "");
+    size_t i = lafter[0] ? key_lower_bound(v, lafter) : 0;
+    if (i < v->nkeys && lafter[0] && !strcmp(v->keys[i]->lname, lafter))
+        i++;
+    for (; i < v->nkeys; i++) {
+        kv_key *k = v->keys[i];
+        if (k->deleted != deleted || !k->nversions)
+            continue;
+        if (*n == max) {
+            *more = true;
+            break;
+        }
+        fill_view(v, k, k->versions[k->nversions - 1], &out[(*n)++]);
+    }
+    pthread_rwlock_unlock(&kv->lock);
+    return KV_OK;
+}
+
+kv_status kv_key_list(kv_t *kv, const char *vault, const char *after, size_t max,
+                      kv_key_view *out, size_t *n, bool *more, kv_err *e)
+{
+    return list_keys(kv, vault, after, max, false, out, n, more, e);
+}
+
+kv_status kv_deleted_list(kv_t *kv, const char *vault, const char *after, size_t max,
+                          kv_key_view *out, size_t *n, bool *more, kv_err *e)
+{
+    return list_keys(kv, vault, after, max, true, out, n, more, e);
+}
+
+kv_status kv_key_versions(kv_t *kv, const char *vault, const char *name, size_t start,
+                          size_t max, kv_key_view *out, size_t *n, bool *more, kv_err *e)
+{
+    *n = 0;
+    *more = false;
+    pthread_rwlock_rdlock(&kv->lock);
+    kv_vault *v;
+    kv_key *k;
+    kv_version *ver;
+    kv_status st = live_version(kv, vault, name, "", &v, &k, &ver, e);
+    if (st == KV_OK) {
+        for (size_t i = start; i < k->nversions; i++) {
+            if (*n == max) {
+                *more = true;
+                break;
+            }
+            fill_view(v, k, k->versions[i], &out[(*n)++]);
+        }
+    }
+    pthread_rwlock_unlock(&kv->lock);
+    return st;
+}
+
+/* ---- delete, recover, purge ------------------------------------------------------------- */
+
+typedef struct {
+    const char *vault;
+    kv_key *key; /* with the new deleted fields */
+} key_ud;
+
+static bool db_put_key_only(sqlite3 *db, void *vud)
+{
+    key_ud *u = vud;
+    return db_put_key(db, u->vault, u->key);
+}
+
+static bool db_delete_key_fn(sqlite3 *db, void *vud)
+{
+    key_ud *u = vud;
+    return db_delete_key(db, u->vault, u->key->lname);
+}
+
+/* Removes a key from memory and store, then destroys its token objects. Write lock held. */
+static kv_status purge_locked(kv_t *kv, kv_vault *v, kv_key *k, kv_err *e)
+{
+    key_ud ud = {v->info.name, k};
+    if (!db_txn(kv, db_delete_key_fn, &ud))
+        return fail(e, KV_ERR_STORE, "The key could not be purged from the store.");
+    key_remove(v, k);
+    for (size_t i = 0; i < k->nversions; i++) {
+        hsm_status hs = hsm_key_destroy(kv->hsm, k->versions[i]->hsm_id);
+        if (hs != HSM_OK && hs != HSM_ERR_NOT_FOUND)
+            emu_log(EMU_LOG_WARN, "kv",
+                    "purged key %s/%s: token objects not destroyed (%s); the next start removes "
+                    "them",
+                    v->info.name, k->name, hsm_status_str(hs));
+    }
+    emu_log(EMU_LOG_INFO, "kv", "purged key %s/%s (%zu versions)", v->info.name, k->name,
+            k->nversions);
+    key_free(k);
+    return KV_OK;
+}
+
+kv_status kv_key_delete(kv_t *kv, const char *vault, const char *name, kv_key_view *out,
+                        kv_err *e)
+{
+    pthread_rwlock_wrlock(&kv->lock);
+    kv_vault *v;
+    kv_key *k;
+    kv_version *ver;
+    kv_status st = live_version(kv, vault, name, "", &v, &k, &ver, e);
+    if (st == KV_OK) {
+        if (!v->info.soft_delete) {
+            fill_view(v, k, ver, out);
+            out->deleted = true;
+            out->deleted_date = emu_clock_now();
+            st = purge_locked(kv, v, k, e);
+        } else {
+            kv_key next = *k;
+            next.deleted = true;
+            next.deleted_date = emu_clock_now();
+            next.scheduled_purge = next.deleted_date + (int64_t)v->info.retention_days * 86400;
+            key_ud ud = {v->info.name, &next};
+            if (!db_txn(kv, db_put_key_only, &ud)) {
+                st = fail(e, KV_ERR_STORE, "The key could not be deleted.");
+            } else {
+                k->deleted = true;
+                k->deleted_date = next.deleted_date;
+                k->scheduled_purge = next.scheduled_purge;
+                fill_view(v, k, ver, out);
+            }
+        }
+    }
+    pthread_rwlock_unlock(&kv->lock);
+    return st;
+}
+
+static kv_status deleted_key(kv_t *kv, const char *vault, const char *name, kv_vault **vp,
+                             kv_key **kp, kv_err *e)
+{
+    kv_vault *v = vault_find(kv, vault);
+    if (!v)
+        return fail(e, KV_ERR_VAULT_NOT_FOUND, "Vault '%s' does not exist.", vault);
+    kv_key *k = key_find(v, name);
+    if (!k || !k->deleted || !k->nversions)
+        return fail(e, KV_ERR_KEY_NOT_FOUND, "Deleted Key not found: %.130s", name);
+    *vp = v;
+    *kp = k;
+    return KV_OK;
+}
+
+kv_status kv_deleted_get(kv_t *kv, const char *vault, const char *name, kv_key_view *out,
+                         kv_err *e)
+{
+    pthread_rwlock_rdlock(&kv->lock);
+    kv_vault *v;
+    kv_key *k;
+    kv_status st = deleted_key(kv, vault, name, &v, &k, e);
+    if (st == KV_OK)
+        fill_view(v, k, k->versions[k->nversions - 1], out);
+    pthread_rwlock_unlock(&kv->lock);
+    return st;
+}
+
+kv_status kv_deleted_purge(kv_t *kv, const char *vault, const char *name, kv_err *e)
+{
+    pthread_rwlock_wrlock(&kv->lock);
+    kv_vault *v;
+    kv_key *k;
+    kv_status st = deleted_key(kv, vault, name, &v, &k, e);
+    if (st == KV_OK && v->info.purge_protection && emu_clock_now() < k->scheduled_purge)
+        st = fail(e, KV_ERR_PURGE_PROTECTED,
+                  "Operation \"purge\" is not allowed because purge protection is enabled for "
+                  "this vault. Key Vault service will automatically purge it after the retention "
+                  "period has passed.");
+    if (st == KV_OK)
+        st = purge_locked(kv, v, k, e);
+    pthread_rwlock_unlock(&kv->lock);
+    return st;
+}
+
+kv_status kv_deleted_recover(kv_t *kv, const char *vault, const char *name, kv_key_view *out,
+                             kv_err *e)
+{
+    pthread_rwlock_wrlock(&kv->lock);
+    kv_vault *v;
+    kv_key *k;
+    kv_status st = deleted_key(kv, vault, name, &v, &k, e);
+    if (st == KV_OK) {
+        kv_key next = *k;
+        next.deleted = false;
+        key_ud ud = {v->info.name, &next};
+        if (!db_txn(kv, db_put_key_only, &ud)) {
+            st = fail(e, KV_ERR_STORE, "The key could not be recovered.");
+        } else {
+            k->deleted = false;
+            k->deleted_date = k->scheduled_purge = 0;
+            fill_view(v, k, k->versions[k->nversions - 1], out);
+        }
+    }
+    pthread_rwlock_unlock(&kv->lock);
+    return st;
+}
+
+/* ---- crypto ----------------------------------------------------------------------------- */
+
+typedef struct {
+    uint8_t id[HSM_ID_LEN];
+    char version[33];
+} crypt_target;
+
+/* Resolves and checks a version for an operation needing `op`; `dated` ops also need
+ * nbf <= now < exp. */
+static kv_status crypt_target_get(kv_t *kv, const char *vault, const char *name,
+                                  const char *version, unsigned op, const char *opname,
+                                  bool dated, crypt_target *t, kv_err *e)
+{
+    pthread_rwlock_rdlock(&kv->lock);
+    kv_vault *v;
+    kv_key *k;
+    kv_version *ver;
+    kv_status st = live_version(kv, vault, name, version, &v, &k, &ver, e);
+    if (st == KV_OK) {
+        int64_t now = emu_clock_now();
+        if (!ver->enabled)
+            st = fail(e, KV_ERR_DISABLED, "Operation %s is not allowed on a disabled key.",
+                      opname);
+        else if (!(ver->ops & op))
+            st = fail(e, KV_ERR_OP_NOT_ALLOWED,
+                      "Operation %s is not permitted on this key: it is not in the key's "
+                      "key_ops.",
+                      opname);
+        else if (dated && ver->nbf && now < ver->nbf)
+            st = fail(e, KV_ERR_NOT_YET_VALID,
+                      "Operation %s is not allowed: the key is not yet valid (nbf).", opname);
+        else if (dated && ver->exp && now >= ver->exp)
+            st = fail(e, KV_ERR_EXPIRED, "Operation %s is not allowed: the key has expired.",
+                      opname);
+        else {
+            memcpy(t->id, ver->hsm_id, HSM_ID_LEN);
+            memcpy(t->version, ver->version, sizeof t->version);
+        }
+    }
+    pthread_rwlock_unlock(&kv->lock);
+    return st;
+}
+
+kv_status kv_key_crypt(kv_t *kv, const char *vault, const char *name, const char *version,
+                       kv_crypt_op op, hsm_rsa_enc_alg alg, const uint8_t *in, size_t in_len,
+                       uint8_t *out, size_t *out_len, char version_out[33], kv_err *e)
+{
+    static const struct {
+        unsigned bit;
+        const char *name;
+        bool dated, private_op;
+    } M[] = {
+        [KV_CRYPT_ENCRYPT] = {KV_OP_ENCRYPT, "encrypt", true, false},
+        [KV_CRYPT_DECRYPT] = {KV_OP_DECRYPT, "decrypt", false, true},
+        [KV_CRYPT_WRAP] = {KV_OP_WRAP, "wrapKey", true, false},
+        [KV_CRYPT_UNWRAP] = {KV_OP_UNWRAP, "unwrapKey", false, true},
+    };
+    crypt_target t;
+    kv_status st = crypt_target_get(kv, vault, name, version, M[op].bit, M[op].name, M[op].dated,
+                                    &t, e);
+    if (st != KV_OK)
+        return st;
+    hsm_status hs = M[op].private_op
+                        ? hsm_rsa_decrypt(kv->hsm, t.id, alg, in, in_len, out, out_len)
+                        : hsm_rsa_encrypt(kv->hsm, t.id, alg, in, in_len, out, out_len);
+    if (hs == HSM_ERR_DECRYPT)
+        return fail(e, KV_ERR_BAD_PARAM, "The ciphertext could not be decrypted with this key "
+                                         "and algorithm.");
+    if (hs == HSM_ERR_ARGS)
+        return fail(e, KV_ERR_BAD_PARAM,
+                    M[op].private_op
+                        ? "The ciphertext length does not match the key size."
+                        : "The plaintext is too long for this key and algorithm.");
+    if (hs != HSM_OK)
+        return hsm_fail(e, hs, M[op].name);
+    memcpy(version_out, t.version, 33);
+    return KV_OK;
+}
+
+kv_status kv_key_sign(kv_t *kv, const char *vault, const char *name, const char *version,
+                      hsm_sig_alg alg, const uint8_t *digest, size_t digest_len, uint8_t *sig,
+                      size_t *sig_len, char version_out[33], kv_err *e)
+{
+    if (digest_len != hsm_sig_digest_len(alg))
+        return fail(e, KV_ERR_BAD_PARAM,
+                    "The digest is %zu bytes; this algorithm signs a %zu-byte digest.",
+                    digest_len, hsm_sig_digest_len(alg));
+    crypt_target t;
+    kv_status st = crypt_target_get(kv, vault, name, version, KV_OP_SIGN, "sign", true, &t, e);
+    if (st != KV_OK)
+        return st;
+    hsm_status hs = hsm_sign(kv->hsm, t.id, alg, digest, digest_len, sig, sig_len);
+    if (hs != HSM_OK)
+        return hsm_fail(e, hs, "sign");
+    memcpy(version_out, t.version, 33);
+    return KV_OK;
+}
+
+kv_status kv_key_verify(kv_t *kv, const char *vault, const char *name, const char *version,
+                        hsm_sig_alg alg, const uint8_t *digest, size_t digest_len,
+                        const uint8_t *sig, size_t sig_len, bool *valid, char version_out[33],
+                        kv_err *e)
+{
+    if (digest_len != hsm_sig_digest_len(alg))
+        return fail(e, KV_ERR_BAD_PARAM,
+                    "The digest is %zu bytes; this algorithm verifies a %zu-byte digest.",
+                    digest_len, hsm_sig_digest_len(alg));
+    crypt_target t;
+    kv_status st =
+        crypt_target_get(kv, vault, name, version, KV_OP_VERIFY, "verify", false, &t, e);
+    if (st != KV_OK)
+        return st;
+    hsm_status hs = hsm_verify(kv->hsm, t.id, alg, digest, digest_len, sig, sig_len);
+    if (hs != HSM_OK && hs != HSM_ERR_VERIFY)
+        return hsm_fail(e, hs, "verify");
+    *valid = hs == HSM_OK;
+    memcpy(version_out, t.version, 33);
+    return KV_OK;
+}
+
+kv_status kv_random(kv_t *kv, uint8_t *buf, size_t len, kv_err *e)
+{
+    hsm_status hs = hsm_random(kv->hsm, buf, len);
+    return hs == HSM_OK ? KV_OK : hsm_fail(e, hs, "random generation");
+}
+
+/* ---- rotation --------------------------------------------------------------------------- */
+
+static json_t *policy_get_default(void)
+{
+    return json_pack("{s:[{s:{s:s},s:{s:s}}],s:{}}", "lifetimeActions", "trigger",
+                     "timeBeforeExpiry", "P30D", "action", "type", "Notify", "attributes");
+}
+
+static int64_t policy_expiry_seconds(const json_t *policy)
+{
+    const char *s = json_string_value(json_object_get(json_object_get(policy, "attributes"),
+                                                      "expiryTime"));
+    int64_t secs;
+    return s && emu_iso_duration_parse(s, &secs) ? secs : 0;
+}
+
+kv_status kv_key_rotate(kv_t *kv, const char *vault, const char *name, kv_key_view *out,
+                        kv_err *e)
+{
+    kv_key_view cur;
+    kv_status st = kv_key_get(kv, vault, name, "", &cur, e);
+    if (st != KV_OK)
+        return st;
+    kv_create_params p = {.hsm = !strcmp(cur.kty, "RSA-HSM"),
+                          .bits = cur.bits,
+                          .exponent = 0,
+                          .ops = cur.ops,
+                          .tags = cur.tags};
+    unsigned long ex = 0;
+    for (size_t i = 0; i < cur.e_len; i++)
+        ex = ex << 8 | cur.e[i];
+    p.exponent = ex;
+    st = kv_key_create(kv, vault, cur.name, &p, out, e);
+    kv_key_view_cleanup(&cur);
+    if (st == KV_OK)
+        emu_log(EMU_LOG_INFO, "kv", "rotated key %s/%s: new version %s", vault, name,
+                out->version);
+    return st;
+}
+
+kv_status kv_rotation_policy_get(kv_t *kv, const char *vault, const char *name, json_t **out,
+                                 kv_err *e)
+{
+    pthread_rwlock_rdlock(&kv->lock);
+    kv_vault *v;
+    kv_key *k;
+    kv_version *ver;
+    kv_status st = live_version(kv, vault, name, "", &v, &k, &ver, e);
+    if (st == KV_OK) {
+        if (k->rotation_policy) {
+            *out = json_deep_copy(k->rotation_policy);
+            json_t *attrs = json_object_get(*out, "attributes");
+            json_object_set_new(attrs, "created", json_integer(k->rp_created));
+            json_object_set_new(attrs, "updated", json_integer(k->rp_updated));
+        } else {
+            *out = policy_get_default();
+        }
+    }
+    pthread_rwlock_unlock(&kv->lock);
+    return st;
+}
+
+/* Validates a policy and returns its normalised form (new reference) or NULL + message. */
+static json_t *policy_normalise(const json_t *in, kv_err *e)
+{
+    if (!json_is_object(in)) {
+        fail(e, KV_ERR_BAD_PARAM, "The rotation policy must be a JSON object.");
+        return NULL;
+    }
+    json_t *out = json_object();
+    json_t *attrs_in = json_object_get(in, "attributes");
+    json_t *attrs = json_object();
+    json_object_set_new(out, "attributes", attrs);
+    int64_t expiry = 0;
+    if (attrs_in && !json_is_null(attrs_in)) {
+        json_t *et = json_object_get(attrs_in, "expiryTime");
+        if (et && !json_is_null(et)) {
+            if (!json_is_string(et) || !emu_iso_duration_parse(json_string_value(et), &expiry)) {
+                fail(e, KV_ERR_BAD_PARAM, "attributes.expiryTime must be an ISO-8601 duration "
+                                          "such as P2Y or P90D.");
+                goto bad;
+            }
+            if (expiry < 28 * 86400) {
+                fail(e, KV_ERR_BAD_PARAM, "attributes.expiryTime must be at least 28 days "
+                                          "(P28D).");
+                goto bad;
+            }
+            json_object_set(attrs, "expiryTime", et);
+        }
+    }
+    json_t *acts_in = json_object_get(in, "lifetimeActions");
+    json_t *acts = json_array();
+    json_object_set_new(out, "lifetimeActions", acts);
+    if (acts_in && !json_is_null(acts_in)) {
+        if (!json_is_array(acts_in) || json_array_size(acts_in) > 2) {
+            fail(e, KV_ERR_BAD_PARAM,
+                 "lifetimeActions must be an array of at most 2 actions (one Rotate, one "
+                 "Notify).");
+            goto bad;
+        }
+        bool has_rotate = false, has_notify = false;
+        size_t i;
+        json_t *a;
+        json_array_foreach(acts_in, i, a)
+        {
+            json_t *trig = json_object_get(a, "trigger");
+            const char *type =
+                json_string_value(json_object_get(json_object_get(a, "action"), "type"));
+            if (!type || (strcasecmp(type, "Rotate") && strcasecmp(type, "Notify"))) {
+                fail(e, KV_ERR_BAD_PARAM,
+                     "lifetimeActions[%zu].action.type must be Rotate or Notify.", i);
+                goto bad;
+            }
+            bool rotate = !strcasecmp(type, "Rotate");
+            if ((rotate && has_rotate) || (!rotate && has_notify)) {
+                fail(e, KV_ERR_BAD_PARAM, "lifetimeActions has more than one %s action.",
+                     rotate ? "Rotate" : "Notify");
+                goto bad;
+            }
+            has_rotate |= rotate;
+            has_notify |= !rotate;
+            const char *tac = json_string_value(json_object_get(trig, "timeAfterCreate"));
+            const char *tbe = json_string_value(json_object_get(trig, "timeBeforeExpiry"));
+            int64_t secs;
+            if (!json_is_object(trig) || (!tac == !tbe)) {
+                fail(e, KV_ERR_BAD_PARAM,
+                     "lifetimeActions[%zu].trigger needs exactly one of timeAfterCreate or "
+                     "timeBeforeExpiry.",
+                     i);
+                goto bad;
+            }
+            if (!emu_iso_duration_parse(tac ? tac : tbe, &secs)) {
+                fail(e, KV_ERR_BAD_PARAM,
+                     "lifetimeActions[%zu].trigger: '%.40s' is not an ISO-8601 duration.", i,
+                     tac ? tac : tbe);
+                goto bad;
+            }
+            if (secs < 7 * 86400) {
+                fail(e, KV_ERR_BAD_PARAM,
+                     "lifetimeActions[%zu].trigger must be at least 7 days (P7D).", i);
+                goto bad;
+            }
+            if (!rotate && tac) {
+                fail(e, KV_ERR_BAD_PARAM,
+                     "A Notify action can only be triggered by timeBeforeExpiry.");
+                goto bad;
+            }
+            if (tbe && !expiry) {
+                fail(e, KV_ERR_BAD_PARAM,
+                     "timeBeforeExpiry needs attributes.expiryTime in the policy.");
+                goto bad;
+            }
+            if (tbe && secs >= expiry) {
+                fail(e, KV_ERR_BAD_PARAM, "timeBeforeExpiry must be shorter than expiryTime.");
+                goto bad;
+            }
+            if (tac && expiry && secs > expiry - 7 * 86400) {
+                fail(e, KV_ERR_BAD_PARAM,
+                     "timeAfterCreate must be at least 7 days shorter than expiryTime.");
+                goto bad;
+            }
+            json_array_append_new(acts, json_pack("{s:{s:s},s:{s:s}}", "trigger",
+                                                  tac ? "timeAfterCreate" : "timeBeforeExpiry",
+                                                  tac ? tac : tbe, "action", "type",
+                                                  rotate ? "Rotate" : "Notify"));
+        }
+        if (has_rotate && !has_notify)
+            json_array_append_new(acts, json_pack("{s:{s:s},s:{s:s}}", "trigger",
+                                                  "timeBeforeExpiry", "P30D", "action", "type",
+                                                  "Notify"));
+    }
+    return out;
+bad:
+    json_decref(out);
+    return NULL;
+}
+
+kv_status kv_rotation_policy_set(kv_t *kv, const char *vault, const char *name,
+                                 const json_t *policy, json_t **out, kv_err *e)
+{
+    json_t *norm = policy_normalise(policy, e);
+    if (!norm)
+        return KV_ERR_BAD_PARAM;
+    pthread_rwlock_wrlock(&kv->lock);
+    kv_vault *v;
+    kv_key *k;
+    kv_version *ver;
+    kv_status st = live_version(kv, vault, name, "", &v, &k, &ver, e);
+    if (st == KV_OK) {
+        kv_key next = *k;
+        int64_t now = emu_clock_now();
+        next.rotation_policy = norm;
+        next.rp_created = k->rp_created ? k->rp_created : now;
+        next.rp_updated = now;
+        key_ud ud = {v->info.name, &next};
+        if (!db_txn(kv, db_put_key_only, &ud)) {
+            st = fail(e, KV_ERR_STORE, "The rotation policy could not be saved.");
+        } else {
+            json_decref(k->rotation_policy);
+            k->rotation_policy = norm;
+            norm = NULL;
+            k->rp_created = next.rp_created;
+            k->rp_updated = next.rp_updated;
+            *out = json_deep_copy(k->rotation_policy);
+            json_t *attrs = json_object_get(*out, "attributes");
+            json_object_set_new(attrs, "created", json_integer(k->rp_created));
+            json_object_set_new(attrs, "updated", json_integer(k->rp_updated));
+        }
+    }
+    pthread_rwlock_unlock(&kv->lock);
+    json_decref(norm);
+    return st;
+}
+
+/* When the latest version of k is due for automatic rotation. 0 = never. */
+static int64_t rotation_due(const kv_key *k)
+{
+    if (!k->rotation_policy || !k->nversions)
+        return 0;
+    const kv_version *latest = k->versions[k->nversions - 1];
+    size_t i;
+    json_t *a;
+    json_array_foreach(json_object_get(k->rotation_policy, "lifetimeActions"), i, a)
+    {
+        const char *type =
+            json_string_value(json_object_get(json_object_get(a, "action"), "type"));
+        if (!type || strcmp(type, "Rotate"))
+            continue;
+        json_t *trig = json_object_get(a, "trigger");
+        int64_t secs;
+        const char *tac = json_string_value(json_object_get(trig, "timeAfterCreate"));
+        const char *tbe = json_string_value(json_object_get(trig, "timeBeforeExpiry"));
+        if (tac && emu_iso_duration_parse(tac, &secs))
+            return latest->created + secs;
+        if (tbe && latest->exp && emu_iso_duration_parse(tbe, &secs))
+            return latest->exp - secs;
+    }
+    return 0;
+}
+
+typedef struct {
+    char vault[64], name[128];
+    bool purge;
+} due_item;
+
+void kv_apply_due(kv_t *kv, int64_t now)
+{
+    due_item *items = NULL;
+    size_t n = 0, cap = 0;
+    pthread_rwlock_rdlock(&kv->lock);
+    for (size_t i = 0; i < kv->nvaults; i++) {
+        kv_vault *v = kv->vaults[i];
+        for (size_t j = 0; j < v->nkeys; j++) {
+            kv_key *k = v->keys[j];
+            bool purge = k->deleted && k->scheduled_purge && now >= k->scheduled_purge;
+            int64_t due = k->deleted ? 0 : rotation_due(k);
+            if (!purge && !(due && now >= due))
+                continue;
+            if (n == cap) {
+                cap = cap ? cap * 2 : 8;
+                items = emu_xrealloc(items, cap * sizeof *items);
+            }
+            snprintf(items[n].vault, sizeof items[n].vault, "%s", v->info.name);
+            snprintf(items[n].name, sizeof items[n].name, "%s", k->name);
+            items[n].purge = purge;
+            n++;
+        }
+    }
+    pthread_rwlock_unlock(&kv->lock);
+    for (size_t i = 0; i < n; i++) {
+        kv_err e = {{0}};
+        if (items[i].purge) {
+            pthread_rwlock_wrlock(&kv->lock);
+            kv_vault *v = vault_find(kv, items[i].vault);
+            kv_key *k = v ? key_find(v, items[i].name) : NULL;
+            if (k && k->deleted && now >= k->scheduled_purge) {
+                purge_locked(kv, v, k, &e);
+                emu_log(EMU_LOG_INFO, "kv", "scheduled purge of %s/%s", items[i].vault,
+                        items[i].name);
+            }
+            pthread_rwlock_unlock(&kv->lock);
+        } else {
+            kv_key_view out;
+            if (kv_key_rotate(kv, items[i].vault, items[i].name, &out, &e) == KV_OK)
+                kv_key_view_cleanup(&out);
+            else
+                emu_log(EMU_LOG_WARN, "kv", "automatic rotation of %s/%s failed: %s",
+                        items[i].vault, items[i].name, e.msg);
+        }
+    }
+    free(items);
+}
+
+/* ---- backup / restore ------------------------------------------------------------------- */
+
+#define BACKUP_MAGIC "CMKEMU-KEY-BACKUP-1\n" /* inside the base64url bytes */
+
+kv_status kv_key_backup(kv_t *kv, const char *vault, const char *name, char **blob, kv_err *e)
+{
+    /* Copy what is needed under the lock, wrap outside it. */
+    pthread_rwlock_rdlock(&kv->lock);
+    kv_vault *v;
+    kv_key *k;
+    kv_version *ver;
+    kv_status st = live_version(kv, vault, name, "", &v, &k, &ver, e);
+    json_t *doc = NULL;
+    uint8_t(*ids)[HSM_ID_LEN] = NULL;
+    size_t nids = 0;
+    if (st == KV_OK) {
+        doc = json_pack("{s:s,s:s,s:O?,s:[]}", "format", "cmkemu-key-backup", "name", k->name,
+                        "rotationPolicy", k->rotation_policy, "versions");
+        json_t *vers = json_object_get(doc, "versions");
+        ids = emu_xcalloc(k->nversions, HSM_ID_LEN);
+        nids = k->nversions;
+        for (size_t i = 0; i < k->nversions; i++) {
+            kv_version *x = k->versions[i];
+            memcpy(ids[i], x->hsm_id, HSM_ID_LEN);
+            json_array_append_new(
+                vers, json_pack("{s:s,s:I,s:b,s:o,s:b,s:I,s:I,s:I,s:I,s:O?}", "version",
+                                x->version, "seq", (json_int_t)x->seq, "hsm", x->hsm, "ops",
+                                kv_ops_json(x->ops), "enabled", x->enabled, "nbf",
+                                (json_int_t)x->nbf, "exp", (json_int_t)x->exp, "created",
+                                (json_int_t)x->created, "updated", (json_int_t)x->updated,
+                                "tags", x->tags));
+        }
+    }
+    pthread_rwlock_unlock(&kv->lock);
+    if (st != KV_OK)
+        return st;
+    json_t *vers = json_object_get(doc, "versions");
+    for (size_t i = 0; i < nids; i++) {
+        uint8_t *w = NULL;
+        size_t wl = 0;
+        hsm_status hs = hsm_key_export_wrapped(kv->hsm, ids[i], &w, &wl);
+        if (hs != HSM_OK) {
+            free(ids);
+            json_decref(doc);
+            return hsm_fail(e, hs, "key backup");
+        }
+        char *b = emu_b64url_encode(w, wl);
+        json_object_set_new(json_array_get(vers, i), "wrapped", json_string(b));
+        free(b);
+        free(w);
+    }
+    free(ids);
+    char *json = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    char *text = emu_xasprintf("%s%s", BACKUP_MAGIC, json);
+    free(json);
+    *blob = emu_b64url_encode((const uint8_t *)text, strlen(text));
+    free(text);
+    return KV_OK;
+}
+
+kv_status kv_key_restore(kv_t *kv, const char *vault, const char *blob, size_t blob_len,
+                         kv_key_view *out, kv_err *e)
+{
+    size_t ml = strlen(BACKUP_MAGIC), tl = 0;
+    uint8_t *text = emu_b64url_decode(blob, blob_len, 16u << 20, &tl);
+    if (!text || tl <= ml || memcmp(text, BACKUP_MAGIC, ml) != 0) {
+        free(text);
+        return fail(e, KV_ERR_BAD_PARAM, "The backup blob is not a key backup made by cmkemu.");
+    }
+    json_t *doc = json_loadb((const char *)text + ml, tl - ml, JSON_REJECT_DUPLICATES, NULL);
+    free(text);
+    const char *name = json_string_value(json_object_get(doc, "name"));
+    json_t *vers = json_object_get(doc, "versions");
+    const json_t *policy = json_object_get(doc, "rotationPolicy");
+    if (!doc || !name || !valid_key_name(name) || !json_is_array(vers) ||
+        json_array_size(vers) == 0 || json_array_size(vers) > 100000) {
+        json_decref(doc);
+        return fail(e, KV_ERR_BAD_PARAM, "The backup blob is corrupt.");
+    }
+    /* refuse early if the name is taken */
+    pthread_rwlock_rdlock(&kv->lock);
+    kv_vault *v = vault_find(kv, vault);
+    kv_key *existing = v ? key_find(v, name) : NULL;
+    kv_status st = KV_OK;
+    if (!v)
+        st = fail(e, KV_ERR_VAULT_NOT_FOUND, "Vault '%s' does not exist.", vault);
+    else if (existing && existing->deleted)
+        st = fail(e, KV_ERR_DELETED_CONFLICT,
+                  "Key %s is currently in a deleted but recoverable state, and its name cannot "
+                  "be reused; in this state, the key can only be recovered or purged.",
+                  name);
+    else if (existing)
+        st = fail(e, KV_ERR_CONFLICT,
+                  "A key named %s already exists in this vault; restore needs an unused name.",
+                  name);
+    pthread_rwlock_unlock(&kv->lock);
+    if (st != KV_OK) {
+        json_decref(doc);
+        return st;
+    }
+    size_t nv = json_array_size(vers);
+    kv_version **list = emu_xcalloc(nv, sizeof *list);
+    size_t made = 0;
+    for (size_t i = 0; i < nv && st == KV_OK; i++) {
+        json_t *x = json_array_get(vers, i);
+        const char *version = json_string_value(json_object_get(x, "version"));
+        const char *wrapped = json_string_value(json_object_get(x, "wrapped"));
+        unsigned ops = 0;
+        kv_err oe;
+        if (!version || strlen(version) != 32 || !wrapped ||
+            !kv_ops_parse(json_object_get(x, "ops"), &ops, &oe)) {
+            st = fail(e, KV_ERR_BAD_PARAM, "The backup blob is corrupt (version %zu).", i);
+            break;
+        }
+        size_t wl = 0;
+        uint8_t *w = emu_b64url_decode(wrapped, strlen(wrapped), 1 << 16, &wl);
+        kv_version *ver = emu_xcalloc(1, sizeof *ver);
+        snprintf(ver->version, sizeof ver->version, "%s", version);
+        ver->hsm = json_is_true(json_object_get(x, "hsm"));
+        ver->ops = ops;
+        ver->enabled = json_is_true(json_object_get(x, "enabled"));
+        ver->nbf = json_integer_value(json_object_get(x, "nbf"));
+        ver->exp = json_integer_value(json_object_get(x, "exp"));
+        ver->created = json_integer_value(json_object_get(x, "created"));
+        ver->updated = json_integer_value(json_object_get(x, "updated"));
+        json_t *tags = json_object_get(x, "tags");
+        ver->tags = json_is_object(tags) ? json_deep_copy(tags) : NULL;
+        char label[256];
+        snprintf(label, sizeof label, "%s/%s/%s", vault, name, version);
+        hsm_status hs = w ? hsm_key_import_wrapped(kv->hsm, w, wl, label, ver->hsm_id)
+                          : HSM_ERR_DECRYPT;
+        free(w);
+        if (hs != HSM_OK) {
+            version_free(ver);
+            st = hs == HSM_ERR_DECRYPT || hs == HSM_ERR_ARGS
+                     ? fail(e, KV_ERR_BAD_PARAM,
+                            "The backup blob could not be unwrapped by this HSM (corrupt, or "
+                            "made by another emulator's token).")
+                     : hsm_fail(e, hs, "restore");
+            break;
+        }
+        list[made++] = ver;
+        st = fill_public(kv, ver, e);
+    }
+    if (st == KV_OK) {
+        pthread_rwlock_wrlock(&kv->lock);
+        v = vault_find(kv, vault);
+        if (!v || key_find(v, name)) {
+            st = fail(e, KV_ERR_CONFLICT, "A key named %s appeared while restoring.", name);
+        } else {
+            kv_key *k = emu_xcalloc(1, sizeof *k);
+            snprintf(k->name, sizeof k->name, "%s", name);
+            lower_copy(k->lname, sizeof k->lname, name);
+            if (json_is_object(policy)) {
+                k->rotation_policy = json_deep_copy(policy);
+                k->rp_created = k->rp_updated = emu_clock_now();
+            }
+            for (size_t i = 0; i < made; i++)
+                list[i]->seq = kv->next_seq++;
+            put_ud ud = {v->info.name, k, true, list, made};
+            if (!db_txn(kv, db_put_key_versions, &ud)) {
+                st = fail(e, KV_ERR_STORE, "The restored key could not be saved.");
+                key_free(k);
+            } else {
+                key_insert(v, k);
+                for (size_t i = 0; i < made; i++)
+                    version_add(k, list[i]);
+                fill_view(v, k, k->versions[k->nversions - 1], out);
+                made = 0; /* owned by k now */
+            }
+        }
+        pthread_rwlock_unlock(&kv->lock);
+    }
+    for (size_t i = 0; i < made; i++) {
+        hsm_key_destroy(kv->hsm, list[i]->hsm_id);
+        version_free(list[i]);
+    }
+    free(list);
+    json_decref(doc);
+    return st;
+}

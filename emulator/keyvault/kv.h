@@ -1,0 +1,226 @@
+/*
+ * kv: the Key Vault domain: vaults and keys (versions, soft delete, purge protection,
+ * rotation and rotation policies, backup/restore) over the store and the HSM. No HTTP
+ * types: handlers in kv_api.c translate.
+ *
+ * State: everything is held in memory (loaded at open) and written through to SQLite in one
+ * transaction per change; the change is applied in memory only after the commit succeeded.
+ * Key material is only in the token: one key pair per version, addressed by CKA_ID.
+ * Order of effects: the HSM object is created before its row is committed; on purge the row
+ * goes first and the objects after. kv_open reconciles: token key pairs that no row refers
+ * to are destroyed, rows whose object is missing are reported.
+ *
+ * Locking: one rwlock over the domain (readers: get, list, crypto lookups; writers: every
+ * change). Slow HSM work (key generation, private-key operations) runs without the lock.
+ * Lock order: kv lock, then the store lock.
+ */
+#ifndef CMKEMU_KV_H
+#define CMKEMU_KV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "hsm.h"
+#include "store.h"
+
+typedef enum {
+    KV_OK = 0,
+    KV_ERR_BAD_PARAM,          /* 400 BadParameter */
+    KV_ERR_VAULT_NOT_FOUND,    /* 404 VaultNotFound */
+    KV_ERR_KEY_NOT_FOUND,      /* 404 KeyNotFound */
+    KV_ERR_DELETED_CONFLICT,   /* 409 ObjectIsDeletedButRecoverable */
+    KV_ERR_CONFLICT,           /* 409 Conflict (name in use) */
+    KV_ERR_PURGE_PROTECTED,    /* 403 Forbidden: purge under purge protection */
+    KV_ERR_DISABLED,           /* 403 Forbidden / KeyDisabled */
+    KV_ERR_EXPIRED,            /* 403 Forbidden / KeyExpired */
+    KV_ERR_NOT_YET_VALID,      /* 403 Forbidden / KeyNotYetValid */
+    KV_ERR_OP_NOT_ALLOWED,     /* 403 Forbidden / KeyOperationNotAllowed */
+    KV_ERR_FORBIDDEN,          /* 403 access policy / RBAC (auth layer) */
+    KV_ERR_HSM,                /* 500 HSM failure */
+    KV_ERR_STORE,              /* 500 store failure */
+    KV_ERR_VAULT_EXISTS,       /* 409 vault name in use */
+} kv_status;
+
+const char *kv_status_str(kv_status st);
+
+/* Error detail for the client (never contains key bytes). */
+typedef struct {
+    char msg[512];
+} kv_err;
+
+typedef struct kv kv_t;
+
+kv_t *kv_open(emu_store *store, hsm_t *hsm, char *err, size_t errlen);
+void kv_close(kv_t *kv);
+hsm_t *kv_hsm(kv_t *kv);
+
+/* ---- vaults ---------------------------------------------------------------------------- */
+
+typedef struct {
+    char name[64];      /* 3-24 chars [0-9a-zA-Z-], stored lowercase */
+    bool is_default;    /* answers on localhost / 127.0.0.1 / [::1] */
+    bool soft_delete;
+    int retention_days; /* 7..90 */
+    bool purge_protection;
+    bool rbac;          /* enableRbacAuthorization */
+    char tenant[40];
+    int64_t created;
+} kv_vault_info;
+
+/* Creates a vault (world file, ARM). KV_ERR_VAULT_EXISTS if the name is taken. */
+kv_status kv_vault_create(kv_t *kv, const kv_vault_info *info, kv_err *e);
+/* Looks a vault up by name (case-insensitive). */
+kv_status kv_vault_get(kv_t *kv, const char *name, kv_vault_info *out);
+/* The default vault's name into out; false if there is none. */
+bool kv_vault_default(kv_t *kv, char *out, size_t outlen);
+size_t kv_vault_count(kv_t *kv);
+
+/* ---- keys ------------------------------------------------------------------------------ */
+
+enum {
+    KV_OP_ENCRYPT = 1 << 0,
+    KV_OP_DECRYPT = 1 << 1,
+    KV_OP_SIGN = 1 << 2,
+    KV_OP_VERIFY = 1 << 3,
+    KV_OP_WRAP = 1 << 4,
+    KV_OP_UNWRAP = 1 << 5,
+    KV_OP_IMPORT = 1 << 6,
+    KV_OP_EXPORT = 1 << 7,
+};
+#define KV_OPS_RSA_DEFAULT                                                                    \
+    (KV_OP_ENCRYPT | KV_OP_DECRYPT | KV_OP_SIGN | KV_OP_VERIFY | KV_OP_WRAP | KV_OP_UNWRAP)
+
+/* Parses a key_ops JSON array into a mask; false + message on an unknown name. */
+bool kv_ops_parse(const json_t *arr, unsigned *mask, kv_err *e);
+/* The mask as a JSON array of names (new reference). */
+json_t *kv_ops_json(unsigned mask);
+
+/* A copy of one key version as clients see it. Release with kv_key_view_cleanup. */
+typedef struct {
+    char vault[64];
+    char name[128];
+    char version[33];
+    char kty[8]; /* "RSA" or "RSA-HSM" */
+    unsigned bits;
+    uint8_t n[512];
+    size_t n_len;
+    uint8_t e[8];
+    size_t e_len;
+    unsigned ops;
+    bool enabled;
+    int64_t nbf, exp; /* 0 = not set */
+    int64_t created, updated;
+    json_t *tags; /* owned (may be NULL) */
+    bool managed;
+    const char *recovery_level; /* static string */
+    int recoverable_days;       /* 0 when soft delete is off */
+    bool deleted;
+    int64_t deleted_date, scheduled_purge;
+} kv_key_view;
+
+void kv_key_view_cleanup(kv_key_view *v);
+
+typedef struct {
+    bool hsm;                /* kty RSA-HSM */
+    unsigned bits;           /* 2048, 3072, 4096 */
+    unsigned long exponent;  /* 0 = 65537 */
+    unsigned ops;            /* 0 = KV_OPS_RSA_DEFAULT */
+    bool has_enabled;
+    bool enabled;
+    int64_t nbf, exp;        /* 0 = not set */
+    const json_t *tags;      /* borrowed; NULL = none */
+} kv_create_params;
+
+/* Creates a new key, or a new version when the name exists (live). */
+kv_status kv_key_create(kv_t *kv, const char *vault, const char *name, const kv_create_params *p,
+                        kv_key_view *out, kv_err *e);
+/* Imports an RSA private key as a new key or new version. */
+kv_status kv_key_import(kv_t *kv, const char *vault, const char *name,
+                        const hsm_rsa_components *c, const kv_create_params *p, kv_key_view *out,
+                        kv_err *e);
+/* version "" or NULL = latest. Deleted keys answer KV_ERR_KEY_NOT_FOUND. */
+kv_status kv_key_get(kv_t *kv, const char *vault, const char *name, const char *version,
+                     kv_key_view *out, kv_err *e);
+
+typedef struct {
+    bool has_ops;
+    unsigned ops;
+    bool has_enabled;
+    bool enabled;
+    bool has_nbf;
+    int64_t nbf; /* 0 = clear */
+    bool has_exp;
+    int64_t exp;
+    const json_t *tags; /* NULL = unchanged; object replaces */
+} kv_update_params;
+kv_status kv_key_update(kv_t *kv, const char *vault, const char *name, const char *version,
+                        const kv_update_params *p, kv_key_view *out, kv_err *e);
+
+/* Lists live keys (latest version each) whose lowercase name sorts after `after` ("" =
+ * from the start), at most max; *more tells whether another page exists. out has room for
+ * max views; *n is set. */
+kv_status kv_key_list(kv_t *kv, const char *vault, const char *after, size_t max,
+                      kv_key_view *out, size_t *n, bool *more, kv_err *e);
+/* Versions of a live key in creation order from index start. */
+kv_status kv_key_versions(kv_t *kv, const char *vault, const char *name, size_t start,
+                          size_t max, kv_key_view *out, size_t *n, bool *more, kv_err *e);
+
+/* Soft-deletes (or, with soft delete off, purges) a key; out describes it as deleted. */
+kv_status kv_key_delete(kv_t *kv, const char *vault, const char *name, kv_key_view *out,
+                        kv_err *e);
+kv_status kv_deleted_list(kv_t *kv, const char *vault, const char *after, size_t max,
+                          kv_key_view *out, size_t *n, bool *more, kv_err *e);
+kv_status kv_deleted_get(kv_t *kv, const char *vault, const char *name, kv_key_view *out,
+                         kv_err *e);
+kv_status kv_deleted_purge(kv_t *kv, const char *vault, const char *name, kv_err *e);
+kv_status kv_deleted_recover(kv_t *kv, const char *vault, const char *name, kv_key_view *out,
+                             kv_err *e);
+
+/* ---- cryptography ---------------------------------------------------------------------- */
+
+typedef enum { KV_CRYPT_ENCRYPT, KV_CRYPT_DECRYPT, KV_CRYPT_WRAP, KV_CRYPT_UNWRAP } kv_crypt_op;
+
+/* Runs one RSA operation with the named version (""= latest). Checks enabled, key_ops and
+ * (encrypt/wrap) nbf/exp. out has room for 512 bytes. version_out gets the version used. */
+kv_status kv_key_crypt(kv_t *kv, const char *vault, const char *name, const char *version,
+                       kv_crypt_op op, hsm_rsa_enc_alg alg, const uint8_t *in, size_t in_len,
+                       uint8_t *out, size_t *out_len, char version_out[33], kv_err *e);
+kv_status kv_key_sign(kv_t *kv, const char *vault, const char *name, const char *version,
+                      hsm_sig_alg alg, const uint8_t *digest, size_t digest_len, uint8_t *sig,
+                      size_t *sig_len, char version_out[33], kv_err *e);
+/* *valid false for a signature that does not verify (status KV_OK). */
+kv_status kv_key_verify(kv_t *kv, const char *vault, const char *name, const char *version,
+                        hsm_sig_alg alg, const uint8_t *digest, size_t digest_len,
+                        const uint8_t *sig, size_t sig_len, bool *valid, char version_out[33],
+                        kv_err *e);
+
+/* ---- backup, rotation ------------------------------------------------------------------ */
+
+/* A backup blob (base64url text, malloc'd) with every version, private keys wrapped under
+ * the token's backup key. */
+kv_status kv_key_backup(kv_t *kv, const char *vault, const char *name, char **blob, kv_err *e);
+kv_status kv_key_restore(kv_t *kv, const char *vault, const char *blob, size_t blob_len,
+                         kv_key_view *out, kv_err *e);
+kv_status kv_key_rotate(kv_t *kv, const char *vault, const char *name, kv_key_view *out,
+                        kv_err *e);
+/* The policy as stored (or the default), as a new JSON object without "id". */
+kv_status kv_rotation_policy_get(kv_t *kv, const char *vault, const char *name, json_t **out,
+                                 kv_err *e);
+/* Validates and stores; *out = stored policy (new reference, without "id"). */
+kv_status kv_rotation_policy_set(kv_t *kv, const char *vault, const char *name,
+                                 const json_t *policy, json_t **out, kv_err *e);
+
+/* Applies what became due at `now`: scheduled purges and automatic rotations. Registered as
+ * a clock hook by kv_open. */
+void kv_apply_due(kv_t *kv, int64_t now);
+
+/* Random bytes from the token. */
+kv_status kv_random(kv_t *kv, uint8_t *buf, size_t len, kv_err *e);
+
+/* Number of keys (live + deleted) in a vault, for start-up messages. */
+size_t kv_key_count(kv_t *kv, const char *vault);
+
+#endif

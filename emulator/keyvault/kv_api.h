@@ -1,0 +1,30 @@
+/*
+ * kv_api: the Key Vault keys data plane over HTTPS. The vault comes from the Host header
+ * ({vault}.vault.localhost -> that vault; localhost, 127.0.0.1, [::1] -> the default vault).
+ * Every route first answers the bearer challenge (401 before the body is read) when the
+ * request carries no Authorization header.
+ */
+#ifndef CMKEMU_KV_API_H
+#define CMKEMU_KV_API_H
+
+#include "kv.h"
+#include "router.h"
+
+/* Authorization decision for one operation (set by the identity layer; NULL = permissive:
+ * any bearer token may do anything). Returns KV_OK or KV_ERR_FORBIDDEN with a message. */
+typedef kv_status (*kv_authorize_fn)(emu_req *req, const char *vault, const char *key,
+                                     const char *permission, kv_err *e, void *ud);
+
+typedef struct {
+    kv_t *kv;
+    const char *tenant;
+    kv_authorize_fn authorize;
+    void *authorize_ud;
+} kv_api_ctx;
+
+void kv_api_register(emu_router *r, kv_api_ctx *ctx);
+
+/* Sends a Key Vault error ({"error":{"code","message","innererror"}}) for a status. */
+void kv_send_error(emu_req *req, kv_status st, const char *msg);
+
+#endif

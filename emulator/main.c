@@ -1,0 +1,228 @@
+/*
+ * cmkemu: start-up and wiring. `cmkemu serve` opens the data dir, the token, the store and
+ * the certificate, registers every API family with the router, loads the demo world on
+ * first start, and serves until SIGINT/SIGTERM.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "admin_api.h"
+#include "clock.h"
+#include "config.h"
+#include "hsm.h"
+#include "http.h"
+#include "keyvault/kv.h"
+#include "keyvault/kv_api.h"
+#include "log.h"
+#include "router.h"
+#include "store.h"
+#include "tls.h"
+#include "util.h"
+#include "world.h"
+
+#define CMKEMU_VERSION "0.1.0"
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+static void *tick_main(void *arg)
+{
+    (void)arg;
+    while (!stop_requested) {
+        for (int i = 0; i < 10 && !stop_requested; i++)
+            usleep(100 * 1000);
+        if (!stop_requested)
+            emu_clock_apply_due();
+    }
+    return NULL;
+}
+
+static int usage(FILE *out, int rc)
+{
+    fprintf(out, "usage: cmkemu serve [options]\n"
+                 "       cmkemu --version\n\n"
+                 "cmkemu emulates Azure Key Vault keys (backed by a PKCS#11 token), the ARM\n"
+                 "endpoints around them and Power Platform customer-managed keys.\n\n"
+                 "serve options (flags win over CMKEMU_* environment variables):\n");
+    emu_config_usage(out);
+    return rc;
+}
+
+static int serve(int argc, char **argv)
+{
+    int rc = 1;
+    char err[512] = "";
+    emu_config cfg;
+    hsm_t *hsm = NULL;
+    emu_store *store = NULL;
+    emu_router *router = NULL;
+    emu_workers *workers = NULL;
+    emu_http *http = NULL;
+    kv_t *kv = NULL;
+    char *cert_pem = NULL, *key_pem = NULL, *cert_path = NULL;
+    pthread_t tick;
+    bool tick_started = false;
+
+    for (int i = 0; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            memset(&cfg, 0, sizeof cfg);
+            return usage(stdout, 0);
+        }
+    if (!emu_config_parse(argc, argv, &cfg, err, sizeof err)) {
+        fprintf(stderr, "cmkemu: %s\n", err);
+        goto out;
+    }
+    emu_log_setup((emu_log_level)cfg.log_level, cfg.log_json);
+
+    if (!emu_mkdirs(cfg.data_dir, 0700) || access(cfg.data_dir, W_OK) != 0) {
+        fprintf(stderr, "cmkemu: data dir %s is not usable: %s\n", cfg.data_dir, strerror(errno));
+        goto out;
+    }
+    chmod(cfg.data_dir, 0700);
+    if (!emu_tls_ensure(cfg.data_dir, &cert_pem, &key_pem, &cert_path, err, sizeof err)) {
+        fprintf(stderr, "cmkemu: %s\n", err);
+        goto out;
+    }
+    hsm_config hc = {.data_dir = cfg.data_dir,
+                     .module_path = cfg.pkcs11_module,
+                     .token_label = cfg.token_label,
+                     .pin = cfg.pin};
+    hsm_status hs = hsm_open(&hc, &hsm, err, sizeof err);
+    if (hs != HSM_OK) {
+        fprintf(stderr, "cmkemu: HSM: %s\n", err);
+        goto out;
+    }
+    char dbpath[4200];
+    snprintf(dbpath, sizeof dbpath, "%s/cmkemu.db", cfg.data_dir);
+    store = emu_store_open(dbpath, err, sizeof err);
+    if (!store) {
+        fprintf(stderr, "cmkemu: store: %s\n", err);
+        goto out;
+    }
+    emu_admin_load_clock(store);
+
+    kv = kv_open(store, hsm, err, sizeof err);
+    if (!kv) {
+        fprintf(stderr, "cmkemu: key vault: %s\n", err);
+        goto out;
+    }
+    emu_world_info world = {0};
+    if (!emu_world_load(&cfg, store, kv, &world, err, sizeof err)) {
+        fprintf(stderr, "cmkemu: world: %s\n", err);
+        goto out;
+    }
+
+    int ncores = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    int threads = cfg.threads > 0 ? cfg.threads : (ncores > 0 ? ncores : 2);
+    router = emu_router_new();
+    emu_admin_ctx admin = {.store = store,
+                           .hsm = hsm,
+                           .version = CMKEMU_VERSION,
+                           .data_dir = cfg.data_dir,
+                           .started = emu_wall_now()};
+    emu_admin_register(router, &admin);
+    kv_api_ctx kvctx = {.kv = kv, .tenant = cfg.tenant};
+    kv_api_register(router, &kvctx);
+
+    workers = emu_workers_new(threads);
+    emu_http_config hcfg = {.host = cfg.listen_host,
+                            .port = cfg.port,
+                            .threads = threads,
+                            .cert_pem = cert_pem,
+                            .key_pem = key_pem,
+                            .max_body = cfg.max_body,
+                            .max_headers = cfg.max_headers,
+                            .max_json_depth = cfg.max_json_depth,
+                            .router = router,
+                            .workers = workers};
+    http = emu_http_start(&hcfg, err, sizeof err);
+    if (!http) {
+        fprintf(stderr, "cmkemu: %s\n", err);
+        goto out;
+    }
+    int port = emu_http_port(http);
+
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    if (pthread_create(&tick, NULL, tick_main, NULL) == 0)
+        tick_started = true;
+
+    const char *shown = strchr(cfg.listen_host, ':') ? "[::1]" : "localhost";
+    if (!strcmp(cfg.listen_host, "127.0.0.1") || !strcmp(cfg.listen_host, "localhost"))
+        shown = "localhost";
+    else if (!strchr(cfg.listen_host, ':'))
+        shown = cfg.listen_host;
+    printf("cmkemu %s serving https://%s:%d/\n", CMKEMU_VERSION, shown, port);
+    printf("  data dir:     %s\n", cfg.data_dir);
+    printf("  certificate:  %s\n", cert_path);
+    printf("                trust it: NODE_EXTRA_CA_CERTS=%s, curl --cacert %s,\n", cert_path,
+           cert_path);
+    printf("                REQUESTS_CA_BUNDLE / SSL_CERT_FILE=%s\n", cert_path);
+    printf("  HSM module:   %s\n", hsm_module_path(hsm));
+    printf("  auth:         %s\n", cfg.auth == EMU_AUTH_STRICT ? "strict" : "permissive");
+    printf("  default vault https://localhost:%d/  named vaults https://NAME.vault.localhost:%d/\n",
+           port, port);
+    if (world.summary[0])
+        printf("  world:        %s\n", world.summary);
+    printf("  health:       https://localhost:%d/_emulator/health\n", port);
+    fflush(stdout);
+    emu_log(EMU_LOG_INFO, "main", "listening on %s:%d with %d threads", cfg.listen_host, port,
+            threads);
+
+    while (!stop_requested)
+        pause();
+    emu_log(EMU_LOG_INFO, "main", "stopping");
+    rc = 0;
+out:
+    if (tick_started)
+        pthread_join(tick, NULL);
+    emu_http_stop(http);
+    emu_workers_free(workers);
+    emu_router_free(router);
+    emu_clock_hooks_clear();
+    kv_close(kv);
+    emu_store_close(store);
+    hsm_close(hsm);
+    if (key_pem) {
+        OPENSSL_cleanse(key_pem, strlen(key_pem));
+        free(key_pem);
+    }
+    free(cert_pem);
+    free(cert_path);
+    emu_config_cleanup(&cfg);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return usage(stderr, 2);
+    if (!strcmp(argv[1], "serve"))
+        return serve(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("cmkemu %s\n", CMKEMU_VERSION);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help"))
+        return usage(stdout, 0);
+    fprintf(stderr, "cmkemu: unknown command '%s' (try: cmkemu serve)\n", argv[1]);
+    return 2;
+}

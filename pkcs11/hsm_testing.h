@@ -1,0 +1,23 @@
+/*
+ * hsm_testing: hooks for tests only (fault injection). Production code never includes this.
+ *
+ * Every PKCS#11 call that hsm.c makes after hsm_open goes through one CK_FUNCTION_LIST pointer
+ * held in hsm_t. A test can substitute a copy of that table with some entries wrapped (e.g. a
+ * C_Decrypt that fails with CKR_DEVICE_ERROR) and restore it afterwards.
+ */
+#ifndef CMKEMU_HSM_TESTING_H
+#define CMKEMU_HSM_TESTING_H
+
+#include <p11-kit/pkcs11.h>
+
+#include "hsm.h"
+
+/* Replaces the function table used by every later call on hsm. NULL restores the module's own
+ * table. Call only while no other thread uses hsm. The caller keeps fl alive until it restores
+ * the module's table or closes hsm (hsm_close always uses the module's own table). */
+void hsm_testing_set_functions(hsm_t *hsm, CK_FUNCTION_LIST *fl);
+
+/* The table in use now (the module's own unless replaced). */
+CK_FUNCTION_LIST *hsm_testing_get_functions(const hsm_t *hsm);
+
+#endif

@@ -1,0 +1,1185 @@
+/*
+ * test_hsm: the HSM layer against a real SoftHSM token in a fresh temporary data directory
+ * (under $CMK_TEST_TMP, else /tmp), removed at the end.
+ *
+ * Only one hsm_t may be open per process, so the group fixture owns the open handle and tests
+ * that need a reopen close and reopen that same handle.
+ *
+ * CMK_HSM_BENCH=1 also runs a short decrypt throughput loop and prints the numbers.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "hsm.h"
+#include "hsm_testing.h"
+
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+
+#include <errno.h>
+#include <ftw.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef CMKEMU_SOFTHSM_MODULE
+#define CMKEMU_SOFTHSM_MODULE "/usr/lib/softhsm/libsofthsm2.so"
+#endif
+
+typedef struct {
+    char root[PATH_MAX];  /* mkdtemp result, removed at teardown */
+    char dir_a[PATH_MAX]; /* the main data directory */
+    char dir_b[PATH_MAX]; /* a second data directory, used in sequence */
+    hsm_t *h;
+    uint8_t k2048[HSM_ID_LEN];
+    uint8_t k3072[HSM_ID_LEN];
+} fixture;
+
+static const hsm_rsa_enc_alg enc_algs[] = {HSM_RSA_OAEP_SHA1, HSM_RSA_OAEP_SHA256, HSM_RSA_PKCS1};
+static const char *const enc_names[] = {"", "RSA-OAEP", "RSA-OAEP-256", "RSA1_5"};
+static const hsm_sig_alg sig_algs[] = {HSM_RS256, HSM_RS384, HSM_RS512,
+                                       HSM_PS256, HSM_PS384, HSM_PS512};
+static const char *const sig_names[] = {"", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"};
+
+/* ---------------------------------------------------------------------------------------- */
+/* helpers                                                                                   */
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void rm_rf(const char *path)
+{
+    (void)nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static hsm_t *open_dir(const char *dir)
+{
+    hsm_config cfg = {.data_dir = dir};
+    char err[256];
+    hsm_t *h = NULL;
+    hsm_status st = hsm_open(&cfg, &h, err, sizeof(err));
+
+    if (st != HSM_OK)
+        fail_msg("hsm_open(%s): %s: %s", dir, hsm_status_str(st), err);
+    assert_non_null(h);
+    return h;
+}
+
+static void reopen(fixture *f)
+{
+    hsm_close(f->h);
+    f->h = open_dir(f->dir_a);
+}
+
+static size_t mod_bytes(hsm_t *h, const uint8_t id[HSM_ID_LEN])
+{
+    unsigned bits = 0;
+
+    assert_int_equal(hsm_rsa_bits(h, id, &bits), HSM_OK);
+    return (bits + 7) / 8;
+}
+
+/* The public key as plain OpenSSL sees it, built from the exported n and e. */
+static EVP_PKEY *pub_from_hsm(hsm_t *h, const uint8_t id[HSM_ID_LEN])
+{
+    uint8_t *n = NULL, *e = NULL;
+    size_t n_len = 0, e_len = 0;
+    OSSL_PARAM_BLD *bld;
+    OSSL_PARAM *params;
+    EVP_PKEY_CTX *pctx;
+    EVP_PKEY *pkey = NULL;
+    BIGNUM *bn, *be;
+
+    assert_int_equal(hsm_rsa_public(h, id, &n, &n_len, &e, &e_len), HSM_OK);
+    assert_true(n_len > 0 && n[0] != 0);
+    assert_true(e_len > 0 && e[0] != 0);
+    bn = BN_bin2bn(n, (int)n_len, NULL);
+    be = BN_bin2bn(e, (int)e_len, NULL);
+    bld = OSSL_PARAM_BLD_new();
+    assert_non_null(bld);
+    assert_int_equal(OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn), 1);
+    assert_int_equal(OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, be), 1);
+    params = OSSL_PARAM_BLD_to_param(bld);
+    pctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    assert_non_null(params);
+    assert_non_null(pctx);
+    assert_int_equal(EVP_PKEY_fromdata_init(pctx), 1);
+    assert_int_equal(EVP_PKEY_fromdata(pctx, &pkey, EVP_PKEY_PUBLIC_KEY, params), 1);
+    EVP_PKEY_CTX_free(pctx);
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(bld);
+    BN_free(bn);
+    BN_free(be);
+    free(n);
+    free(e);
+    return pkey;
+}
+
+static void ossl_encrypt(EVP_PKEY *pkey, hsm_rsa_enc_alg alg, const uint8_t *in, size_t in_len,
+                         uint8_t *out, size_t *out_len)
+{
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
+    const EVP_MD *md = alg == HSM_RSA_OAEP_SHA1 ? EVP_sha1() : EVP_sha256();
+
+    assert_non_null(c);
+    assert_int_equal(EVP_PKEY_encrypt_init(c), 1);
+    if (alg == HSM_RSA_PKCS1) {
+        assert_true(EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PADDING) > 0);
+    } else {
+        assert_true(EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_OAEP_PADDING) > 0);
+        assert_true(EVP_PKEY_CTX_set_rsa_oaep_md(c, md) > 0);
+        assert_true(EVP_PKEY_CTX_set_rsa_mgf1_md(c, md) > 0);
+    }
+    *out_len = 512;
+    assert_int_equal(EVP_PKEY_encrypt(c, out, out_len, in, in_len), 1);
+    EVP_PKEY_CTX_free(c);
+}
+
+/* Raw RSA (no padding) with the public key: lets a test craft ciphertexts whose plaintext
+ * block is known to be badly padded. */
+static void ossl_encrypt_raw(EVP_PKEY *pkey, const uint8_t *block, size_t k, uint8_t *out)
+{
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
+    size_t olen = 512;
+
+    assert_non_null(c);
+    assert_int_equal(EVP_PKEY_encrypt_init(c), 1);
+    assert_true(EVP_PKEY_CTX_set_rsa_padding(c, RSA_NO_PADDING) > 0);
+    assert_int_equal(EVP_PKEY_encrypt(c, out, &olen, block, k), 1);
+    assert_int_equal(olen, k);
+    EVP_PKEY_CTX_free(c);
+}
+
+static const EVP_MD *sig_md(hsm_sig_alg alg)
+{
+    size_t dl = hsm_sig_digest_len(alg);
+
+    return dl == 32 ? EVP_sha256() : dl == 48 ? EVP_sha384() : EVP_sha512();
+}
+
+static int is_pss(hsm_sig_alg alg)
+{
+    return alg == HSM_PS256 || alg == HSM_PS384 || alg == HSM_PS512;
+}
+
+static void make_digest(hsm_sig_alg alg, const char *msg, uint8_t *digest)
+{
+    unsigned dl = 0;
+
+    assert_int_equal(EVP_Digest(msg, strlen(msg), digest, &dl, sig_md(alg), NULL), 1);
+    assert_int_equal(dl, hsm_sig_digest_len(alg));
+}
+
+/* Verifies with plain OpenSSL; PSS with salt length fixed to the digest length. */
+static int ossl_verify(EVP_PKEY *pkey, hsm_sig_alg alg, const uint8_t *digest, const uint8_t *sig,
+                       size_t sig_len)
+{
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new_from_pkey(NULL, pkey, NULL);
+    int rc;
+
+    assert_non_null(c);
+    assert_int_equal(EVP_PKEY_verify_init(c), 1);
+    assert_true(EVP_PKEY_CTX_set_signature_md(c, sig_md(alg)) > 0);
+    if (is_pss(alg)) {
+        assert_true(EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PSS_PADDING) > 0);
+        assert_true(EVP_PKEY_CTX_set_rsa_mgf1_md(c, sig_md(alg)) > 0);
+        assert_true(EVP_PKEY_CTX_set_rsa_pss_saltlen(c, (int)hsm_sig_digest_len(alg)) > 0);
+    } else {
+        assert_true(EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_PADDING) > 0);
+    }
+    rc = EVP_PKEY_verify(c, sig, sig_len, digest, hsm_sig_digest_len(alg));
+    EVP_PKEY_CTX_free(c);
+    ERR_clear_error();
+    return rc;
+}
+
+typedef struct {
+    const uint8_t (*want)[HSM_ID_LEN];
+    int found;
+    int count;
+} foreach_probe;
+
+static void probe_cb(const uint8_t id[HSM_ID_LEN], void *ud)
+{
+    foreach_probe *p = ud;
+
+    p->count++;
+    if (p->want && memcmp(id, *p->want, HSM_ID_LEN) == 0)
+        p->found++;
+}
+
+static foreach_probe probe(hsm_t *h, const uint8_t id[HSM_ID_LEN])
+{
+    foreach_probe p = {(const uint8_t(*)[HSM_ID_LEN])id, 0, 0};
+
+    assert_int_equal(hsm_key_foreach(h, probe_cb, &p), HSM_OK);
+    return p;
+}
+
+static mode_t file_mode(const char *dir, const char *rel)
+{
+    char path[PATH_MAX];
+    struct stat sb;
+
+    assert_true(snprintf(path, sizeof(path), "%s/%s", dir, rel) < (int)sizeof(path));
+    if (stat(path, &sb) != 0)
+        fail_msg("stat %s: %s", path, strerror(errno));
+    return sb.st_mode & 07777;
+}
+
+static size_t read_file(const char *dir, const char *rel, char *buf, size_t cap)
+{
+    char path[PATH_MAX];
+    FILE *fp;
+    size_t n;
+
+    assert_true(snprintf(path, sizeof(path), "%s/%s", dir, rel) < (int)sizeof(path));
+    fp = fopen(path, "rb");
+    assert_non_null(fp);
+    n = fread(buf, 1, cap - 1, fp);
+    buf[n] = '\0';
+    fclose(fp);
+    return n;
+}
+
+/* An RSA key made by plain OpenSSL, with its components as big-endian bytes. */
+typedef struct {
+    EVP_PKEY *pkey;
+    uint8_t *part[8]; /* n e d p q dp dq qi */
+    size_t len[8];
+} ossl_key;
+
+static void ossl_key_make(ossl_key *k, unsigned bits)
+{
+    static const char *const names[8] = {
+        OSSL_PKEY_PARAM_RSA_N,         OSSL_PKEY_PARAM_RSA_E,
+        OSSL_PKEY_PARAM_RSA_D,         OSSL_PKEY_PARAM_RSA_FACTOR1,
+        OSSL_PKEY_PARAM_RSA_FACTOR2,   OSSL_PKEY_PARAM_RSA_EXPONENT1,
+        OSSL_PKEY_PARAM_RSA_EXPONENT2, OSSL_PKEY_PARAM_RSA_COEFFICIENT1,
+    };
+
+    memset(k, 0, sizeof(*k));
+    k->pkey = EVP_RSA_gen(bits);
+    assert_non_null(k->pkey);
+    for (int i = 0; i < 8; i++) {
+        BIGNUM *bn = NULL;
+        assert_int_equal(EVP_PKEY_get_bn_param(k->pkey, names[i], &bn), 1);
+        k->len[i] = (size_t)BN_num_bytes(bn);
+        k->part[i] = malloc(k->len[i]);
+        assert_non_null(k->part[i]);
+        BN_bn2bin(bn, k->part[i]);
+        BN_clear_free(bn);
+    }
+}
+
+static void ossl_key_free(ossl_key *k)
+{
+    EVP_PKEY_free(k->pkey);
+    for (int i = 0; i < 8; i++) {
+        OPENSSL_cleanse(k->part[i], k->len[i]);
+        free(k->part[i]);
+    }
+}
+
+static hsm_rsa_components ossl_key_components(const ossl_key *k, int with_crt)
+{
+    hsm_rsa_components c = {
+        .n = k->part[0],
+        .e = k->part[1],
+        .d = k->part[2],
+        .p = k->part[3],
+        .q = k->part[4],
+        .n_len = k->len[0],
+        .e_len = k->len[1],
+        .d_len = k->len[2],
+        .p_len = k->len[3],
+        .q_len = k->len[4],
+    };
+
+    if (with_crt) {
+        c.dp = k->part[5];
+        c.dq = k->part[6];
+        c.qi = k->part[7];
+        c.dp_len = k->len[5];
+        c.dq_len = k->len[6];
+        c.qi_len = k->len[7];
+    }
+    return c;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* fixture                                                                                   */
+
+static int group_setup(void **state)
+{
+    const char *base = getenv("CMK_TEST_TMP");
+    fixture *f = calloc(1, sizeof(*f));
+
+    if (!f)
+        return -1;
+    if (!base || !*base)
+        base = "/tmp";
+    (void)mkdir(base, 0700);
+    if (snprintf(f->root, sizeof(f->root), "%s/test_hsm-XXXXXX", base) >= (int)sizeof(f->root) ||
+        !mkdtemp(f->root)) {
+        fprintf(stderr, "mkdtemp under %s: %s\n", base, strerror(errno));
+        free(f);
+        return -1;
+    }
+    if (snprintf(f->dir_a, sizeof(f->dir_a), "%s/a", f->root) >= (int)sizeof(f->dir_a) ||
+        snprintf(f->dir_b, sizeof(f->dir_b), "%s/b", f->root) >= (int)sizeof(f->dir_b)) {
+        free(f);
+        return -1;
+    }
+    f->h = open_dir(f->dir_a);
+    if (hsm_rsa_generate(f->h, 2048, 0, "test/k2048/1", f->k2048) != HSM_OK ||
+        hsm_rsa_generate(f->h, 3072, 0, "test/k3072/1", f->k3072) != HSM_OK) {
+        fprintf(stderr, "key generation failed\n");
+        return -1;
+    }
+    *state = f;
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    fixture *f = *state;
+
+    if (!f)
+        return 0;
+    hsm_close(f->h);
+    if (!getenv("CMK_TEST_KEEP"))
+        rm_rf(f->root);
+    free(f);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* tests                                                                                     */
+
+static void hsm_open_creates_private_files(void **state)
+{
+    fixture *f = *state;
+    char conf[2048], want[PATH_MAX + 64], abs[PATH_MAX];
+
+    assert_int_equal(file_mode(f->dir_a, "hsm"), 0700);
+    assert_int_equal(file_mode(f->dir_a, "hsm/tokens"), 0700);
+    assert_int_equal(file_mode(f->dir_a, "hsm/pin"), 0600);
+    assert_int_equal(file_mode(f->dir_a, "hsm/so-pin"), 0600);
+    read_file(f->dir_a, "hsm/softhsm2.conf", conf, sizeof(conf));
+    assert_non_null(realpath(f->dir_a, abs));
+    snprintf(want, sizeof(want), "directories.tokendir = %s/hsm/tokens\n", abs);
+    assert_non_null(strstr(conf, want));
+    assert_non_null(strstr(conf, "objectstore.backend = file\n"));
+    assert_string_equal(hsm_module_path(f->h), CMKEMU_SOFTHSM_MODULE);
+    assert_string_equal(hsm_token_label(f->h), "cmkemu");
+}
+
+static void hsm_encrypt_decrypt_roundtrip_all_algs(void **state)
+{
+    fixture *f = *state;
+    const uint8_t *keys[] = {f->k2048, f->k3072};
+
+    for (size_t ki = 0; ki < 2; ki++) {
+        size_t k = mod_bytes(f->h, keys[ki]);
+        for (size_t ai = 0; ai < 3; ai++) {
+            hsm_rsa_enc_alg alg = enc_algs[ai];
+            size_t overhead = alg == HSM_RSA_OAEP_SHA1 ? 42 : alg == HSM_RSA_OAEP_SHA256 ? 66 : 11;
+            size_t sizes[] = {0, 1, 32, k - overhead};
+            for (size_t si = 0; si < 4; si++) {
+                uint8_t msg[512], ct[512], pt[512];
+                size_t ct_len = 0, pt_len = 0;
+                hsm_status st;
+
+                assert_int_equal(RAND_bytes(msg, (int)sizes[si] + 1), 1);
+                st = hsm_rsa_encrypt(f->h, keys[ki], alg, msg, sizes[si], ct, &ct_len);
+                if (st != HSM_OK)
+                    fail_msg("%s k=%zu len=%zu encrypt: %s", enc_names[alg], k, sizes[si],
+                             hsm_status_str(st));
+                assert_int_equal(ct_len, k);
+                st = hsm_rsa_decrypt(f->h, keys[ki], alg, ct, ct_len, pt, &pt_len);
+                if (st != HSM_OK)
+                    fail_msg("%s k=%zu len=%zu decrypt: %s", enc_names[alg], k, sizes[si],
+                             hsm_status_str(st));
+                assert_int_equal(pt_len, sizes[si]);
+                assert_memory_equal(pt, msg, sizes[si]);
+            }
+        }
+    }
+}
+
+static void hsm_sign_verify_roundtrip_all_algs(void **state)
+{
+    fixture *f = *state;
+    const uint8_t *keys[] = {f->k2048, f->k3072};
+
+    for (size_t ki = 0; ki < 2; ki++) {
+        size_t k = mod_bytes(f->h, keys[ki]);
+        EVP_PKEY *pub = pub_from_hsm(f->h, keys[ki]);
+        for (size_t ai = 0; ai < 6; ai++) {
+            hsm_sig_alg alg = sig_algs[ai];
+            size_t dl = hsm_sig_digest_len(alg);
+            uint8_t digest[64], sig[512];
+            size_t sig_len = 0;
+            hsm_status st;
+
+            make_digest(alg, "the quick brown fox", digest);
+            st = hsm_sign(f->h, keys[ki], alg, digest, dl, sig, &sig_len);
+            if (st != HSM_OK)
+                fail_msg("%s k=%zu sign: %s", sig_names[alg], k, hsm_status_str(st));
+            assert_int_equal(sig_len, k);
+            st = hsm_verify(f->h, keys[ki], alg, digest, dl, sig, sig_len);
+            if (st != HSM_OK)
+                fail_msg("%s k=%zu verify: %s", sig_names[alg], k, hsm_status_str(st));
+            if (ossl_verify(pub, alg, digest, sig, sig_len) != 1)
+                fail_msg("%s k=%zu: plain OpenSSL does not verify", sig_names[alg], k);
+            /* wrong digest, damaged signature, truncated signature */
+            digest[0] ^= 1;
+            assert_int_equal(hsm_verify(f->h, keys[ki], alg, digest, dl, sig, sig_len),
+                             HSM_ERR_VERIFY);
+            digest[0] ^= 1;
+            sig[sig_len / 2] ^= 0x40;
+            assert_int_equal(hsm_verify(f->h, keys[ki], alg, digest, dl, sig, sig_len),
+                             HSM_ERR_VERIFY);
+            sig[sig_len / 2] ^= 0x40;
+            assert_int_equal(hsm_verify(f->h, keys[ki], alg, digest, dl, sig, sig_len - 1),
+                             HSM_ERR_VERIFY);
+        }
+        EVP_PKEY_free(pub);
+    }
+}
+
+static void hsm_decrypts_openssl_ciphertext(void **state)
+{
+    fixture *f = *state;
+    const uint8_t *keys[] = {f->k2048, f->k3072};
+    static const uint8_t msg[32] = "a 32-byte AES key for unwrap ok";
+
+    for (size_t ki = 0; ki < 2; ki++) {
+        EVP_PKEY *pub = pub_from_hsm(f->h, keys[ki]);
+        for (size_t ai = 0; ai < 3; ai++) {
+            uint8_t ct[512], pt[512];
+            size_t ct_len = 0, pt_len = 0;
+            hsm_status st;
+
+            ossl_encrypt(pub, enc_algs[ai], msg, sizeof(msg), ct, &ct_len);
+            st = hsm_rsa_decrypt(f->h, keys[ki], enc_algs[ai], ct, ct_len, pt, &pt_len);
+            if (st != HSM_OK)
+                fail_msg("%s: token cannot decrypt OpenSSL ciphertext: %s", enc_names[enc_algs[ai]],
+                         hsm_status_str(st));
+            assert_int_equal(pt_len, sizeof(msg));
+            assert_memory_equal(pt, msg, sizeof(msg));
+        }
+        EVP_PKEY_free(pub);
+    }
+}
+
+static void hsm_tampered_ciphertext_is_decrypt_error(void **state)
+{
+    fixture *f = *state;
+    EVP_PKEY *pub = pub_from_hsm(f->h, f->k2048);
+    size_t k = mod_bytes(f->h, f->k2048);
+    static const uint8_t msg[32] = "tamper with me, see what happens";
+    uint8_t ct[512], pt[512], block[512];
+    size_t ct_len = 0, pt_len = 0;
+
+    for (size_t ai = 0; ai < 3; ai++) {
+        hsm_rsa_enc_alg alg = enc_algs[ai];
+        hsm_status st;
+
+        if (alg == HSM_RSA_PKCS1) {
+            /* A flipped bit still has a ~2^-16 chance of valid v1.5 padding; use a block
+             * that is certainly invalid: 00 01 ... instead of 00 02 ... */
+            memset(block, 0xab, k);
+            block[0] = 0x00;
+            block[1] = 0x01;
+            ossl_encrypt_raw(pub, block, k, ct);
+            ct_len = k;
+        } else {
+            ossl_encrypt(pub, alg, msg, sizeof(msg), ct, &ct_len);
+            ct[ct_len / 3] ^= 0x10;
+        }
+        st = hsm_rsa_decrypt(f->h, f->k2048, alg, ct, ct_len, pt, &pt_len);
+        if (st != HSM_ERR_DECRYPT)
+            fail_msg("%s tampered: got %s", enc_names[alg], hsm_status_str(st));
+        /* bad label-hash / first byte for OAEP: raw block with garbage */
+        memset(block, 0x5a, k);
+        block[0] = 0;
+        ossl_encrypt_raw(pub, block, k, ct);
+        st = hsm_rsa_decrypt(f->h, f->k2048, alg, ct, k, pt, &pt_len);
+        if (st != HSM_ERR_DECRYPT)
+            fail_msg("%s garbage block: got %s", enc_names[alg], hsm_status_str(st));
+        /* ciphertext >= modulus */
+        memset(ct, 0xff, k);
+        st = hsm_rsa_decrypt(f->h, f->k2048, alg, ct, k, pt, &pt_len);
+        if (st != HSM_ERR_DECRYPT)
+            fail_msg("%s ciphertext >= n: got %s", enc_names[alg], hsm_status_str(st));
+        /* and the key still works afterwards */
+        ossl_encrypt(pub, alg, msg, sizeof(msg), ct, &ct_len);
+        assert_int_equal(hsm_rsa_decrypt(f->h, f->k2048, alg, ct, ct_len, pt, &pt_len), HSM_OK);
+        assert_memory_equal(pt, msg, sizeof(msg));
+    }
+    EVP_PKEY_free(pub);
+}
+
+static void hsm_bad_arguments_are_rejected(void **state)
+{
+    fixture *f = *state;
+    uint8_t digest[64] = {0}, sig[512], buf[512], out[512];
+    uint8_t unknown[HSM_ID_LEN] = {0xde, 0xad};
+    size_t k = mod_bytes(f->h, f->k2048), len = 0;
+    uint8_t id[HSM_ID_LEN];
+    char long_label[300];
+
+    assert_int_equal(hsm_sig_digest_len(HSM_RS256), 32);
+    assert_int_equal(hsm_sig_digest_len(HSM_PS384), 48);
+    assert_int_equal(hsm_sig_digest_len(HSM_RS512), 64);
+    assert_int_equal(hsm_sig_digest_len((hsm_sig_alg)99), 0);
+    /* wrong digest lengths */
+    assert_int_equal(hsm_sign(f->h, f->k2048, HSM_RS256, digest, 48, sig, &len), HSM_ERR_ARGS);
+    assert_int_equal(hsm_sign(f->h, f->k2048, HSM_PS512, digest, 32, sig, &len), HSM_ERR_ARGS);
+    assert_int_equal(hsm_sign(f->h, f->k2048, HSM_RS384, digest, 0, sig, &len), HSM_ERR_ARGS);
+    assert_int_equal(hsm_verify(f->h, f->k2048, HSM_RS256, digest, 31, sig, k), HSM_ERR_ARGS);
+    assert_int_equal(hsm_sign(f->h, f->k2048, (hsm_sig_alg)0, digest, 32, sig, &len), HSM_ERR_ARGS);
+    /* wrong ciphertext lengths, too long plaintext, unknown algorithm */
+    memset(buf, 1, sizeof(buf));
+    assert_int_equal(hsm_rsa_decrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA1, buf, k - 1, out, &len),
+                     HSM_ERR_ARGS);
+    assert_int_equal(hsm_rsa_decrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA256, buf, k + 1, out, &len),
+                     HSM_ERR_ARGS);
+    assert_int_equal(hsm_rsa_encrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA256, buf, k - 65, out, &len),
+                     HSM_ERR_ARGS);
+    assert_int_equal(hsm_rsa_encrypt(f->h, f->k2048, HSM_RSA_PKCS1, buf, k - 10, out, &len),
+                     HSM_ERR_ARGS);
+    assert_int_equal(hsm_rsa_encrypt(f->h, f->k2048, (hsm_rsa_enc_alg)7, buf, 16, out, &len),
+                     HSM_ERR_ARGS);
+    /* key generation arguments (refused before the token is asked) */
+    assert_int_equal(hsm_rsa_generate(f->h, 1024, 0, "x", id), HSM_ERR_ARGS);
+    assert_int_equal(hsm_rsa_generate(f->h, 2048, 4, "x", id), HSM_ERR_ARGS);
+    memset(long_label, 'l', sizeof(long_label) - 1);
+    long_label[sizeof(long_label) - 1] = '\0';
+    assert_int_equal(hsm_rsa_generate(f->h, 2048, 0, long_label, id), HSM_ERR_ARGS);
+    /* unknown key */
+    assert_int_equal(hsm_rsa_decrypt(f->h, unknown, HSM_RSA_OAEP_SHA1, buf, k, out, &len),
+                     HSM_ERR_NOT_FOUND);
+    assert_int_equal(hsm_rsa_encrypt(f->h, unknown, HSM_RSA_OAEP_SHA1, buf, 16, out, &len),
+                     HSM_ERR_NOT_FOUND);
+    assert_int_equal(hsm_sign(f->h, unknown, HSM_RS256, digest, 32, sig, &len), HSM_ERR_NOT_FOUND);
+    assert_int_equal(hsm_key_destroy(f->h, unknown), HSM_ERR_NOT_FOUND);
+    assert_string_equal(hsm_status_str(HSM_ERR_DECRYPT), "decryption failed");
+}
+
+static void hsm_keys_survive_reopen_and_dirs_are_separate(void **state)
+{
+    fixture *f = *state;
+    static const uint8_t msg[32] = "survives close and open, twice!";
+    uint8_t id[HSM_ID_LEN], ct[512], pt[512];
+    size_t ct_len = 0, pt_len = 0;
+    char pin_a[128], pin_b[128], err[256];
+    hsm_config cfg = {.data_dir = f->dir_a};
+    hsm_t *other = NULL;
+    foreach_probe p;
+
+    assert_int_equal(hsm_rsa_generate(f->h, 2048, 0, "test/persist/1", id), HSM_OK);
+    assert_int_equal(hsm_rsa_encrypt(f->h, id, HSM_RSA_OAEP_SHA256, msg, sizeof(msg), ct, &ct_len),
+                     HSM_OK);
+
+    /* only one hsm_t per process */
+    assert_int_equal(hsm_open(&cfg, &other, err, sizeof(err)), HSM_ERR_MODULE);
+    assert_null(other);
+
+    hsm_close(f->h);
+    f->h = NULL;
+    assert_int_equal(file_mode(f->dir_a, "hsm/pin"), 0600);
+
+    /* wrong PIN: refused, named, never echoed */
+    cfg.pin = "not-the-pin-4711";
+    assert_int_equal(hsm_open(&cfg, &other, err, sizeof(err)), HSM_ERR_PIN);
+    assert_null(other);
+    assert_non_null(strstr(err, "CKR_PIN_INCORRECT"));
+    assert_null(strstr(err, "4711"));
+
+    f->h = open_dir(f->dir_a);
+    assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
+                     HSM_OK);
+    assert_memory_equal(pt, msg, sizeof(msg));
+    p = probe(f->h, id);
+    assert_int_equal(p.found, 1);
+    assert_true(p.count >= 3);
+
+    /* a second data directory in the same process is a different, empty token */
+    hsm_close(f->h);
+    f->h = open_dir(f->dir_b);
+    p = probe(f->h, id);
+    assert_int_equal(p.found, 0);
+    assert_int_equal(p.count, 0);
+    assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
+                     HSM_ERR_NOT_FOUND);
+    read_file(f->dir_a, "hsm/pin", pin_a, sizeof(pin_a));
+    read_file(f->dir_b, "hsm/pin", pin_b, sizeof(pin_b));
+    assert_int_equal(strlen(pin_a), 32);
+    assert_string_not_equal(pin_a, pin_b);
+    OPENSSL_cleanse(pin_a, sizeof(pin_a));
+    OPENSSL_cleanse(pin_b, sizeof(pin_b));
+
+    /* and back */
+    reopen(f);
+    assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
+                     HSM_OK);
+    assert_memory_equal(pt, msg, sizeof(msg));
+    assert_int_equal(hsm_key_destroy(f->h, id), HSM_OK);
+}
+
+static void hsm_open_errors(void **state)
+{
+    fixture *f = *state;
+    hsm_config cfg = {.module_path = "/nonexistent/libnothing.so", .pin = "1234"};
+    char err[256];
+    hsm_t *h = NULL;
+
+    hsm_close(f->h);
+    f->h = NULL;
+    assert_int_equal(hsm_open(&cfg, &h, err, sizeof(err)), HSM_ERR_MODULE);
+    assert_null(h);
+    assert_non_null(strstr(err, "/nonexistent/libnothing.so"));
+    cfg.pin = NULL;
+    assert_int_equal(hsm_open(&cfg, &h, err, sizeof(err)), HSM_ERR_ARGS);
+    /* an explicit module (not managed) needs an existing token */
+    cfg.module_path = CMKEMU_SOFTHSM_MODULE;
+    cfg.pin = "1234";
+    cfg.token_label = "no-such-token";
+    assert_int_equal(hsm_open(&cfg, &h, err, sizeof(err)), HSM_ERR_TOKEN);
+    assert_non_null(strstr(err, "no-such-token"));
+    cfg = (hsm_config){.data_dir = f->dir_a, .token_label = "this label is far too long for p11"};
+    assert_int_equal(hsm_open(&cfg, &h, err, sizeof(err)), HSM_ERR_ARGS);
+    f->h = open_dir(f->dir_a);
+}
+
+static void hsm_destroy_removes_key(void **state)
+{
+    fixture *f = *state;
+    uint8_t id[HSM_ID_LEN], ct[512], pt[512];
+    static const uint8_t msg[16] = "destroy me now!";
+    size_t ct_len = 0, pt_len = 0;
+    foreach_probe p;
+
+    assert_int_equal(hsm_rsa_generate(f->h, 2048, 0, "test/destroy/1", id), HSM_OK);
+    assert_int_equal(hsm_rsa_encrypt(f->h, id, HSM_RSA_OAEP_SHA1, msg, sizeof(msg), ct, &ct_len),
+                     HSM_OK);
+    p = probe(f->h, id);
+    assert_int_equal(p.found, 1);
+    assert_int_equal(hsm_key_destroy(f->h, id), HSM_OK);
+    assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len),
+                     HSM_ERR_NOT_FOUND);
+    assert_int_equal(hsm_rsa_encrypt(f->h, id, HSM_RSA_OAEP_SHA1, msg, sizeof(msg), ct, &ct_len),
+                     HSM_ERR_NOT_FOUND);
+    p = probe(f->h, id);
+    assert_int_equal(p.found, 0);
+    assert_int_equal(hsm_key_destroy(f->h, id), HSM_ERR_NOT_FOUND);
+    /* still gone after a reopen (destroyed in the token, not only in the cache) */
+    reopen(f);
+    assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len),
+                     HSM_ERR_NOT_FOUND);
+}
+
+static void hsm_import_openssl_key(void **state)
+{
+    fixture *f = *state;
+    ossl_key k;
+    hsm_rsa_components c;
+    uint8_t id1[HSM_ID_LEN], id2[HSM_ID_LEN], ct[512], pt[512], digest[32], sig[512];
+    static const uint8_t msg[32] = "imported key, OpenSSL ciphertext";
+    size_t ct_len = 0, pt_len = 0, sig_len = 0;
+    uint8_t *n = NULL, *e = NULL;
+    size_t n_len = 0, e_len = 0;
+
+    ossl_key_make(&k, 2048);
+    /* n, e, d, p, q only: the CRT parts are computed */
+    c = ossl_key_components(&k, 0);
+    assert_int_equal(hsm_rsa_import(f->h, &c, "test/import/1", id1), HSM_OK);
+    assert_int_equal(hsm_rsa_public(f->h, id1, &n, &n_len, &e, &e_len), HSM_OK);
+    assert_int_equal(n_len, k.len[0]);
+    assert_memory_equal(n, k.part[0], n_len);
+    assert_memory_equal(e, k.part[1], e_len);
+    free(n);
+    free(e);
+    for (size_t ai = 0; ai < 3; ai++) {
+        ossl_encrypt(k.pkey, enc_algs[ai], msg, sizeof(msg), ct, &ct_len);
+        assert_int_equal(hsm_rsa_decrypt(f->h, id1, enc_algs[ai], ct, ct_len, pt, &pt_len), HSM_OK);
+        assert_int_equal(pt_len, sizeof(msg));
+        assert_memory_equal(pt, msg, sizeof(msg));
+    }
+    make_digest(HSM_PS256, "signed by an imported key", digest);
+    assert_int_equal(hsm_sign(f->h, id1, HSM_PS256, digest, 32, sig, &sig_len), HSM_OK);
+    assert_int_equal(ossl_verify(k.pkey, HSM_PS256, digest, sig, sig_len), 1);
+
+    /* with all CRT parts given */
+    c = ossl_key_components(&k, 1);
+    assert_int_equal(hsm_rsa_import(f->h, &c, "test/import/2", id2), HSM_OK);
+    assert_memory_not_equal(id1, id2, HSM_ID_LEN);
+    assert_int_equal(hsm_sign(f->h, id2, HSM_RS256, digest, 32, sig, &sig_len), HSM_OK);
+    assert_int_equal(ossl_verify(k.pkey, HSM_RS256, digest, sig, sig_len), 1);
+
+    /* missing p, missing q, inconsistent CRT part, d that does not match */
+    c = ossl_key_components(&k, 0);
+    c.p = NULL;
+    c.p_len = 0;
+    assert_int_equal(hsm_rsa_import(f->h, &c, NULL, id2), HSM_ERR_ARGS);
+    c = ossl_key_components(&k, 0);
+    c.q_len = 0;
+    assert_int_equal(hsm_rsa_import(f->h, &c, NULL, id2), HSM_ERR_ARGS);
+    c = ossl_key_components(&k, 1);
+    c.qi = k.part[5];
+    c.qi_len = k.len[5];
+    assert_int_equal(hsm_rsa_import(f->h, &c, NULL, id2), HSM_ERR_ARGS);
+    {
+        uint8_t d[512];
+        memcpy(d, k.part[2], k.len[2]);
+        d[k.len[2] - 1] ^= 2;
+        c = ossl_key_components(&k, 0);
+        c.d = d;
+        assert_int_equal(hsm_rsa_import(f->h, &c, NULL, id2), HSM_ERR_ARGS);
+        OPENSSL_cleanse(d, sizeof(d));
+    }
+    assert_int_equal(hsm_key_destroy(f->h, id1), HSM_OK);
+    assert_int_equal(hsm_key_destroy(f->h, id2), HSM_OK);
+    ossl_key_free(&k);
+
+    /* a 1024-bit key is refused */
+    ossl_key_make(&k, 1024);
+    c = ossl_key_components(&k, 1);
+    assert_int_equal(hsm_rsa_import(f->h, &c, NULL, id2), HSM_ERR_ARGS);
+    ossl_key_free(&k);
+}
+
+static int memfind(const uint8_t *hay, size_t hl, const uint8_t *needle, size_t nl)
+{
+    return memmem(hay, hl, needle, nl) != NULL;
+}
+
+static void hsm_backup_export_import_roundtrip(void **state)
+{
+    fixture *f = *state;
+    ossl_key k;
+    hsm_rsa_components c;
+    uint8_t id[HSM_ID_LEN], id2[HSM_ID_LEN], id3[HSM_ID_LEN], ct[512], pt[512];
+    uint8_t digest[48], sig[512], *blob = NULL, *bad = NULL;
+    static const uint8_t msg[32] = "backup and restore in one token.";
+    size_t blob_len = 0, ct_len = 0, pt_len = 0, sig_len = 0;
+    int before;
+
+    ossl_key_make(&k, 2048);
+    c = ossl_key_components(&k, 1);
+    assert_int_equal(hsm_rsa_import(f->h, &c, "test/backup/1", id), HSM_OK);
+    assert_int_equal(hsm_key_export_wrapped(f->h, id, &blob, &blob_len), HSM_OK);
+    assert_non_null(blob);
+    assert_memory_equal(blob, "CMKB1", 5);
+    /* no private component in clear */
+    for (int i = 2; i < 8; i++)
+        assert_false(memfind(blob, blob_len, k.part[i], 16));
+    assert_true(memfind(blob, blob_len, k.part[0], k.len[0]));
+
+    assert_int_equal(hsm_key_import_wrapped(f->h, blob, blob_len, "test/backup/2", id2), HSM_OK);
+    assert_memory_not_equal(id, id2, HSM_ID_LEN);
+    ossl_encrypt(k.pkey, HSM_RSA_OAEP_SHA256, msg, sizeof(msg), ct, &ct_len);
+    assert_int_equal(hsm_rsa_decrypt(f->h, id2, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
+                     HSM_OK);
+    assert_memory_equal(pt, msg, sizeof(msg));
+    make_digest(HSM_PS384, "restored key signs", digest);
+    assert_int_equal(hsm_sign(f->h, id2, HSM_PS384, digest, 48, sig, &sig_len), HSM_OK);
+    assert_int_equal(ossl_verify(k.pkey, HSM_PS384, digest, sig, sig_len), 1);
+    /* the restored key can itself be backed up again */
+    {
+        uint8_t *blob2 = NULL;
+        size_t blob2_len = 0;
+        assert_int_equal(hsm_key_export_wrapped(f->h, id2, &blob2, &blob2_len), HSM_OK);
+        free(blob2);
+    }
+
+    /* tampering anywhere fails and leaves no object behind */
+    before = probe(f->h, NULL).count;
+    bad = malloc(blob_len);
+    assert_non_null(bad);
+    {
+        size_t spots[] = {blob_len - 5, blob_len - 200, 20, 2, 5};
+        for (size_t i = 0; i < sizeof(spots) / sizeof(spots[0]); i++) {
+            hsm_status st;
+            memcpy(bad, blob, blob_len);
+            bad[spots[i]] ^= 0x01;
+            st = hsm_key_import_wrapped(f->h, bad, blob_len, NULL, id3);
+            if (st != HSM_ERR_DECRYPT)
+                fail_msg("blob tampered at %zu: got %s", spots[i], hsm_status_str(st));
+        }
+    }
+    assert_int_equal(hsm_key_import_wrapped(f->h, blob, blob_len - 1, NULL, id3), HSM_ERR_DECRYPT);
+    assert_int_equal(hsm_key_import_wrapped(f->h, blob, 3, NULL, id3), HSM_ERR_DECRYPT);
+    assert_int_equal(probe(f->h, NULL).count, before);
+
+    assert_int_equal(hsm_key_destroy(f->h, id), HSM_OK);
+    assert_int_equal(hsm_key_destroy(f->h, id2), HSM_OK);
+    free(bad);
+    free(blob);
+    ossl_key_free(&k);
+}
+
+typedef struct {
+    hsm_t *h;
+    const uint8_t *id;
+    pthread_barrier_t *start;
+    uint8_t ct[50][512];
+    size_t ct_len[50];
+    uint8_t msg[50][32];
+    hsm_rsa_enc_alg alg[50];
+    int ok, failed;
+} worker;
+
+static void *decrypt_worker(void *arg)
+{
+    worker *w = arg;
+
+    pthread_barrier_wait(w->start);
+    for (int i = 0; i < 50; i++) {
+        uint8_t pt[512];
+        size_t pt_len = 0;
+        if (hsm_rsa_decrypt(w->h, w->id, w->alg[i], w->ct[i], w->ct_len[i], pt, &pt_len) ==
+                HSM_OK &&
+            pt_len == 32 && memcmp(pt, w->msg[i], 32) == 0)
+            w->ok++;
+        else
+            w->failed++;
+    }
+    return NULL;
+}
+
+static void hsm_two_threads_decrypt_concurrently(void **state)
+{
+    fixture *f = *state;
+    pthread_barrier_t start;
+    pthread_t th[2];
+    worker *w = calloc(2, sizeof(*w));
+    hsm_stats st;
+
+    assert_non_null(w);
+    assert_int_equal(pthread_barrier_init(&start, NULL, 2), 0);
+    for (int t = 0; t < 2; t++) {
+        w[t].h = f->h;
+        w[t].id = f->k2048;
+        w[t].start = &start;
+        for (int i = 0; i < 50; i++) {
+            w[t].alg[i] = enc_algs[(size_t)(i + t) % 3];
+            assert_int_equal(RAND_bytes(w[t].msg[i], 32), 1);
+            assert_int_equal(hsm_rsa_encrypt(f->h, f->k2048, w[t].alg[i], w[t].msg[i], 32,
+                                             w[t].ct[i], &w[t].ct_len[i]),
+                             HSM_OK);
+        }
+    }
+    for (int t = 0; t < 2; t++)
+        assert_int_equal(pthread_create(&th[t], NULL, decrypt_worker, &w[t]), 0);
+    for (int t = 0; t < 2; t++)
+        pthread_join(th[t], NULL);
+    pthread_barrier_destroy(&start);
+    for (int t = 0; t < 2; t++) {
+        assert_int_equal(w[t].failed, 0);
+        assert_int_equal(w[t].ok, 50);
+    }
+    hsm_get_stats(f->h, &st);
+    assert_true(st.sessions >= 2);
+    free(w);
+}
+
+static void hsm_handle_cache_avoids_searches(void **state)
+{
+    fixture *f = *state;
+    static const uint8_t msg[32] = "cached handles, no C_FindObjects";
+    uint8_t ct[512], pt[512], digest[32], sig[512];
+    size_t ct_len = 0, pt_len = 0, sig_len = 0;
+    hsm_stats s0, s1, s2;
+    unsigned bits;
+
+    reopen(f); /* empty cache */
+    make_digest(HSM_RS256, "cache", digest);
+    hsm_get_stats(f->h, &s0);
+    assert_int_equal(s0.find_objects, 0);
+    assert_int_equal(hsm_rsa_encrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA1, msg, 32, ct, &ct_len),
+                     HSM_OK);
+    hsm_get_stats(f->h, &s1);
+    assert_int_equal(s1.find_objects, 1); /* the first use searched once */
+    for (int i = 0; i < 20; i++) {
+        switch (i % 5) {
+        case 0:
+            assert_int_equal(
+                hsm_rsa_decrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len),
+                HSM_OK);
+            break;
+        case 1:
+            assert_int_equal(hsm_sign(f->h, f->k2048, HSM_RS256, digest, 32, sig, &sig_len),
+                             HSM_OK);
+            break;
+        case 2:
+            assert_int_equal(hsm_verify(f->h, f->k2048, HSM_RS256, digest, 32, sig, sig_len),
+                             HSM_OK);
+            break;
+        case 3:
+            assert_int_equal(
+                hsm_rsa_encrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA256, msg, 32, ct, &ct_len), HSM_OK);
+            assert_int_equal(
+                hsm_rsa_decrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
+                HSM_OK);
+            assert_int_equal(
+                hsm_rsa_encrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA1, msg, 32, ct, &ct_len), HSM_OK);
+            break;
+        default:
+            assert_int_equal(hsm_rsa_bits(f->h, f->k2048, &bits), HSM_OK);
+            assert_int_equal(bits, 2048);
+            break;
+        }
+    }
+    hsm_get_stats(f->h, &s2);
+    assert_int_equal(s2.find_objects, s1.find_objects);
+
+    /* hsm_key_foreach fills the cache for every key: no search on first use afterwards */
+    reopen(f);
+    (void)probe(f->h, NULL);
+    hsm_get_stats(f->h, &s1);
+    assert_int_equal(hsm_rsa_encrypt(f->h, f->k3072, HSM_RSA_OAEP_SHA1, msg, 32, ct, &ct_len),
+                     HSM_OK);
+    assert_int_equal(hsm_rsa_decrypt(f->h, f->k3072, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len),
+                     HSM_OK);
+    hsm_get_stats(f->h, &s2);
+    assert_int_equal(s2.find_objects, s1.find_objects);
+}
+
+static void hsm_random_from_token(void **state)
+{
+    fixture *f = *state;
+    uint8_t a[32], b[32], *big = malloc(10000);
+
+    assert_non_null(big);
+    assert_int_equal(hsm_random(f->h, a, sizeof(a)), HSM_OK);
+    assert_int_equal(hsm_random(f->h, b, sizeof(b)), HSM_OK);
+    assert_memory_not_equal(a, b, sizeof(a));
+    assert_int_equal(hsm_random(f->h, big, 10000), HSM_OK);
+    assert_int_equal(hsm_random(f->h, NULL, 0), HSM_OK);
+    free(big);
+}
+
+/* Fault injection through the function table. */
+static CK_FUNCTION_LIST *g_real_fl;
+static CK_RV g_decrypt_rv;
+
+static int g_stale_inits; /* C_DecryptInit calls left that claim the key handle is stale */
+
+static CK_RV stale_decrypt_init(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
+{
+    if (g_stale_inits > 0) {
+        g_stale_inits--;
+        return CKR_KEY_HANDLE_INVALID;
+    }
+    return g_real_fl->C_DecryptInit(s, m, k);
+}
+
+static CK_RV failing_decrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out,
+                             CK_ULONG_PTR out_len)
+{
+    if (g_decrypt_rv != CKR_OK) {
+        /* end the operation the token started, as a failing C_Decrypt does */
+        CK_BYTE tmp[512];
+        CK_ULONG tl = sizeof(tmp);
+        (void)g_real_fl->C_Decrypt(s, in, in_len, tmp, &tl);
+        OPENSSL_cleanse(tmp, sizeof(tmp));
+        return g_decrypt_rv;
+    }
+    return g_real_fl->C_Decrypt(s, in, in_len, out, out_len);
+}
+
+static void hsm_injected_token_faults_map_to_status(void **state)
+{
+    fixture *f = *state;
+    static const uint8_t msg[32] = "fault injection via table copy.";
+    uint8_t ct[512], pt[512];
+    size_t ct_len = 0, pt_len = 0;
+    CK_FUNCTION_LIST wrapped;
+    hsm_stats s0, s1;
+
+    assert_int_equal(hsm_rsa_encrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA1, msg, 32, ct, &ct_len),
+                     HSM_OK);
+    g_real_fl = hsm_testing_get_functions(f->h);
+    wrapped = *g_real_fl;
+    wrapped.C_Decrypt = failing_decrypt;
+    hsm_testing_set_functions(f->h, &wrapped);
+
+    g_decrypt_rv = CKR_DEVICE_ERROR;
+    assert_int_equal(hsm_rsa_decrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len),
+                     HSM_ERR_TOKEN);
+    /* the session that saw a device error was closed, not pooled: the next call opens one */
+    hsm_get_stats(f->h, &s0);
+    g_decrypt_rv = CKR_ENCRYPTED_DATA_INVALID;
+    assert_int_equal(hsm_rsa_decrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len),
+                     HSM_ERR_DECRYPT);
+    g_decrypt_rv = CKR_OK;
+    assert_int_equal(hsm_rsa_decrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len),
+                     HSM_OK);
+    assert_memory_equal(pt, msg, sizeof(msg));
+    hsm_get_stats(f->h, &s1);
+    assert_true(s1.sessions >= s0.sessions);
+
+    /* a cached handle that went stale: evicted, searched again once, and the call succeeds */
+    wrapped.C_DecryptInit = stale_decrypt_init;
+    g_stale_inits = 1;
+    hsm_get_stats(f->h, &s0);
+    assert_int_equal(hsm_rsa_decrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len),
+                     HSM_OK);
+    hsm_get_stats(f->h, &s1);
+    assert_int_equal(s1.find_objects, s0.find_objects + 1);
+    /* stale again after the new search: the key is reported missing, no endless retry */
+    g_stale_inits = 2;
+    assert_int_equal(hsm_rsa_decrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len),
+                     HSM_ERR_NOT_FOUND);
+    g_stale_inits = 0;
+
+    hsm_testing_set_functions(f->h, NULL);
+    assert_ptr_equal(hsm_testing_get_functions(f->h), g_real_fl);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+typedef struct {
+    hsm_t *h;
+    const uint8_t *id;
+    const uint8_t *ct;
+    size_t ct_len;
+    double seconds;
+    long done, failed;
+} bench_arg;
+
+static void *bench_worker(void *p)
+{
+    bench_arg *a = p;
+    double t0 = now_s();
+
+    while (now_s() - t0 < a->seconds) {
+        uint8_t pt[512];
+        size_t pt_len = 0;
+        if (hsm_rsa_decrypt(a->h, a->id, HSM_RSA_OAEP_SHA1, a->ct, a->ct_len, pt, &pt_len) ==
+            HSM_OK)
+            a->done++;
+        else
+            a->failed++;
+    }
+    return NULL;
+}
+
+static void hsm_bench_decrypt(void **state)
+{
+    fixture *f = *state;
+    static const uint8_t msg[32] = "benchmark payload, 32 bytes long";
+
+    if (!getenv("CMK_HSM_BENCH"))
+        skip();
+    for (size_t ai = 0; ai < 3; ai++) {
+        uint8_t ct[512], pt[512];
+        size_t ct_len = 0, pt_len = 0;
+        double t0, dt;
+        int n = 0;
+
+        assert_int_equal(hsm_rsa_encrypt(f->h, f->k2048, enc_algs[ai], msg, 32, ct, &ct_len),
+                         HSM_OK);
+        t0 = now_s();
+        do {
+            assert_int_equal(hsm_rsa_decrypt(f->h, f->k2048, enc_algs[ai], ct, ct_len, pt, &pt_len),
+                             HSM_OK);
+            n++;
+        } while ((dt = now_s() - t0) < 2.0);
+        printf("bench: RSA-2048 %-13s decrypt, 1 thread: %.0f/s\n", enc_names[enc_algs[ai]],
+               n / dt);
+        t0 = now_s();
+        n = 0;
+        do {
+            assert_int_equal(hsm_rsa_encrypt(f->h, f->k2048, enc_algs[ai], msg, 32, ct, &ct_len),
+                             HSM_OK);
+            n++;
+        } while ((dt = now_s() - t0) < 1.0);
+        printf("bench: RSA-2048 %-13s encrypt, 1 thread: %.0f/s\n", enc_names[enc_algs[ai]],
+               n / dt);
+    }
+    {
+        uint8_t digest[32] = {1}, sig[512];
+        size_t sig_len = 0;
+        double t0 = now_s(), dt;
+        int n = 0;
+        do {
+            assert_int_equal(hsm_sign(f->h, f->k2048, HSM_PS256, digest, 32, sig, &sig_len),
+                             HSM_OK);
+            n++;
+        } while ((dt = now_s() - t0) < 1.0);
+        printf("bench: RSA-2048 PS256 sign, 1 thread: %.0f/s\n", n / dt);
+    }
+    {
+        static const uint8_t m[32] = "two threads, one key, one token";
+        uint8_t ct[512];
+        size_t ct_len = 0;
+        bench_arg a[2];
+        pthread_t th[2];
+
+        assert_int_equal(hsm_rsa_encrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA1, m, 32, ct, &ct_len),
+                         HSM_OK);
+        for (int t = 0; t < 2; t++) {
+            a[t] = (bench_arg){f->h, f->k2048, ct, ct_len, 2.0, 0, 0};
+            assert_int_equal(pthread_create(&th[t], NULL, bench_worker, &a[t]), 0);
+        }
+        for (int t = 0; t < 2; t++)
+            pthread_join(th[t], NULL);
+        assert_int_equal(a[0].failed + a[1].failed, 0);
+        printf("bench: RSA-2048 RSA-OAEP decrypt, 2 threads: %.0f/s\n",
+               (double)(a[0].done + a[1].done) / 2.0);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(hsm_open_creates_private_files),
+        cmocka_unit_test(hsm_encrypt_decrypt_roundtrip_all_algs),
+        cmocka_unit_test(hsm_sign_verify_roundtrip_all_algs),
+        cmocka_unit_test(hsm_decrypts_openssl_ciphertext),
+        cmocka_unit_test(hsm_tampered_ciphertext_is_decrypt_error),
+        cmocka_unit_test(hsm_bad_arguments_are_rejected),
+        cmocka_unit_test(hsm_keys_survive_reopen_and_dirs_are_separate),
+        cmocka_unit_test(hsm_open_errors),
+        cmocka_unit_test(hsm_destroy_removes_key),
+        cmocka_unit_test(hsm_import_openssl_key),
+        cmocka_unit_test(hsm_backup_export_import_roundtrip),
+        cmocka_unit_test(hsm_two_threads_decrypt_concurrently),
+        cmocka_unit_test(hsm_handle_cache_avoids_searches),
+        cmocka_unit_test(hsm_random_from_token),
+        cmocka_unit_test(hsm_injected_token_faults_map_to_status),
+        cmocka_unit_test(hsm_bench_decrypt),
+    };
+
+    return cmocka_run_group_tests_name("hsm", tests, group_setup, group_teardown);
+}
