@@ -75,10 +75,33 @@ static void h_clock_post(emu_req *req, void *ud)
     emu_send_json(req, 200, clock_json());
 }
 
+void emu_admin_require(emu_req *req, void *ud)
+{
+    emu_admin_ctx *ctx = ud;
+    if (!ctx->auth || auth_get_mode(ctx->auth) != AUTH_STRICT)
+        return;
+    bool missing = false;
+    char err[300];
+    if (!auth_authenticate(ctx->auth, req, AUTH_AUD_ANY, &missing, err, sizeof err)) {
+        emu_send_error(req, 401, "Unauthorized", "%s",
+                       missing ? "This emulator endpoint needs a bearer token of an emulator "
+                                 "admin in strict mode."
+                               : err);
+        return;
+    }
+    const auth_principal *p = req->principal;
+    if (!p->emulator_admin)
+        emu_send_error(req, 403, "Forbidden",
+                       "Principal %s (%s) is not an emulator admin; in strict mode only admins "
+                       "may change the emulator.",
+                       p->name, p->oid);
+}
+
 void emu_admin_register(emu_router *r, emu_admin_ctx *ctx)
 {
     emu_router_add(r, "GET", "/_emulator/health", 0, NULL, h_health, ctx);
     emu_router_add(r, "GET", "/_emulator/clock", 0, NULL, h_clock_get, ctx);
     /* slow: hooks may purge keys or re-check environments through the HSM */
-    emu_router_add(r, "POST", "/_emulator/clock", EMU_ROUTE_SLOW, NULL, h_clock_post, ctx);
+    emu_router_add(r, "POST", "/_emulator/clock", EMU_ROUTE_SLOW, emu_admin_require,
+                   h_clock_post, ctx);
 }

@@ -16,12 +16,15 @@
 #include <openssl/crypto.h>
 
 #include "admin_api.h"
+#include "auth/auth.h"
+#include "auth/auth_api.h"
 #include "clock.h"
 #include "config.h"
 #include "hsm.h"
 #include "http.h"
 #include "keyvault/kv.h"
 #include "keyvault/kv_api.h"
+#include "keyvault/vaults_arm.h"
 #include "log.h"
 #include "router.h"
 #include "store.h"
@@ -51,6 +54,12 @@ static void *tick_main(void *arg)
     return NULL;
 }
 
+/* ARM requests authenticate through the identity layer with the ARM audiences. */
+static bool arm_authenticate(emu_req *req, void *ud, bool *missing, char *err, size_t errlen)
+{
+    return auth_authenticate(ud, req, AUTH_AUD_ARM, missing, err, errlen);
+}
+
 static int usage(FILE *out, int rc)
 {
     fprintf(out, "usage: cmkemu serve [options]\n"
@@ -73,6 +82,8 @@ static int serve(int argc, char **argv)
     emu_workers *workers = NULL;
     emu_http *http = NULL;
     kv_t *kv = NULL;
+    armres_t *arm = NULL;
+    auth_t *auth = NULL;
     char *cert_pem = NULL, *key_pem = NULL, *cert_path = NULL;
     pthread_t tick;
     bool tick_started = false;
@@ -115,13 +126,20 @@ static int serve(int argc, char **argv)
     }
     emu_admin_load_clock(store);
 
+    /* before kv_open: its reconciliation spares the HSM objects auth records as its own */
+    auth = auth_open(store, hsm, cfg.auth == EMU_AUTH_STRICT ? AUTH_STRICT : AUTH_PERMISSIVE,
+                     cfg.tenant, err, sizeof err);
+    if (!auth) {
+        fprintf(stderr, "cmkemu: identity: %s\n", err);
+        goto out;
+    }
     kv = kv_open(store, hsm, err, sizeof err);
     if (!kv) {
         fprintf(stderr, "cmkemu: key vault: %s\n", err);
         goto out;
     }
     emu_world_info world = {0};
-    if (!emu_world_load(&cfg, store, kv, &world, err, sizeof err)) {
+    if (!emu_world_load(&cfg, store, auth, kv, &world, err, sizeof err)) {
         fprintf(stderr, "cmkemu: world: %s\n", err);
         goto out;
     }
@@ -133,10 +151,29 @@ static int serve(int argc, char **argv)
                            .hsm = hsm,
                            .version = CMKEMU_VERSION,
                            .data_dir = cfg.data_dir,
-                           .started = emu_wall_now()};
+                           .started = emu_wall_now(),
+                           .auth = auth};
     emu_admin_register(router, &admin);
-    kv_api_ctx kvctx = {.kv = kv, .tenant = cfg.tenant};
+    char identity_header[128] = "";
+    if (!emu_store_meta_get(store, "identity_header", identity_header, sizeof identity_header))
+        snprintf(identity_header, sizeof identity_header, "cmkemu-identity-header");
+    auth_api_ctx authctx = {.auth = auth, .identity_header = identity_header};
+    kv_api_ctx kvctx = {.kv = kv, .tenant = cfg.tenant, .auth = auth};
     kv_api_register(router, &kvctx);
+    arm = armres_open(store, cfg.tenant, err, sizeof err);
+    if (!arm) {
+        fprintf(stderr, "cmkemu: arm: %s\n", err);
+        goto out;
+    }
+    armres_set_authenticator(arm, arm_authenticate, auth);
+    armres_register(router, arm);
+    kv_arm_ctx kvarm = {.common = {.tenant = cfg.tenant,
+                                   .authenticate = arm_authenticate,
+                                   .auth_ud = auth},
+                        .kv = kv,
+                        .arm = arm};
+    kv_vaults_arm_register(router, &kvarm);
+    auth_api_register(router, &authctx);
 
     workers = emu_workers_new(threads);
     emu_http_config hcfg = {.host = cfg.listen_host,
@@ -182,6 +219,12 @@ static int serve(int argc, char **argv)
            port, port);
     if (world.summary[0])
         printf("  world:        %s\n", world.summary);
+    printf("  identity:     https://localhost:%d/%s (authorityHost https://localhost:%d, "
+           "disableInstanceDiscovery)\n",
+           port, cfg.tenant, port);
+    printf("                managed identity: IDENTITY_ENDPOINT=https://localhost:%d/msi/token "
+           "IDENTITY_HEADER=%s\n",
+           port, identity_header);
     printf("  health:       https://localhost:%d/_emulator/health\n", port);
     fflush(stdout);
     emu_log(EMU_LOG_INFO, "main", "listening on %s:%d with %d threads", cfg.listen_host, port,
@@ -197,8 +240,10 @@ out:
     emu_http_stop(http);
     emu_workers_free(workers);
     emu_router_free(router);
+    armres_close(arm);
     emu_clock_hooks_clear();
     kv_close(kv);
+    auth_close(auth);
     emu_store_close(store);
     hsm_close(hsm);
     if (key_pem) {

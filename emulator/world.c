@@ -4,7 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "armres.h"
 #include "demo_world.h" /* generated: CMKEMU_DEMO_WORLD[] */
+#include "keyvault/access.h"
 #include "log.h"
 #include "tls.h"
 #include "util.h"
@@ -13,6 +15,61 @@ static bool bool_field(json_t *o, const char *name, bool def)
 {
     json_t *v = json_object_get(o, name);
     return v ? json_is_true(v) : def;
+}
+
+static void str_field(json_t *o, const char *name, char *out, size_t outlen)
+{
+    const char *v = json_string_value(json_object_get(o, name));
+    if (v)
+        snprintf(out, outlen, "%s", v);
+}
+
+/* Access policies of a world vault: [{tenantId?, objectId, applicationId?, permissions:{keys}}]
+ * (tenantId defaults to the world's tenant). */
+static bool apply_policies(json_t *arr, const char *vault, const char *tenant, kv_t *kv,
+                           char *err, size_t errlen)
+{
+    if (!json_array_size(arr))
+        return true;
+    kv_vault_state s;
+    if (kv_vault_state_get(kv, vault, &s) != KV_OK) {
+        snprintf(err, errlen, "vault %s vanished", vault);
+        return false;
+    }
+    bool ok = true;
+    size_t i;
+    json_t *p;
+    json_array_foreach(arr, i, p)
+    {
+        kv_access_policy ap;
+        memset(&ap, 0, sizeof ap);
+        const char *oid = json_string_value(json_object_get(p, "objectId"));
+        json_t *perms = json_object_get(p, "permissions");
+        kv_err e = {{0}};
+        if (!oid || !kv_perm_parse_keys(json_object_get(perms, "keys"), &ap.keys, &e) ||
+            s.npolicies >= KV_MAX_ACCESS_POLICIES) {
+            snprintf(err, errlen, "vault %s accessPolicies[%zu]: needs objectId and valid "
+                     "permissions.keys %s", vault, i, e.msg);
+            ok = false;
+            break;
+        }
+        snprintf(ap.tenant, sizeof ap.tenant, "%s", tenant);
+        str_field(p, "tenantId", ap.tenant, sizeof ap.tenant);
+        snprintf(ap.object_id, sizeof ap.object_id, "%s", oid);
+        str_field(p, "applicationId", ap.application_id, sizeof ap.application_id);
+        ap.permissions = json_is_object(perms) ? json_deep_copy(perms) : json_object();
+        s.policies = emu_xrealloc(s.policies, (s.npolicies + 1) * sizeof *s.policies);
+        s.policies[s.npolicies++] = ap;
+    }
+    if (ok) {
+        kv_err e = {{0}};
+        if (kv_vault_put(kv, &s, NULL, &e) != KV_OK) {
+            snprintf(err, errlen, "vault %s: %s", vault, e.msg);
+            ok = false;
+        }
+    }
+    kv_vault_state_cleanup(&s);
+    return ok;
 }
 
 static bool apply_keys(json_t *keys, const char *vault, kv_t *kv, char *err, size_t errlen)
@@ -47,9 +104,11 @@ static bool apply_keys(json_t *keys, const char *vault, kv_t *kv, char *err, siz
     return true;
 }
 
-bool emu_world_apply(json_t *world, const char *default_tenant, kv_t *kv, char *err,
+bool emu_world_apply(json_t *world, const char *default_tenant, auth_t *auth, kv_t *kv, char *err,
                      size_t errlen)
 {
+    if (auth && !auth_world_apply(auth, world, err, errlen))
+        return false;
     const char *tenant = json_string_value(json_object_get(world, "tenant"));
     if (!tenant)
         tenant = default_tenant;
@@ -69,6 +128,13 @@ bool emu_world_apply(json_t *world, const char *default_tenant, kv_t *kv, char *
         info.soft_delete = bool_field(v, "softDelete", true);
         info.purge_protection = bool_field(v, "purgeProtection", false);
         info.rbac = bool_field(v, "rbac", false);
+        const char *sub = json_string_value(json_object_get(world, "subscription"));
+        if (sub)
+            snprintf(info.subscription, sizeof info.subscription, "%s", sub);
+        str_field(v, "subscription", info.subscription, sizeof info.subscription);
+        str_field(v, "resourceGroup", info.resource_group, sizeof info.resource_group);
+        str_field(v, "location", info.location, sizeof info.location);
+        str_field(v, "sku", info.sku, sizeof info.sku);
         json_t *rd = json_object_get(v, "retentionDays");
         info.retention_days = rd ? (int)json_integer_value(rd) : 90;
         kv_err e;
@@ -76,10 +142,63 @@ bool emu_world_apply(json_t *world, const char *default_tenant, kv_t *kv, char *
             snprintf(err, errlen, "vault %s: %s", name, e.msg);
             return false;
         }
+        if (!apply_policies(json_object_get(v, "accessPolicies"), info.name, tenant, kv, err,
+                            errlen))
+            return false;
         if (!apply_keys(json_object_get(v, "keys"), info.name, kv, err, errlen))
             return false;
     }
     return true;
+}
+
+/* The world's resource groups ("resourceGroups": [{name, location, subscription?}]) and the
+ * group of every vault, in the ARM registry. */
+static bool world_resource_groups(json_t *world, emu_store *store, const char *tenant,
+                                  char *err, size_t errlen)
+{
+    armres_t *a = armres_open(store, tenant, err, errlen);
+    if (!a)
+        return false;
+    const char *wsub = json_string_value(json_object_get(world, "subscription"));
+    if (!wsub)
+        wsub = ARM_DEFAULT_SUBSCRIPTION;
+    bool ok = true;
+    size_t i;
+    json_t *g;
+    json_array_foreach(json_object_get(world, "resourceGroups"), i, g)
+    {
+        const char *name = json_string_value(json_object_get(g, "name"));
+        const char *loc = json_string_value(json_object_get(g, "location"));
+        const char *sub = json_string_value(json_object_get(g, "subscription"));
+        if (!name) {
+            snprintf(err, errlen, "resourceGroups[%zu] needs a name", i);
+            ok = false;
+            break;
+        }
+        ok = armres_rg_put(a, sub ? sub : wsub, name, loc ? loc : KV_DEFAULT_LOCATION,
+                           json_object_get(g, "tags"), NULL);
+        if (!ok)
+            break;
+    }
+    json_t *v;
+    json_array_foreach(json_object_get(world, "vaults"), i, v)
+    {
+        if (!ok)
+            break;
+        const char *rg = json_string_value(json_object_get(v, "resourceGroup"));
+        const char *sub = json_string_value(json_object_get(v, "subscription"));
+        const char *loc = json_string_value(json_object_get(v, "location"));
+        if (!sub)
+            sub = wsub;
+        if (!rg)
+            rg = KV_DEFAULT_RESOURCE_GROUP;
+        if (!armres_rg_exists(a, sub, rg, NULL, 0))
+            ok = armres_rg_put(a, sub, rg, loc ? loc : KV_DEFAULT_LOCATION, NULL, NULL);
+    }
+    if (!ok && !err[0])
+        snprintf(err, errlen, "cannot save the world's resource groups");
+    armres_close(a);
+    return ok;
 }
 
 static void describe(kv_t *kv, const char *source, emu_world_info *info)
@@ -90,7 +209,8 @@ static void describe(kv_t *kv, const char *source, emu_world_info *info)
              source, kv_vault_count(kv), def[0] ? def : "(none)", def[0] ? kv_key_count(kv, def) : 0);
 }
 
-bool emu_world_load(const emu_config *cfg, emu_store *store, kv_t *kv, emu_world_info *info,
+bool emu_world_load(const emu_config *cfg, emu_store *store, auth_t *auth, kv_t *kv,
+                    emu_world_info *info,
                     char *err, size_t errlen)
 {
     char loaded[256];
@@ -123,7 +243,8 @@ bool emu_world_load(const emu_config *cfg, emu_store *store, kv_t *kv, emu_world
             json_decref(w);
             return false;
         }
-        bool ok = emu_world_apply(w, cfg->tenant, kv, err, errlen);
+        bool ok = emu_world_apply(w, cfg->tenant, auth, kv, err, errlen) &&
+                  world_resource_groups(w, store, cfg->tenant, err, errlen);
         json_decref(w);
         if (!ok)
             return false;

@@ -12,6 +12,7 @@
 
 #include <jansson.h>
 
+#include "auth/auth.h"
 #include "config.h"
 #include "keyvault/kv.h"
 #include "store.h"
@@ -21,11 +22,12 @@ typedef struct {
 } emu_world_info;
 
 /* Loads the configured world on first start; on later starts only describes the state. */
-bool emu_world_load(const emu_config *cfg, emu_store *store, kv_t *kv, emu_world_info *info,
+bool emu_world_load(const emu_config *cfg, emu_store *store, auth_t *auth, kv_t *kv,
+                    emu_world_info *info,
                     char *err, size_t errlen);
 
 /* Applies a parsed world document (exposed for tests). */
-bool emu_world_apply(json_t *world, const char *default_tenant, kv_t *kv, char *err,
+bool emu_world_apply(json_t *world, const char *default_tenant, auth_t *auth, kv_t *kv, char *err,
                      size_t errlen);
 
 #endif

@@ -16,6 +16,8 @@ struct emu_store {
 
 static const emu_migration CORE_MIGRATIONS[] = {
     {"core", 1, "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"},
+    {"core", 2,
+     "CREATE TABLE IF NOT EXISTS hsm_owned(hsm_id BLOB PRIMARY KEY, owner TEXT NOT NULL);"},
 };
 
 emu_store *emu_store_open(const char *path, char *err, size_t errlen)
@@ -43,7 +45,8 @@ emu_store *emu_store_open(const char *path, char *err, size_t errlen)
         emu_store_close(s);
         return NULL;
     }
-    if (!emu_store_migrate(s, CORE_MIGRATIONS, 1, err, errlen)) {
+    if (!emu_store_migrate(s, CORE_MIGRATIONS, sizeof CORE_MIGRATIONS / sizeof CORE_MIGRATIONS[0],
+                           err, errlen)) {
         emu_store_close(s);
         return NULL;
     }
@@ -187,6 +190,35 @@ bool emu_store_meta_set(emu_store *s, const char *key, const char *value)
         ok = sqlite3_step(st) == SQLITE_DONE;
     }
     sqlite3_finalize(st);
+    emu_store_unlock(s);
+    return ok;
+}
+
+bool emu_store_own_hsm_object(emu_store *s, const void *id, size_t id_len, const char *owner,
+                              const char *meta_key, const char *meta_value)
+{
+    sqlite3 *db = emu_store_lock(s);
+    sqlite3_stmt *a = NULL, *b = NULL;
+    bool ok = emu_store_begin(db);
+    if (ok) {
+        ok = sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO hsm_owned(hsm_id, owner) VALUES(?,?)",
+                                -1, &a, NULL) == SQLITE_OK &&
+             sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO meta(key, value) VALUES(?,?)", -1, &b,
+                                NULL) == SQLITE_OK;
+        if (ok) {
+            sqlite3_bind_blob(a, 1, id, (int)id_len, SQLITE_STATIC);
+            sqlite3_bind_text(a, 2, owner, -1, SQLITE_STATIC);
+            sqlite3_bind_text(b, 1, meta_key, -1, SQLITE_STATIC);
+            sqlite3_bind_text(b, 2, meta_value, -1, SQLITE_STATIC);
+            ok = sqlite3_step(a) == SQLITE_DONE && sqlite3_step(b) == SQLITE_DONE;
+        }
+        sqlite3_finalize(a);
+        sqlite3_finalize(b);
+        if (ok)
+            ok = emu_store_commit(db);
+        else
+            emu_store_rollback(db);
+    }
     emu_store_unlock(s);
     return ok;
 }

@@ -39,6 +39,12 @@ bool emu_store_begin(sqlite3 *db);
 bool emu_store_commit(sqlite3 *db);
 void emu_store_rollback(sqlite3 *db);
 
+/* Records in one transaction that a token object belongs to `owner` (table hsm_owned, so
+ * key reconciliation spares it) and sets meta[meta_key] = meta_value (how the owner finds it
+ * again). false when nothing was written. */
+bool emu_store_own_hsm_object(emu_store *s, const void *id, size_t id_len, const char *owner,
+                              const char *meta_key, const char *meta_value);
+
 /* Small key/value table for core settings (clock offset, world loaded flag). */
 bool emu_store_meta_get(emu_store *s, const char *key, char *out, size_t outlen);
 bool emu_store_meta_set(emu_store *s, const char *key, const char *value);

@@ -302,14 +302,20 @@ bool emu_iso_duration_parse(const char *s, int64_t *seconds)
 {
     if (!s || (s[0] != 'P' && s[0] != 'p') || s[1] == '\0')
         return false;
+    /* designators in their only allowed order, each at most once */
+    static const char DATE_ORDER[] = "YMWD", TIME_ORDER[] = "HMS";
+    static const int64_t DATE_UNIT[] = {365 * 86400LL, 30 * 86400LL, 7 * 86400LL, 86400};
+    static const int64_t TIME_UNIT[] = {3600, 60, 1};
     const char *p = s + 1;
     bool time_part = false, any = false;
+    int next = 0; /* index into the current order that the next designator must reach */
     int64_t total = 0;
     while (*p) {
         if (*p == 'T' || *p == 't') {
             if (time_part)
                 return false;
             time_part = true;
+            next = 0;
             p++;
             if (!*p)
                 return false;
@@ -323,18 +329,15 @@ bool emu_iso_duration_parse(const char *s, int64_t *seconds)
         int64_t n;
         if (!emu_parse_i64n(start, (size_t)(p - start), 0, 1000000000, &n))
             return false;
-        int64_t unit;
-        switch (*p) {
-        case 'Y': case 'y': unit = time_part ? -1 : 365 * 86400LL; break;
-        case 'M': case 'm': unit = time_part ? 60 : 30 * 86400LL; break;
-        case 'W': case 'w': unit = time_part ? -1 : 7 * 86400LL; break;
-        case 'D': case 'd': unit = time_part ? -1 : 86400; break;
-        case 'H': case 'h': unit = time_part ? 3600 : -1; break;
-        case 'S': case 's': unit = time_part ? 1 : -1; break;
-        default: return false;
-        }
-        if (unit < 0)
+        const char *order = time_part ? TIME_ORDER : DATE_ORDER;
+        const char *hit = strchr(order, toupper((unsigned char)*p));
+        if (!hit || !*p)
             return false;
+        int idx = (int)(hit - order);
+        if (idx < next)
+            return false;
+        next = idx + 1;
+        int64_t unit = time_part ? TIME_UNIT[idx] : DATE_UNIT[idx];
         if (n > (INT64_MAX / 4 - total) / unit)
             return false;
         total += n * unit;
@@ -368,6 +371,14 @@ void emu_time_rfc3339(int64_t t, char *out, size_t outlen)
     strftime(out, outlen, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+static bool all_digits(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+    return true;
+}
+
 bool emu_time_parse_rfc3339(const char *s, int64_t *out)
 {
     /* YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM] */
@@ -379,11 +390,14 @@ bool emu_time_parse_rfc3339(const char *s, int64_t *out)
         s[13] != ':' || s[16] != ':')
         return false;
     for (int i = 0; i < 6; i++)
-        if (!emu_parse_i64n(s + pos[i], (size_t)len[i], 0, 9999, &f[i]))
+        if (!all_digits(s + pos[i], (size_t)len[i]) ||
+            !emu_parse_i64n(s + pos[i], (size_t)len[i], 0, 9999, &f[i]))
             return false;
     const char *p = s + 19;
     if (*p == '.') {
         p++;
+        if (*p < '0' || *p > '9')
+            return false;
         while (*p >= '0' && *p <= '9')
             p++;
     }
@@ -392,8 +406,8 @@ bool emu_time_parse_rfc3339(const char *s, int64_t *out)
         p++;
     } else if (*p == '+' || *p == '-') {
         int64_t hh, mm;
-        if (strlen(p) != 6 || p[3] != ':' || !emu_parse_i64n(p + 1, 2, 0, 23, &hh) ||
-            !emu_parse_i64n(p + 4, 2, 0, 59, &mm))
+        if (strlen(p) != 6 || p[3] != ':' || !all_digits(p + 1, 2) || !all_digits(p + 4, 2) ||
+            !emu_parse_i64n(p + 1, 2, 0, 23, &hh) || !emu_parse_i64n(p + 4, 2, 0, 59, &mm))
             return false;
         off = (hh * 3600 + mm * 60) * (*p == '+' ? 1 : -1);
         p += 6;
@@ -402,7 +416,11 @@ bool emu_time_parse_rfc3339(const char *s, int64_t *out)
     }
     if (*p)
         return false;
-    if (f[1] < 1 || f[1] > 12 || f[2] < 1 || f[2] > 31 || f[3] > 23 || f[4] > 59 || f[5] > 60)
+    static const int mdays[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    bool leap = (f[0] % 4 == 0 && f[0] % 100 != 0) || f[0] % 400 == 0;
+    if (f[1] < 1 || f[1] > 12 || f[2] < 1 || f[3] > 23 || f[4] > 59 || f[5] > 60)
+        return false;
+    if (f[2] > mdays[f[1] - 1] + (f[1] == 2 && leap))
         return false;
     struct tm tm = {0};
     tm.tm_year = (int)f[0] - 1900;

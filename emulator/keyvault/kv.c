@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 
 #include "clock.h"
 #include "log.h"
@@ -49,15 +50,26 @@ typedef struct kv_vault {
     kv_vault_info info;
     kv_key **keys; /* sorted by lname; live and deleted */
     size_t nkeys, capkeys;
+    json_t *tags, *network_acls; /* owned; NULL = none */
+    kv_access_policy *policies;  /* owned */
+    size_t npolicies;
 } kv_vault;
 
 struct kv {
     pthread_rwlock_t lock;
     emu_store *store;
     hsm_t *hsm;
+    /* RSA key in the token that signs backup blobs (their metadata is not inside the AES key
+     * wrap, so it needs its own integrity); set at open, read-only after */
+    uint8_t backup_sign_id[HSM_ID_LEN];
     kv_vault **vaults;
     size_t nvaults;
     int64_t next_seq;
+    /* hooks: set once before serving, read without the lock */
+    kv_change_fn change_fn;
+    void *change_ud;
+    kv_rbac_check_fn rbac_fn;
+    void *rbac_ud;
 };
 
 static const emu_migration KV_MIGRATIONS[] = {
@@ -77,6 +89,30 @@ static const emu_migration KV_MIGRATIONS[] = {
      " tags TEXT, PRIMARY KEY(vault, lname, version),"
      " FOREIGN KEY(vault, lname) REFERENCES kv_keys(vault, lname) ON DELETE CASCADE);"
      "CREATE INDEX kv_versions_seq ON kv_versions(vault, lname, seq);"},
+    /* 2: the ARM side of vaults (resource group, location, sku, tags, network rules,
+     * systemData, soft-deleted vaults) and access policies. Vaults of older data dirs land
+     * in the demo subscription and resource group. */
+    {"keyvault", 2,
+     "ALTER TABLE kv_vaults ADD COLUMN subscription TEXT NOT NULL"
+     " DEFAULT '" KV_DEFAULT_SUBSCRIPTION "';"
+     "ALTER TABLE kv_vaults ADD COLUMN resource_group TEXT NOT NULL"
+     " DEFAULT '" KV_DEFAULT_RESOURCE_GROUP "';"
+     "ALTER TABLE kv_vaults ADD COLUMN location TEXT NOT NULL DEFAULT '" KV_DEFAULT_LOCATION "';"
+     "ALTER TABLE kv_vaults ADD COLUMN sku TEXT NOT NULL DEFAULT 'standard';"
+     "ALTER TABLE kv_vaults ADD COLUMN public_network_access TEXT NOT NULL DEFAULT 'Enabled';"
+     "ALTER TABLE kv_vaults ADD COLUMN tags TEXT;"
+     "ALTER TABLE kv_vaults ADD COLUMN network_acls TEXT;"
+     "ALTER TABLE kv_vaults ADD COLUMN updated INTEGER;"
+     "ALTER TABLE kv_vaults ADD COLUMN created_by TEXT;"
+     "ALTER TABLE kv_vaults ADD COLUMN created_by_type TEXT;"
+     "ALTER TABLE kv_vaults ADD COLUMN modified_by TEXT;"
+     "ALTER TABLE kv_vaults ADD COLUMN modified_by_type TEXT;"
+     "ALTER TABLE kv_vaults ADD COLUMN deletion_date INTEGER;"
+     "ALTER TABLE kv_vaults ADD COLUMN scheduled_purge INTEGER;"
+     "CREATE TABLE kv_access_policies(vault TEXT NOT NULL REFERENCES kv_vaults(name)"
+     " ON DELETE CASCADE, idx INTEGER NOT NULL, tenant TEXT NOT NULL, object_id TEXT NOT NULL,"
+     " application_id TEXT NOT NULL, keys INTEGER NOT NULL, permissions TEXT NOT NULL,"
+     " PRIMARY KEY(vault, idx));"},
 };
 
 const char *kv_status_str(kv_status st)
@@ -97,6 +133,7 @@ const char *kv_status_str(kv_status st)
     case KV_ERR_HSM: return "hsm failure";
     case KV_ERR_STORE: return "store failure";
     case KV_ERR_VAULT_EXISTS: return "vault exists";
+    case KV_ERR_FORBIDDEN_RBAC: return "forbidden by rbac";
     }
     return "?";
 }
@@ -144,12 +181,26 @@ static const char *recovery_level(const kv_vault_info *v)
 
 /* ---- lookups (caller holds the lock) ---------------------------------------------------- */
 
-static kv_vault *vault_find(kv_t *kv, const char *name)
+/* Live or soft-deleted. */
+static kv_vault *vault_find_any(kv_t *kv, const char *name)
 {
     for (size_t i = 0; i < kv->nvaults; i++)
         if (!strcasecmp(kv->vaults[i]->info.name, name))
             return kv->vaults[i];
     return NULL;
+}
+
+/* Live vaults only: a soft-deleted vault and its keys do not exist for the data plane. */
+static kv_vault *vault_find(kv_t *kv, const char *name)
+{
+    kv_vault *v = vault_find_any(kv, name);
+    return v && !v->info.deleted ? v : NULL;
+}
+
+static void notify(kv_t *kv, const char *vault, const char *key)
+{
+    if (kv->change_fn)
+        kv->change_fn(vault, key, kv->change_ud);
 }
 
 /* Index of the first key whose lname >= lname. */
@@ -169,6 +220,8 @@ static size_t key_lower_bound(const kv_vault *v, const char *lname)
 static kv_key *key_find(const kv_vault *v, const char *name)
 {
     char lname[128];
+    if (strlen(name) >= sizeof lname) /* longer than any valid name: never truncate */
+        return NULL;
     lower_copy(lname, sizeof lname, name);
     size_t i = key_lower_bound(v, lname);
     if (i < v->nkeys && !strcmp(v->keys[i]->lname, lname))
@@ -459,12 +512,64 @@ static bool db_txn(kv_t *kv, db_fn fn, void *ud)
 
 /* ---- open / load ------------------------------------------------------------------------ */
 
+static void col_text(sqlite3_stmt *st, int i, char *out, size_t outlen)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    snprintf(out, outlen, "%s", t ? (const char *)t : "");
+}
+
+static void info_defaults(kv_vault_info *i)
+{
+    if (!i->subscription[0])
+        snprintf(i->subscription, sizeof i->subscription, "%s", KV_DEFAULT_SUBSCRIPTION);
+    if (!i->resource_group[0])
+        snprintf(i->resource_group, sizeof i->resource_group, "%s", KV_DEFAULT_RESOURCE_GROUP);
+    if (!i->location[0])
+        snprintf(i->location, sizeof i->location, "%s", KV_DEFAULT_LOCATION);
+    if (!i->sku[0])
+        snprintf(i->sku, sizeof i->sku, "standard");
+    if (!i->public_network_access[0])
+        snprintf(i->public_network_access, sizeof i->public_network_access, "Enabled");
+}
+
 static kv_vault *vault_from_info(const kv_vault_info *info)
 {
     kv_vault *v = emu_xcalloc(1, sizeof *v);
     v->info = *info;
     lower_copy(v->info.name, sizeof v->info.name, info->name);
+    info_defaults(&v->info);
     return v;
+}
+
+static void policies_free(kv_access_policy *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        json_decref(p[i].permissions);
+    free(p);
+}
+
+static kv_access_policy *policies_copy(const kv_access_policy *p, size_t n)
+{
+    if (!n)
+        return NULL;
+    kv_access_policy *c = emu_xcalloc(n, sizeof *c);
+    for (size_t i = 0; i < n; i++) {
+        c[i] = p[i];
+        c[i].permissions = p[i].permissions ? json_deep_copy(p[i].permissions) : json_object();
+    }
+    return c;
+}
+
+/* Frees the vault shell and its ARM data (not its keys). */
+static void vault_shell_free(kv_vault *v)
+{
+    if (!v)
+        return;
+    json_decref(v->tags);
+    json_decref(v->network_acls);
+    policies_free(v->policies, v->npolicies);
+    free(v->keys);
+    free(v);
 }
 
 static bool load_all(kv_t *kv, char *err, size_t errlen)
@@ -474,7 +579,10 @@ static bool load_all(kv_t *kv, char *err, size_t errlen)
     bool ok = false;
     if (sqlite3_prepare_v2(db,
                            "SELECT name,is_default,soft_delete,retention_days,purge_protection,"
-                           "rbac,tenant,created FROM kv_vaults ORDER BY name",
+                           "rbac,tenant,created,subscription,resource_group,location,sku,"
+                           "public_network_access,tags,network_acls,updated,created_by,"
+                           "created_by_type,modified_by,modified_by_type,deletion_date,"
+                           "scheduled_purge FROM kv_vaults ORDER BY name",
                            -1, &st, NULL) != SQLITE_OK)
         goto out;
     while (sqlite3_step(st) == SQLITE_ROW) {
@@ -487,8 +595,46 @@ static bool load_all(kv_t *kv, char *err, size_t errlen)
         info.rbac = sqlite3_column_int(st, 5);
         snprintf(info.tenant, sizeof info.tenant, "%s", (const char *)sqlite3_column_text(st, 6));
         info.created = sqlite3_column_int64(st, 7);
+        col_text(st, 8, info.subscription, sizeof info.subscription);
+        col_text(st, 9, info.resource_group, sizeof info.resource_group);
+        col_text(st, 10, info.location, sizeof info.location);
+        col_text(st, 11, info.sku, sizeof info.sku);
+        col_text(st, 12, info.public_network_access, sizeof info.public_network_access);
+        info.updated = sqlite3_column_int64(st, 15);
+        col_text(st, 16, info.created_by, sizeof info.created_by);
+        col_text(st, 17, info.created_by_type, sizeof info.created_by_type);
+        col_text(st, 18, info.modified_by, sizeof info.modified_by);
+        col_text(st, 19, info.modified_by_type, sizeof info.modified_by_type);
+        info.deleted = sqlite3_column_type(st, 20) != SQLITE_NULL;
+        info.deletion_date = sqlite3_column_int64(st, 20);
+        info.scheduled_purge = sqlite3_column_int64(st, 21);
+        kv_vault *v = vault_from_info(&info);
+        if (sqlite3_column_type(st, 13) != SQLITE_NULL)
+            v->tags = json_loads((const char *)sqlite3_column_text(st, 13), 0, NULL);
+        if (sqlite3_column_type(st, 14) != SQLITE_NULL)
+            v->network_acls = json_loads((const char *)sqlite3_column_text(st, 14), 0, NULL);
         kv->vaults = emu_xrealloc(kv->vaults, (kv->nvaults + 1) * sizeof *kv->vaults);
-        kv->vaults[kv->nvaults++] = vault_from_info(&info);
+        kv->vaults[kv->nvaults++] = v;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT vault,tenant,object_id,application_id,keys,permissions FROM "
+                           "kv_access_policies ORDER BY vault, idx",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        kv_vault *v = vault_find_any(kv, (const char *)sqlite3_column_text(st, 0));
+        if (!v || v->npolicies >= KV_MAX_ACCESS_POLICIES)
+            continue;
+        v->policies = emu_xrealloc(v->policies, (v->npolicies + 1) * sizeof *v->policies);
+        kv_access_policy *ap = &v->policies[v->npolicies++];
+        memset(ap, 0, sizeof *ap);
+        col_text(st, 1, ap->tenant, sizeof ap->tenant);
+        col_text(st, 2, ap->object_id, sizeof ap->object_id);
+        col_text(st, 3, ap->application_id, sizeof ap->application_id);
+        ap->keys = (uint32_t)sqlite3_column_int64(st, 4);
+        ap->permissions = json_loads((const char *)sqlite3_column_text(st, 5), 0, NULL);
     }
     sqlite3_finalize(st);
     st = NULL;
@@ -498,7 +644,7 @@ static bool load_all(kv_t *kv, char *err, size_t errlen)
                            -1, &st, NULL) != SQLITE_OK)
         goto out;
     while (sqlite3_step(st) == SQLITE_ROW) {
-        kv_vault *v = vault_find(kv, (const char *)sqlite3_column_text(st, 0));
+        kv_vault *v = vault_find_any(kv, (const char *)sqlite3_column_text(st, 0));
         if (!v)
             continue;
         kv_key *k = emu_xcalloc(1, sizeof *k);
@@ -527,7 +673,7 @@ static bool load_all(kv_t *kv, char *err, size_t errlen)
                            -1, &st, NULL) != SQLITE_OK)
         goto out;
     while (sqlite3_step(st) == SQLITE_ROW) {
-        kv_vault *v = vault_find(kv, (const char *)sqlite3_column_text(st, 0));
+        kv_vault *v = vault_find_any(kv, (const char *)sqlite3_column_text(st, 0));
         kv_key *k = v ? key_find(v, (const char *)sqlite3_column_text(st, 1)) : NULL;
         if (!k)
             continue;
@@ -647,6 +793,31 @@ static void reconcile(kv_t *kv)
     free(rows.ids);
 }
 
+/* The backup signing key: created after reconciliation on first start and recorded in
+ * hsm_owned in the same transaction as its meta row, so later reconciliations spare it. */
+static bool ensure_backup_signing_key(kv_t *kv, char *err, size_t errlen)
+{
+    char hex[40];
+    unsigned bits;
+    if (emu_store_meta_get(kv->store, "kv_backup_signing_key", hex, sizeof hex) &&
+        emu_hex_decode(hex, kv->backup_sign_id, HSM_ID_LEN) &&
+        hsm_rsa_bits(kv->hsm, kv->backup_sign_id, &bits) == HSM_OK)
+        return true;
+    hsm_status hs = hsm_rsa_generate(kv->hsm, 2048, 0, "cmkemu/backup-signing", kv->backup_sign_id);
+    if (hs != HSM_OK) {
+        snprintf(err, errlen, "cannot create the backup signing key: %s", hsm_status_str(hs));
+        return false;
+    }
+    emu_hex_encode(kv->backup_sign_id, HSM_ID_LEN, hex);
+    bool ok = emu_store_own_hsm_object(kv->store, kv->backup_sign_id, HSM_ID_LEN,
+                                       "kv-backup-signing", "kv_backup_signing_key", hex);
+    if (!ok) {
+        hsm_key_destroy(kv->hsm, kv->backup_sign_id);
+        snprintf(err, errlen, "cannot record the backup signing key");
+    }
+    return ok;
+}
+
 static void due_hook(int64_t now, void *ud)
 {
     kv_apply_due(ud, now);
@@ -657,16 +828,7 @@ kv_t *kv_open(emu_store *store, hsm_t *hsm, char *err, size_t errlen)
     if (!emu_store_migrate(store, KV_MIGRATIONS, sizeof KV_MIGRATIONS / sizeof KV_MIGRATIONS[0],
                            err, errlen))
         return NULL;
-    {
-        sqlite3 *db = emu_store_lock(store);
-        bool ok = emu_store_exec(db, "CREATE TABLE IF NOT EXISTS hsm_owned(hsm_id BLOB PRIMARY "
-                                     "KEY, owner TEXT NOT NULL)");
-        emu_store_unlock(store);
-        if (!ok) {
-            snprintf(err, errlen, "cannot create table hsm_owned");
-            return NULL;
-        }
-    }
+    /* table hsm_owned comes with the core schema (emu_store_open) */
     kv_t *kv = emu_xcalloc(1, sizeof *kv);
     pthread_rwlock_init(&kv->lock, NULL);
     kv->store = store;
@@ -677,6 +839,10 @@ kv_t *kv_open(emu_store *store, hsm_t *hsm, char *err, size_t errlen)
         return NULL;
     }
     reconcile(kv);
+    if (!ensure_backup_signing_key(kv, err, errlen)) {
+        kv_close(kv);
+        return NULL;
+    }
     emu_clock_hook_add(due_hook, kv);
     return kv;
 }
@@ -688,8 +854,7 @@ void kv_close(kv_t *kv)
     for (size_t i = 0; i < kv->nvaults; i++) {
         for (size_t j = 0; j < kv->vaults[i]->nkeys; j++)
             key_free(kv->vaults[i]->keys[j]);
-        free(kv->vaults[i]->keys);
-        free(kv->vaults[i]);
+        vault_shell_free(kv->vaults[i]);
     }
     free(kv->vaults);
     pthread_rwlock_destroy(&kv->lock);
@@ -717,22 +882,50 @@ static bool valid_vault_name(const char *s)
     return true;
 }
 
+/* What one vault row (and its access policies) should hold. */
 typedef struct {
     const kv_vault_info *info;
+    const json_t *tags, *network_acls;
+    const kv_access_policy *policies;
+    size_t npolicies;
 } vault_put_ud;
+
+static void bind_json(sqlite3_stmt *st, int idx, const json_t *j)
+{
+    char *t = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    if (t)
+        sqlite3_bind_text(st, idx, t, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, idx);
+    free(t);
+}
 
 static bool db_put_vault(sqlite3 *db, void *ud)
 {
-    const kv_vault_info *i = ((vault_put_ud *)ud)->info;
+    vault_put_ud *u = ud;
+    const kv_vault_info *i = u->info;
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db,
                            "INSERT INTO kv_vaults(name,is_default,soft_delete,"
-                           "retention_days,purge_protection,rbac,tenant,created) "
-                           "VALUES(?,?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                           "retention_days,purge_protection,rbac,tenant,created,subscription,"
+                           "resource_group,location,sku,public_network_access,tags,network_acls,"
+                           "updated,created_by,created_by_type,modified_by,modified_by_type,"
+                           "deletion_date,scheduled_purge) "
+                           "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                           "ON CONFLICT(name) DO UPDATE SET "
                            "is_default=excluded.is_default, soft_delete=excluded.soft_delete,"
                            " retention_days=excluded.retention_days,"
                            " purge_protection=excluded.purge_protection, rbac=excluded.rbac,"
-                           " tenant=excluded.tenant",
+                           " tenant=excluded.tenant, subscription=excluded.subscription,"
+                           " resource_group=excluded.resource_group, location=excluded.location,"
+                           " sku=excluded.sku, public_network_access=excluded.public_network_access,"
+                           " tags=excluded.tags, network_acls=excluded.network_acls,"
+                           " updated=excluded.updated, created_by=excluded.created_by,"
+                           " created_by_type=excluded.created_by_type,"
+                           " modified_by=excluded.modified_by,"
+                           " modified_by_type=excluded.modified_by_type,"
+                           " deletion_date=excluded.deletion_date,"
+                           " scheduled_purge=excluded.scheduled_purge",
                            -1, &st, NULL) != SQLITE_OK)
         return false;
     sqlite3_bind_text(st, 1, i->name, -1, SQLITE_STATIC);
@@ -743,7 +936,60 @@ static bool db_put_vault(sqlite3 *db, void *ud)
     sqlite3_bind_int(st, 6, i->rbac);
     sqlite3_bind_text(st, 7, i->tenant, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 8, i->created);
-    return db_step_done(db, st);
+    sqlite3_bind_text(st, 9, i->subscription, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 10, i->resource_group, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 11, i->location, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 12, i->sku, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 13, i->public_network_access, -1, SQLITE_STATIC);
+    bind_json(st, 14, u->tags);
+    bind_json(st, 15, u->network_acls);
+    bind_opt_i64(st, 16, i->updated);
+    sqlite3_bind_text(st, 17, i->created_by, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 18, i->created_by_type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 19, i->modified_by, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 20, i->modified_by_type, -1, SQLITE_STATIC);
+    if (i->deleted) {
+        sqlite3_bind_int64(st, 21, i->deletion_date);
+        sqlite3_bind_int64(st, 22, i->scheduled_purge);
+    } else {
+        sqlite3_bind_null(st, 21);
+        sqlite3_bind_null(st, 22);
+    }
+    if (!db_step_done(db, st))
+        return false;
+    st = NULL;
+    if (sqlite3_prepare_v2(db, "DELETE FROM kv_access_policies WHERE vault=?", -1, &st, NULL) !=
+        SQLITE_OK)
+        return false;
+    sqlite3_bind_text(st, 1, i->name, -1, SQLITE_STATIC);
+    if (!db_step_done(db, st))
+        return false;
+    for (size_t x = 0; x < u->npolicies; x++) {
+        const kv_access_policy *ap = &u->policies[x];
+        if (sqlite3_prepare_v2(db,
+                               "INSERT INTO kv_access_policies(vault,idx,tenant,object_id,"
+                               "application_id,keys,permissions) VALUES(?,?,?,?,?,?,?)",
+                               -1, &st, NULL) != SQLITE_OK)
+            return false;
+        sqlite3_bind_text(st, 1, i->name, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)x);
+        sqlite3_bind_text(st, 3, ap->tenant, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, ap->object_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, ap->application_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 6, ap->keys);
+        if (ap->permissions)
+            bind_json(st, 7, ap->permissions);
+        else
+            sqlite3_bind_text(st, 7, "{}", -1, SQLITE_STATIC);
+        if (!db_step_done(db, st))
+            return false;
+    }
+    return true;
+}
+
+static vault_put_ud vault_ud(const kv_vault *v)
+{
+    return (vault_put_ud){&v->info, v->tags, v->network_acls, v->policies, v->npolicies};
 }
 
 kv_status kv_vault_create(kv_t *kv, const kv_vault_info *info, kv_err *e)
@@ -758,9 +1004,12 @@ kv_status kv_vault_create(kv_t *kv, const kv_vault_info *info, kv_err *e)
     kv_vault *v = vault_from_info(info);
     if (!v->info.created)
         v->info.created = emu_clock_now();
+    if (!v->info.updated)
+        v->info.updated = v->info.created;
+    v->info.deleted = false;
     pthread_rwlock_wrlock(&kv->lock);
     kv_status st = KV_OK;
-    if (vault_find(kv, v->info.name)) {
+    if (vault_find_any(kv, v->info.name)) {
         st = fail(e, KV_ERR_VAULT_EXISTS, "A vault named '%s' already exists.", v->info.name);
     } else {
         for (size_t i = 0; i < kv->nvaults && v->info.is_default; i++)
@@ -769,7 +1018,7 @@ kv_status kv_vault_create(kv_t *kv, const kv_vault_info *info, kv_err *e)
                           kv->vaults[i]->info.name);
     }
     if (st == KV_OK) {
-        vault_put_ud ud = {&v->info};
+        vault_put_ud ud = vault_ud(v);
         if (!db_txn(kv, db_put_vault, &ud))
             st = fail(e, KV_ERR_STORE, "The vault could not be saved.");
     }
@@ -779,7 +1028,7 @@ kv_status kv_vault_create(kv_t *kv, const kv_vault_info *info, kv_err *e)
         v = NULL;
     }
     pthread_rwlock_unlock(&kv->lock);
-    free(v);
+    vault_shell_free(v);
     return st;
 }
 
@@ -798,7 +1047,7 @@ bool kv_vault_default(kv_t *kv, char *out, size_t outlen)
     bool found = false;
     pthread_rwlock_rdlock(&kv->lock);
     for (size_t i = 0; i < kv->nvaults && !found; i++)
-        if (kv->vaults[i]->info.is_default) {
+        if (kv->vaults[i]->info.is_default && !kv->vaults[i]->info.deleted) {
             snprintf(out, outlen, "%s", kv->vaults[i]->info.name);
             found = true;
         }
@@ -821,6 +1070,329 @@ size_t kv_key_count(kv_t *kv, const char *vault)
     size_t n = v ? v->nkeys : 0;
     pthread_rwlock_unlock(&kv->lock);
     return n;
+}
+
+/* ---- vaults: ARM side ------------------------------------------------------------------- */
+
+void kv_vault_state_cleanup(kv_vault_state *s)
+{
+    if (!s)
+        return;
+    json_decref(s->tags);
+    json_decref(s->network_acls);
+    policies_free(s->policies, s->npolicies);
+    s->tags = s->network_acls = NULL;
+    s->policies = NULL;
+    s->npolicies = 0;
+}
+
+kv_status kv_vault_state_get(kv_t *kv, const char *name, kv_vault_state *out)
+{
+    memset(out, 0, sizeof *out);
+    pthread_rwlock_rdlock(&kv->lock);
+    kv_vault *v = vault_find_any(kv, name);
+    if (v) {
+        out->info = v->info;
+        out->tags = v->tags ? json_deep_copy(v->tags) : NULL;
+        out->network_acls = v->network_acls ? json_deep_copy(v->network_acls) : NULL;
+        out->policies = policies_copy(v->policies, v->npolicies);
+        out->npolicies = v->npolicies;
+    }
+    pthread_rwlock_unlock(&kv->lock);
+    return v ? KV_OK : KV_ERR_VAULT_NOT_FOUND;
+}
+
+kv_status kv_vault_put(kv_t *kv, const kv_vault_state *in, bool *created, kv_err *e)
+{
+    if (created)
+        *created = false;
+    if (!valid_vault_name(in->info.name))
+        return fail(e, KV_ERR_BAD_PARAM,
+                    "The vault name '%.64s' is invalid. A vault name must be between 3-24 "
+                    "alphanumeric characters. The name must begin with a letter, end with a "
+                    "letter or digit, and not contain consecutive hyphens.",
+                    in->info.name);
+    if (in->info.retention_days < 7 || in->info.retention_days > 90)
+        return fail(e, KV_ERR_BAD_PARAM,
+                    "The value of softDeleteRetentionInDays must be between 7 and 90.");
+    if (in->npolicies > KV_MAX_ACCESS_POLICIES)
+        return fail(e, KV_ERR_BAD_PARAM,
+                    "The number of access policies exceeds the maximum of %d.",
+                    KV_MAX_ACCESS_POLICIES);
+    kv_vault *nv = vault_from_info(&in->info);
+    nv->tags = in->tags ? json_deep_copy(in->tags) : NULL;
+    nv->network_acls = in->network_acls ? json_deep_copy(in->network_acls) : NULL;
+    nv->policies = policies_copy(in->policies, in->npolicies);
+    nv->npolicies = in->npolicies;
+    nv->info.deleted = false;
+    nv->info.deletion_date = nv->info.scheduled_purge = 0;
+    int64_t now = emu_clock_now();
+    kv_status st = KV_OK;
+    pthread_rwlock_wrlock(&kv->lock);
+    kv_vault *old = vault_find_any(kv, nv->info.name);
+    if (old && old->info.deleted) {
+        st = fail(e, KV_ERR_VAULT_EXISTS,
+                  "The vault name '%s' is already in use. Vault names are globally unique so "
+                  "it is possible that the name is already taken. If you are sure that the "
+                  "vault name was not taken then it is possible that a vault with the same name "
+                  "was recently deleted but not purged after being placed in a recoverable "
+                  "state. If the vault is in a recoverable state then the vault will need to be "
+                  "purged before reusing the name. For more information on VaultAlreadyExists, "
+                  "soft delete and purging a vault follow this link "
+                  "https://go.microsoft.com/fwlink/?linkid=2147740.",
+                  nv->info.name);
+    } else if (old && (strcasecmp(old->info.subscription, nv->info.subscription) ||
+                       strcasecmp(old->info.resource_group, nv->info.resource_group))) {
+        st = fail(e, KV_ERR_VAULT_EXISTS,
+                  "The vault name '%s' is already in use. Vault names are globally unique so "
+                  "it is possible that the name is already taken.",
+                  nv->info.name);
+    } else if (old && old->info.purge_protection && !nv->info.purge_protection) {
+        st = fail(e, KV_ERR_BAD_PARAM,
+                  "The property \"enablePurgeProtection\" cannot be set to false. Enabling the "
+                  "purge protection for a vault is an irreversible action.");
+    } else if (old && old->info.soft_delete && !nv->info.soft_delete) {
+        st = fail(e, KV_ERR_BAD_PARAM,
+                  "The property \"enableSoftDelete\" cannot be set to false. Enabling the soft "
+                  "delete for a vault is an irreversible action.");
+    } else if (!old && nv->info.is_default) {
+        for (size_t i = 0; i < kv->nvaults; i++)
+            if (kv->vaults[i]->info.is_default)
+                st = fail(e, KV_ERR_CONFLICT, "Vault '%s' is already the default vault.",
+                          kv->vaults[i]->info.name);
+    }
+    if (st == KV_OK) {
+        if (old) {
+            nv->info.is_default = old->info.is_default;
+            nv->info.created = old->info.created;
+            memcpy(nv->info.created_by, old->info.created_by, sizeof nv->info.created_by);
+            memcpy(nv->info.created_by_type, old->info.created_by_type,
+                   sizeof nv->info.created_by_type);
+        } else {
+            nv->info.created = now;
+        }
+        nv->info.updated = now;
+        vault_put_ud ud = vault_ud(nv);
+        if (!db_txn(kv, db_put_vault, &ud)) {
+            st = fail(e, KV_ERR_STORE, "The vault could not be saved.");
+        } else if (old) {
+            /* keep the keys, take everything else */
+            kv_vault tmp = *old;
+            old->info = nv->info;
+            old->tags = nv->tags;
+            old->network_acls = nv->network_acls;
+            old->policies = nv->policies;
+            old->npolicies = nv->npolicies;
+            nv->tags = tmp.tags;
+            nv->network_acls = tmp.network_acls;
+            nv->policies = tmp.policies;
+            nv->npolicies = tmp.npolicies;
+        } else {
+            kv->vaults = emu_xrealloc(kv->vaults, (kv->nvaults + 1) * sizeof *kv->vaults);
+            kv->vaults[kv->nvaults++] = nv;
+            nv = NULL;
+            if (created)
+                *created = true;
+        }
+    }
+    char name[64];
+    snprintf(name, sizeof name, "%s", in->info.name);
+    pthread_rwlock_unlock(&kv->lock);
+    vault_shell_free(nv);
+    if (st == KV_OK)
+        notify(kv, name, NULL);
+    return st;
+}
+
+static bool db_delete_vault(sqlite3 *db, void *ud)
+{
+    const char *name = ud;
+    static const char *const SQL[] = {
+        "DELETE FROM kv_versions WHERE vault=?", "DELETE FROM kv_keys WHERE vault=?",
+        "DELETE FROM kv_access_policies WHERE vault=?", "DELETE FROM kv_vaults WHERE name=?"};
+    for (size_t i = 0; i < sizeof SQL / sizeof SQL[0]; i++) {
+        sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(db, SQL[i], -1, &st, NULL) != SQLITE_OK)
+            return false;
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        if (!db_step_done(db, st))
+            return false;
+    }
+    return true;
+}
+
+/* Removes a vault from store and memory, then destroys every key pair of its keys in the
+ * token (rows first, objects after). Write lock held. */
+static kv_status vault_purge_locked(kv_t *kv, kv_vault *v, kv_err *e)
+{
+    if (!db_txn(kv, db_delete_vault, v->info.name))
+        return fail(e, KV_ERR_STORE, "The vault could not be purged from the store.");
+    for (size_t i = 0; i < kv->nvaults; i++)
+        if (kv->vaults[i] == v) {
+            memmove(kv->vaults + i, kv->vaults + i + 1, (kv->nvaults - i - 1) * sizeof *kv->vaults);
+            kv->nvaults--;
+            break;
+        }
+    size_t destroyed = 0;
+    for (size_t j = 0; j < v->nkeys; j++) {
+        kv_key *k = v->keys[j];
+        for (size_t x = 0; x < k->nversions; x++) {
+            hsm_status hs = hsm_key_destroy(kv->hsm, k->versions[x]->hsm_id);
+            if (hs == HSM_OK)
+                destroyed++;
+            else if (hs != HSM_ERR_NOT_FOUND)
+                emu_log(EMU_LOG_WARN, "kv",
+                        "purged vault %s: a key pair was not destroyed (%s); the next start "
+                        "removes it",
+                        v->info.name, hsm_status_str(hs));
+        }
+        key_free(k);
+    }
+    emu_log(EMU_LOG_INFO, "kv", "purged vault %s (%zu keys, %zu key pairs destroyed)",
+            v->info.name, v->nkeys, destroyed);
+    v->nkeys = 0;
+    vault_shell_free(v);
+    return KV_OK;
+}
+
+kv_status kv_vault_delete(kv_t *kv, const char *name, kv_err *e)
+{
+    char lname[64];
+    lower_copy(lname, sizeof lname, name);
+    pthread_rwlock_wrlock(&kv->lock);
+    kv_vault *v = vault_find(kv, lname);
+    kv_status st = KV_OK;
+    if (!v) {
+        st = fail(e, KV_ERR_VAULT_NOT_FOUND, "Vault '%.64s' does not exist.", name);
+    } else if (!v->info.soft_delete) {
+        st = vault_purge_locked(kv, v, e);
+    } else {
+        kv_vault_info next = v->info;
+        next.deleted = true;
+        next.deletion_date = emu_clock_now();
+        next.scheduled_purge = next.deletion_date + (int64_t)next.retention_days * 86400;
+        vault_put_ud ud = vault_ud(v);
+        ud.info = &next;
+        if (!db_txn(kv, db_put_vault, &ud))
+            st = fail(e, KV_ERR_STORE, "The vault could not be deleted.");
+        else
+            v->info = next;
+    }
+    pthread_rwlock_unlock(&kv->lock);
+    if (st == KV_OK)
+        notify(kv, lname, NULL);
+    return st;
+}
+
+kv_status kv_vault_recover(kv_t *kv, const char *name, kv_err *e)
+{
+    char lname[64];
+    lower_copy(lname, sizeof lname, name);
+    pthread_rwlock_wrlock(&kv->lock);
+    kv_vault *v = vault_find_any(kv, lname);
+    kv_status st = KV_OK;
+    if (!v || !v->info.deleted) {
+        st = fail(e, KV_ERR_VAULT_NOT_FOUND, "No deleted vault named '%.64s' was found.", name);
+    } else {
+        kv_vault_info next = v->info;
+        next.deleted = false;
+        next.deletion_date = next.scheduled_purge = 0;
+        next.updated = emu_clock_now();
+        vault_put_ud ud = vault_ud(v);
+        ud.info = &next;
+        if (!db_txn(kv, db_put_vault, &ud))
+            st = fail(e, KV_ERR_STORE, "The vault could not be recovered.");
+        else
+            v->info = next;
+    }
+    pthread_rwlock_unlock(&kv->lock);
+    if (st == KV_OK)
+        notify(kv, lname, NULL);
+    return st;
+}
+
+kv_status kv_vault_purge(kv_t *kv, const char *name, kv_err *e)
+{
+    char lname[64];
+    lower_copy(lname, sizeof lname, name);
+    pthread_rwlock_wrlock(&kv->lock);
+    kv_vault *v = vault_find_any(kv, lname);
+    kv_status st = KV_OK;
+    if (!v || !v->info.deleted)
+        st = fail(e, KV_ERR_VAULT_NOT_FOUND, "No deleted vault named '%.64s' was found.", name);
+    else if (v->info.purge_protection && emu_clock_now() < v->info.scheduled_purge)
+        st = fail(e, KV_ERR_PURGE_PROTECTED,
+                  "Operation 'DeletedVaultPurge' is not allowed: vault '%s' has purge "
+                  "protection enabled, so it can only be purged by the service after its "
+                  "scheduled purge date.",
+                  v->info.name);
+    else
+        st = vault_purge_locked(kv, v, e);
+    pthread_rwlock_unlock(&kv->lock);
+    if (st == KV_OK)
+        notify(kv, lname, NULL);
+    return st;
+}
+
+static int cmp_name64(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+size_t kv_vault_names(kv_t *kv, bool deleted, char (**out)[64])
+{
+    pthread_rwlock_rdlock(&kv->lock);
+    char(*names)[64] = emu_xcalloc(kv->nvaults + 1, 64);
+    size_t n = 0;
+    for (size_t i = 0; i < kv->nvaults; i++)
+        if (kv->vaults[i]->info.deleted == deleted)
+            snprintf(names[n++], 64, "%s", kv->vaults[i]->info.name);
+    pthread_rwlock_unlock(&kv->lock);
+    qsort(names, n, 64, cmp_name64);
+    *out = names;
+    return n;
+}
+
+kv_status kv_vault_policy_grants(kv_t *kv, const char *vault, const char *object_id,
+                                 const char *appid, uint32_t perm, bool *granted,
+                                 kv_vault_info *info)
+{
+    *granted = false;
+    pthread_rwlock_rdlock(&kv->lock);
+    kv_vault *v = vault_find(kv, vault);
+    if (v) {
+        if (info)
+            *info = v->info;
+        for (size_t i = 0; i < v->npolicies && !*granted; i++) {
+            const kv_access_policy *ap = &v->policies[i];
+            if (strcasecmp(ap->object_id, object_id) != 0)
+                continue;
+            if (ap->application_id[0] && strcasecmp(ap->application_id, appid ? appid : ""))
+                continue;
+            *granted = (ap->keys & perm) == perm;
+        }
+    }
+    pthread_rwlock_unlock(&kv->lock);
+    return v ? KV_OK : KV_ERR_VAULT_NOT_FOUND;
+}
+
+void kv_set_change_hook(kv_t *kv, kv_change_fn fn, void *ud)
+{
+    kv->change_fn = fn;
+    kv->change_ud = ud;
+}
+
+void kv_set_rbac_check(kv_t *kv, kv_rbac_check_fn fn, void *ud)
+{
+    kv->rbac_fn = fn;
+    kv->rbac_ud = ud;
+}
+
+kv_rbac_check_fn kv_rbac_check(kv_t *kv, void **ud)
+{
+    if (ud)
+        *ud = kv->rbac_ud;
+    return kv->rbac_fn;
 }
 
 /* ---- create / import -------------------------------------------------------------------- */
@@ -914,6 +1486,8 @@ static kv_status add_version(kv_t *kv, const char *vault, const char *name, kv_v
         hsm_key_destroy(kv->hsm, ver->hsm_id);
         version_free(ver);
     }
+    if (st == KV_OK)
+        notify(kv, vault, name);
     return st;
 }
 
@@ -1146,6 +1720,8 @@ kv_status kv_key_update(kv_t *kv, const char *vault, const char *name, const cha
         }
     }
     pthread_rwlock_unlock(&kv->lock);
+    if (st == KV_OK)
+        notify(kv, vault, name);
     return st;
 }
 
@@ -1285,6 +1861,8 @@ kv_status kv_key_delete(kv_t *kv, const char *vault, const char *name, kv_key_vi
         }
     }
     pthread_rwlock_unlock(&kv->lock);
+    if (st == KV_OK)
+        notify(kv, vault, name);
     return st;
 }
 
@@ -1329,6 +1907,8 @@ kv_status kv_deleted_purge(kv_t *kv, const char *vault, const char *name, kv_err
     if (st == KV_OK)
         st = purge_locked(kv, v, k, e);
     pthread_rwlock_unlock(&kv->lock);
+    if (st == KV_OK)
+        notify(kv, vault, name);
     return st;
 }
 
@@ -1352,6 +1932,8 @@ kv_status kv_deleted_recover(kv_t *kv, const char *vault, const char *name, kv_k
         }
     }
     pthread_rwlock_unlock(&kv->lock);
+    if (st == KV_OK)
+        notify(kv, vault, name);
     return st;
 }
 
@@ -1628,12 +2210,9 @@ static json_t *policy_normalise(const json_t *in, kv_err *e)
                      "A Notify action can only be triggered by timeBeforeExpiry.");
                 goto bad;
             }
-            if (tbe && !expiry) {
-                fail(e, KV_ERR_BAD_PARAM,
-                     "timeBeforeExpiry needs attributes.expiryTime in the policy.");
-                goto bad;
-            }
-            if (tbe && secs >= expiry) {
+            /* timeBeforeExpiry without expiryTime is allowed (the service's default policy
+             * is exactly that): it applies to versions whose exp is set */
+            if (tbe && expiry && secs >= expiry) {
                 fail(e, KV_ERR_BAD_PARAM, "timeBeforeExpiry must be shorter than expiryTime.");
                 goto bad;
             }
@@ -1733,6 +2312,20 @@ void kv_apply_due(kv_t *kv, int64_t now)
     pthread_rwlock_rdlock(&kv->lock);
     for (size_t i = 0; i < kv->nvaults; i++) {
         kv_vault *v = kv->vaults[i];
+        if (v->info.deleted) {
+            /* a soft-deleted vault: nothing rotates; the vault purges as a whole */
+            if (v->info.scheduled_purge && now >= v->info.scheduled_purge) {
+                if (n == cap) {
+                    cap = cap ? cap * 2 : 8;
+                    items = emu_xrealloc(items, cap * sizeof *items);
+                }
+                snprintf(items[n].vault, sizeof items[n].vault, "%s", v->info.name);
+                items[n].name[0] = '\0';
+                items[n].purge = true;
+                n++;
+            }
+            continue;
+        }
         for (size_t j = 0; j < v->nkeys; j++) {
             kv_key *k = v->keys[j];
             bool purge = k->deleted && k->scheduled_purge && now >= k->scheduled_purge;
@@ -1752,7 +2345,17 @@ void kv_apply_due(kv_t *kv, int64_t now)
     pthread_rwlock_unlock(&kv->lock);
     for (size_t i = 0; i < n; i++) {
         kv_err e = {{0}};
-        if (items[i].purge) {
+        if (items[i].purge && !items[i].name[0]) {
+            pthread_rwlock_wrlock(&kv->lock);
+            kv_vault *v = vault_find_any(kv, items[i].vault);
+            bool done = v && v->info.deleted && now >= v->info.scheduled_purge &&
+                        vault_purge_locked(kv, v, &e) == KV_OK;
+            pthread_rwlock_unlock(&kv->lock);
+            if (done) {
+                emu_log(EMU_LOG_INFO, "kv", "scheduled purge of vault %s", items[i].vault);
+                notify(kv, items[i].vault, NULL);
+            }
+        } else if (items[i].purge) {
             pthread_rwlock_wrlock(&kv->lock);
             kv_vault *v = vault_find(kv, items[i].vault);
             kv_key *k = v ? key_find(v, items[i].name) : NULL;
@@ -1762,6 +2365,7 @@ void kv_apply_due(kv_t *kv, int64_t now)
                         items[i].name);
             }
             pthread_rwlock_unlock(&kv->lock);
+            notify(kv, items[i].vault, items[i].name);
         } else {
             kv_key_view out;
             if (kv_key_rotate(kv, items[i].vault, items[i].name, &out, &e) == KV_OK)
@@ -1828,10 +2432,24 @@ kv_status kv_key_backup(kv_t *kv, const char *vault, const char *name, char **bl
     free(ids);
     char *json = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
+    /* MAGIC + document + "\n" + base64url(RS256 signature over MAGIC + document) */
     char *text = emu_xasprintf("%s%s", BACKUP_MAGIC, json);
     free(json);
-    *blob = emu_b64url_encode((const uint8_t *)text, strlen(text));
+    uint8_t digest[32], sig[512];
+    unsigned int dl = 32;
+    size_t sl = sizeof sig;
+    EVP_Digest(text, strlen(text), digest, &dl, EVP_sha256(), NULL);
+    hsm_status hs = hsm_sign(kv->hsm, kv->backup_sign_id, HSM_RS256, digest, 32, sig, &sl);
+    if (hs != HSM_OK) {
+        free(text);
+        return hsm_fail(e, hs, "backup signature");
+    }
+    char *sb = emu_b64url_encode(sig, sl);
+    char *signed_text = emu_xasprintf("%s\n%s", text, sb);
+    free(sb);
     free(text);
+    *blob = emu_b64url_encode((const uint8_t *)signed_text, strlen(signed_text));
+    free(signed_text);
     return KV_OK;
 }
 
@@ -1844,7 +2462,32 @@ kv_status kv_key_restore(kv_t *kv, const char *vault, const char *blob, size_t b
         free(text);
         return fail(e, KV_ERR_BAD_PARAM, "The backup blob is not a key backup made by cmkemu.");
     }
-    json_t *doc = json_loadb((const char *)text + ml, tl - ml, JSON_REJECT_DUPLICATES, NULL);
+    /* the signature follows the last newline; it covers everything before it */
+    uint8_t *nl = NULL;
+    for (size_t i = tl; i > ml; i--)
+        if (text[i - 1] == '\n') {
+            nl = text + i - 1;
+            break;
+        }
+    size_t sigl = 0;
+    uint8_t *sig = nl ? emu_b64url_decode((const char *)nl + 1, tl - (size_t)(nl + 1 - text), 1024,
+                                          &sigl)
+                      : NULL;
+    uint8_t digest[32];
+    unsigned int dl = 32;
+    if (sig)
+        EVP_Digest(text, (size_t)(nl - text), digest, &dl, EVP_sha256(), NULL);
+    if (!sig || hsm_verify(kv->hsm, kv->backup_sign_id, HSM_RS256, digest, 32, sig, sigl) !=
+                    HSM_OK) {
+        free(sig);
+        free(text);
+        return fail(e, KV_ERR_BAD_PARAM,
+                    "The backup blob is corrupt or was not made by this emulator (signature "
+                    "check failed).");
+    }
+    free(sig);
+    json_t *doc =
+        json_loadb((const char *)text + ml, (size_t)(nl - text) - ml, JSON_REJECT_DUPLICATES, NULL);
     free(text);
     const char *name = json_string_value(json_object_get(doc, "name"));
     json_t *vers = json_object_get(doc, "versions");
@@ -1884,7 +2527,14 @@ kv_status kv_key_restore(kv_t *kv, const char *vault, const char *blob, size_t b
         const char *wrapped = json_string_value(json_object_get(x, "wrapped"));
         unsigned ops = 0;
         kv_err oe;
-        if (!version || strlen(version) != 32 || !wrapped ||
+        uint8_t vbin[16];
+        char vcanon[33];
+        if (version && strlen(version) == 32 && emu_hex_decode(version, vbin, 16))
+            emu_hex_encode(vbin, 16, vcanon);
+        bool dup = false;
+        for (size_t x = 0; x < made && version; x++)
+            dup |= !strcmp(list[x]->version, version);
+        if (!version || strlen(version) != 32 || strcmp(vcanon, version) || dup || !wrapped ||
             !kv_ops_parse(json_object_get(x, "ops"), &ops, &oe)) {
             st = fail(e, KV_ERR_BAD_PARAM, "The backup blob is corrupt (version %zu).", i);
             break;
@@ -1952,6 +2602,8 @@ kv_status kv_key_restore(kv_t *kv, const char *vault, const char *blob, size_t b
         hsm_key_destroy(kv->hsm, list[i]->hsm_id);
         version_free(list[i]);
     }
+    if (st == KV_OK)
+        notify(kv, vault, name);
     free(list);
     json_decref(doc);
     return st;

@@ -23,6 +23,7 @@
 
 #include <jansson.h>
 
+#include "auth/principal.h"
 #include "hsm.h"
 #include "store.h"
 
@@ -42,6 +43,7 @@ typedef enum {
     KV_ERR_HSM,                /* 500 HSM failure */
     KV_ERR_STORE,              /* 500 store failure */
     KV_ERR_VAULT_EXISTS,       /* 409 vault name in use */
+    KV_ERR_FORBIDDEN_RBAC,     /* 403 Forbidden / ForbiddenByRbac (RBAC vault) */
 } kv_status;
 
 const char *kv_status_str(kv_status st);
@@ -54,6 +56,8 @@ typedef struct {
 typedef struct kv kv_t;
 
 kv_t *kv_open(emu_store *store, hsm_t *hsm, char *err, size_t errlen);
+/* Closes the domain. The clock hook registered by kv_open stays registered: call
+ * emu_clock_hooks_clear() before kv_close (main and the tests do). */
 void kv_close(kv_t *kv);
 hsm_t *kv_hsm(kv_t *kv);
 
@@ -68,7 +72,66 @@ typedef struct {
     bool rbac;          /* enableRbacAuthorization */
     char tenant[40];
     int64_t created;
+    /* ARM side (schema 2). Empty strings get the defaults below at creation. */
+    char subscription[40];
+    char resource_group[96];
+    char location[40];
+    char sku[16];                   /* "standard" | "premium" */
+    char public_network_access[16]; /* "Enabled" | "Disabled" */
+    int64_t updated;
+    char created_by[128], created_by_type[24]; /* ARM systemData; "" = unknown */
+    char modified_by[128], modified_by_type[24];
+    bool deleted; /* soft-deleted vault: invisible to the data plane */
+    int64_t deletion_date, scheduled_purge;
 } kv_vault_info;
+
+#define KV_DEFAULT_SUBSCRIPTION "00000000-0000-4000-8000-000000000001"
+#define KV_DEFAULT_RESOURCE_GROUP "cmk-rg"
+#define KV_DEFAULT_LOCATION "eastus"
+#define KV_MAX_ACCESS_POLICIES 1024
+
+/* Key permissions of an access policy (bits); names and parsing in access.h. */
+enum {
+    KV_PERM_ENCRYPT = 1u << 0,
+    KV_PERM_DECRYPT = 1u << 1,
+    KV_PERM_WRAP = 1u << 2,
+    KV_PERM_UNWRAP = 1u << 3,
+    KV_PERM_SIGN = 1u << 4,
+    KV_PERM_VERIFY = 1u << 5,
+    KV_PERM_GET = 1u << 6,
+    KV_PERM_LIST = 1u << 7,
+    KV_PERM_CREATE = 1u << 8,
+    KV_PERM_UPDATE = 1u << 9,
+    KV_PERM_IMPORT = 1u << 10,
+    KV_PERM_DELETE = 1u << 11,
+    KV_PERM_BACKUP = 1u << 12,
+    KV_PERM_RESTORE = 1u << 13,
+    KV_PERM_RECOVER = 1u << 14,
+    KV_PERM_PURGE = 1u << 15,
+    KV_PERM_RELEASE = 1u << 16,
+    KV_PERM_ROTATE = 1u << 17,
+    KV_PERM_GETROTATIONPOLICY = 1u << 18,
+    KV_PERM_SETROTATIONPOLICY = 1u << 19,
+};
+#define KV_PERM_ALL ((1u << 20) - 1)
+
+/* One access policy entry. */
+typedef struct {
+    char tenant[40];
+    char object_id[40];
+    char application_id[40]; /* "" = any application acting for object_id */
+    uint32_t keys;           /* KV_PERM_* */
+    json_t *permissions;     /* owned: the permissions object as given (keys, secrets, ...) */
+} kv_access_policy;
+
+/* A vault with everything ARM shows. Owned JSON and arrays: kv_vault_state_cleanup. */
+typedef struct {
+    kv_vault_info info;
+    json_t *tags;         /* object or NULL */
+    json_t *network_acls; /* object or NULL */
+    kv_access_policy *policies;
+    size_t npolicies;
+} kv_vault_state;
 
 /* Creates a vault (world file, ARM). KV_ERR_VAULT_EXISTS if the name is taken. */
 kv_status kv_vault_create(kv_t *kv, const kv_vault_info *info, kv_err *e);
@@ -77,6 +140,46 @@ kv_status kv_vault_get(kv_t *kv, const char *name, kv_vault_info *out);
 /* The default vault's name into out; false if there is none. */
 bool kv_vault_default(kv_t *kv, char *out, size_t outlen);
 size_t kv_vault_count(kv_t *kv);
+
+void kv_vault_state_cleanup(kv_vault_state *s);
+/* A deep copy of a vault, live or soft-deleted (out->info.deleted tells which). */
+kv_status kv_vault_state_get(kv_t *kv, const char *name, kv_vault_state *out);
+/* Creates a vault or replaces the settings of a live one (the state is deep-copied).
+ * Enforces what cannot be undone: KV_ERR_BAD_PARAM when purge protection or soft delete
+ * would be turned off, KV_ERR_VAULT_EXISTS when the name is held by a soft-deleted vault
+ * or by a vault in another resource group. is_default, created and created_by are kept from
+ * the existing vault. *created tells whether the vault is new. */
+kv_status kv_vault_put(kv_t *kv, const kv_vault_state *in, bool *created, kv_err *e);
+/* Soft-deletes a live vault (keys stay in the token; the data plane stops answering). A
+ * vault without soft delete is purged at once. */
+kv_status kv_vault_delete(kv_t *kv, const char *name, kv_err *e);
+/* Brings a soft-deleted vault back with its keys. */
+kv_status kv_vault_recover(kv_t *kv, const char *name, kv_err *e);
+/* Purges a soft-deleted vault: rows first, then every key pair of its keys in the token.
+ * KV_ERR_PURGE_PROTECTED while purge protection holds (before scheduled_purge). */
+kv_status kv_vault_purge(kv_t *kv, const char *name, kv_err *e);
+/* Names of live (deleted false) or soft-deleted vaults, sorted; malloc'd array in *out. */
+size_t kv_vault_names(kv_t *kv, bool deleted, char (**out)[64]);
+/* Access-policy lookup for the access check: *granted when a policy for object_id (and,
+ * when the policy names an application, appid) grants perm. info gets the vault (live only). */
+kv_status kv_vault_policy_grants(kv_t *kv, const char *vault, const char *object_id,
+                                 const char *appid, uint32_t perm, bool *granted,
+                                 kv_vault_info *info);
+
+/* Called after a committed change to a vault (access policies, settings, deleted, recovered,
+ * purged; key NULL) or to a key (created, imported, updated, deleted, purged, recovered,
+ * rotated, restored). Runs without kv locks held, on the thread that made the change; set
+ * once at start-up before serving. */
+typedef void (*kv_change_fn)(const char *vault, const char *key, void *ud);
+void kv_set_change_hook(kv_t *kv, kv_change_fn fn, void *ud);
+
+/* RBAC decision for vaults with enableRbacAuthorization (set later by the role-assignment
+ * module; see access.h). Returns KV_OK or KV_ERR_FORBIDDEN_RBAC with a message. */
+typedef kv_status (*kv_rbac_check_fn)(const char *vault, const char *key,
+                                      const auth_principal *p, const char *permission,
+                                      kv_err *e, void *ud);
+void kv_set_rbac_check(kv_t *kv, kv_rbac_check_fn fn, void *ud);
+kv_rbac_check_fn kv_rbac_check(kv_t *kv, void **ud);
 
 /* ---- keys ------------------------------------------------------------------------------ */
 

@@ -7,6 +7,7 @@
 
 #include <openssl/crypto.h>
 
+#include "access.h"
 #include "log.h"
 #include "util.h"
 
@@ -46,6 +47,7 @@ void kv_send_error(emu_req *req, kv_status st, const char *msg)
         inner = "KeyOperationNotAllowed";
         break;
     case KV_ERR_FORBIDDEN: status = 403; code = "Forbidden"; inner = "ForbiddenByPolicy"; break;
+    case KV_ERR_FORBIDDEN_RBAC: status = 403; code = "Forbidden"; inner = "ForbiddenByRbac"; break;
     case KV_ERR_HSM: status = 500; code = "InternalServerError"; inner = "HsmFailure"; break;
     case KV_ERR_STORE: status = 500; code = "InternalServerError"; inner = "StoreFailure"; break;
     }
@@ -97,8 +99,14 @@ static void kv_precheck(emu_req *req, void *ud)
 {
     kv_api_ctx *ctx = ud;
     const char *auth = emu_req_header(req, "Authorization");
-    if (auth && !strncasecmp(auth, "Bearer ", 7) && auth[7])
+    char why[300] = "";
+    if (ctx->auth) {
+        bool missing = false;
+        if (auth_authenticate(ctx->auth, req, AUTH_AUD_KEYVAULT, &missing, why, sizeof why))
+            return;
+    } else if (auth && !strncasecmp(auth, "Bearer ", 7) && auth[7]) {
         return;
+    }
     char challenge[512];
     snprintf(challenge, sizeof challenge,
              "Bearer authorization=\"%s/%s\", resource=\"https://vault.localhost\"",
@@ -106,9 +114,10 @@ static void kv_precheck(emu_req *req, void *ud)
     emu_resp_header_add(req, "WWW-Authenticate", challenge);
     emu_send_json(req, 401,
                   json_pack("{s:{s:s,s:s}}", "error", "code", "Unauthorized", "message",
-                            auth ? "AKV10022: Invalid audience or token: only Bearer tokens are "
-                                   "accepted."
-                                 : "AKV10000: Request is missing a Bearer or PoP token."));
+                            !auth ? "AKV10000: Request is missing a Bearer or PoP token."
+                            : why[0] ? why
+                                     : "AKV10022: Invalid audience or token: only Bearer tokens "
+                                       "are accepted."));
 }
 
 static bool begin(emu_req *req, void *ud, kv_call *c)
@@ -155,10 +164,13 @@ static bool begin(emu_req *req, void *ud, kv_call *c)
 
 static bool authorize(emu_req *req, kv_call *c, const char *key, const char *permission)
 {
-    if (!c->ctx->authorize)
-        return true;
     kv_err e = {{0}};
-    kv_status st = c->ctx->authorize(req, c->vault, key, permission, &e, c->ctx->authorize_ud);
+    /* Without an identity-layer override, the vault's access policies (or RBAC) decide;
+     * kv_access_check allows requests that carry no resolved principal. */
+    kv_status st = c->ctx->authorize
+                       ? c->ctx->authorize(req, c->vault, key, permission, &e,
+                                           c->ctx->authorize_ud)
+                       : kv_access_authorize(req, c->vault, key, permission, &e, c->ctx->kv);
     if (st == KV_OK)
         return true;
     kv_send_error(req, st, e.msg);

@@ -7,17 +7,21 @@
 #ifndef CMKEMU_KV_API_H
 #define CMKEMU_KV_API_H
 
+#include "auth/auth.h"
 #include "kv.h"
 #include "router.h"
 
-/* Authorization decision for one operation (set by the identity layer; NULL = permissive:
- * any bearer token may do anything). Returns KV_OK or KV_ERR_FORBIDDEN with a message. */
+/* Authorization decision for one operation. NULL = the vault's own decision
+ * (kv_access_authorize: access policies, or the RBAC hook for RBAC vaults; callers that
+ * permissive mode mapped to the default principal are allowed). Returns KV_OK or
+ * KV_ERR_FORBIDDEN with a message. */
 typedef kv_status (*kv_authorize_fn)(emu_req *req, const char *vault, const char *key,
                                      const char *permission, kv_err *e, void *ud);
 
 typedef struct {
     kv_t *kv;
     const char *tenant;
+    auth_t *auth; /* NULL: only the presence of a bearer token is checked */
     kv_authorize_fn authorize;
     void *authorize_ud;
 } kv_api_ctx;

@@ -1,0 +1,146 @@
+#include "access.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+static const struct {
+    const char *name;
+    uint32_t bit;
+} PERMS[] = {
+    {"encrypt", KV_PERM_ENCRYPT},
+    {"decrypt", KV_PERM_DECRYPT},
+    {"wrapKey", KV_PERM_WRAP},
+    {"unwrapKey", KV_PERM_UNWRAP},
+    {"sign", KV_PERM_SIGN},
+    {"verify", KV_PERM_VERIFY},
+    {"get", KV_PERM_GET},
+    {"list", KV_PERM_LIST},
+    {"create", KV_PERM_CREATE},
+    {"update", KV_PERM_UPDATE},
+    {"import", KV_PERM_IMPORT},
+    {"delete", KV_PERM_DELETE},
+    {"backup", KV_PERM_BACKUP},
+    {"restore", KV_PERM_RESTORE},
+    {"recover", KV_PERM_RECOVER},
+    {"purge", KV_PERM_PURGE},
+    {"release", KV_PERM_RELEASE},
+    {"rotate", KV_PERM_ROTATE},
+    {"getrotationpolicy", KV_PERM_GETROTATIONPOLICY},
+    {"setrotationpolicy", KV_PERM_SETROTATIONPOLICY},
+};
+
+bool kv_perm_from_name(const char *name, uint32_t *bits)
+{
+    if (!name)
+        return false;
+    if (!strcasecmp(name, "all")) {
+        *bits = KV_PERM_ALL;
+        return true;
+    }
+    for (size_t i = 0; i < sizeof PERMS / sizeof PERMS[0]; i++)
+        if (!strcasecmp(name, PERMS[i].name)) {
+            *bits = PERMS[i].bit;
+            return true;
+        }
+    return false;
+}
+
+const char *kv_perm_name(uint32_t bit)
+{
+    for (size_t i = 0; i < sizeof PERMS / sizeof PERMS[0]; i++)
+        if (PERMS[i].bit == bit)
+            return PERMS[i].name;
+    return NULL;
+}
+
+bool kv_perm_parse_keys(const json_t *arr, uint32_t *mask, kv_err *e)
+{
+    *mask = 0;
+    if (!arr || json_is_null(arr))
+        return true;
+    if (!json_is_array(arr)) {
+        snprintf(e->msg, sizeof e->msg, "permissions.keys must be an array of permission names.");
+        return false;
+    }
+    size_t i;
+    json_t *it;
+    json_array_foreach(arr, i, it)
+    {
+        uint32_t b;
+        if (!kv_perm_from_name(json_string_value(it), &b)) {
+            snprintf(e->msg, sizeof e->msg,
+                     "Invalid key permission '%.40s'. Allowed: all, encrypt, decrypt, wrapKey, "
+                     "unwrapKey, sign, verify, get, list, create, update, import, delete, backup, "
+                     "restore, recover, purge, release, rotate, getrotationpolicy, "
+                     "setrotationpolicy.",
+                     json_is_string(it) ? json_string_value(it) : "(not a string)");
+            return false;
+        }
+        *mask |= b;
+    }
+    return true;
+}
+
+static kv_status access_check(kv_t *kv, const char *vault, const char *key,
+                              const auth_principal *p, const char *permission, kv_err *e)
+{
+    if (!p || !p->from_token)
+        return KV_OK;
+    uint32_t bit = 0;
+    if (!kv_perm_from_name(permission, &bit) || bit == KV_PERM_ALL) {
+        snprintf(e->msg, sizeof e->msg, "Unknown key permission '%.40s'.",
+                 permission ? permission : "");
+        return KV_ERR_FORBIDDEN;
+    }
+    const char *canon = kv_perm_name(bit);
+    bool granted = false;
+    kv_vault_info info;
+    kv_status st = kv_vault_policy_grants(kv, vault, p->oid, p->appid, bit, &granted, &info);
+    if (st != KV_OK) {
+        snprintf(e->msg, sizeof e->msg, "Vault '%.64s' does not exist.", vault);
+        return st;
+    }
+    char caller[400];
+    snprintf(caller, sizeof caller, "appid=%s;oid=%s;iss=%s", p->appid[0] ? p->appid : "",
+             p->oid, p->iss[0] ? p->iss : "");
+    if (!p->iss[0])
+        snprintf(caller, sizeof caller, "appid=%s;oid=%s;iss=https://sts.windows.net/%s/",
+                 p->appid, p->oid, p->tid[0] ? p->tid : info.tenant);
+    if (info.rbac) {
+        void *ud = NULL;
+        kv_rbac_check_fn fn = kv_rbac_check(kv, &ud);
+        if (fn)
+            return fn(info.name, key, p, canon, e, ud);
+        char msg[1024];
+        snprintf(msg, sizeof msg,
+                 "Caller is not authorized to perform action on resource.\r\nIf role "
+                 "assignments, deny assignments or role definitions were changed recently, "
+                 "please observe propagation time.\r\nCaller: %.200s\r\nAction: "
+                 "'Microsoft.KeyVault/vaults/keys/%s/action'\r\nResource: '%.64s'\r\n"
+                 "Assignment: (not found)\r\nVault: %.64s;location=%.40s\r\n",
+                 caller, canon, info.name, info.name, info.location);
+        snprintf(e->msg, sizeof e->msg, "%.500s", msg);
+        return KV_ERR_FORBIDDEN_RBAC;
+    }
+    if (granted)
+        return KV_OK;
+    snprintf(e->msg, sizeof e->msg,
+             "The user, group or application '%.200s' does not have keys %s permission on key "
+             "vault '%.64s;location=%.40s'. For help resolving this issue, please see "
+             "https://go.microsoft.com/fwlink/?linkid=2125287",
+             caller, canon, info.name, info.location);
+    return KV_ERR_FORBIDDEN;
+}
+
+kv_status kv_access_check(kv_t *kv, const char *vault, const auth_principal *p,
+                          const char *permission, kv_err *e)
+{
+    return access_check(kv, vault, NULL, p, permission, e);
+}
+
+kv_status kv_access_authorize(emu_req *req, const char *vault, const char *key,
+                              const char *permission, kv_err *e, void *ud)
+{
+    return access_check(ud, vault, key, req->principal, permission, e);
+}

@@ -1,0 +1,41 @@
+/*
+ * access: who may do what on the Key Vault data plane. A vault decides with its access
+ * policies ({tenantId, objectId, applicationId?, permissions.keys[]}), or, when
+ * enableRbacAuthorization is set, with the RBAC hook that the role-assignment module installs
+ * (kv_set_rbac_check in kv.h); with no hook installed RBAC vaults deny.
+ *
+ * Requests without a resolved principal (no identity layer) and principals that permissive
+ * mode mapped from an unknown token (from_token false) are allowed: the decision only binds
+ * callers that the token service vouched for.
+ */
+#ifndef CMKEMU_KV_ACCESS_H
+#define CMKEMU_KV_ACCESS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "auth/principal.h"
+#include "kv.h"
+#include "req.h"
+
+/* Key permission name (case-insensitive; "all" = KV_PERM_ALL) to its bit; false if unknown. */
+bool kv_perm_from_name(const char *name, uint32_t *bits);
+/* The canonical spelling of one permission bit ("unwrapKey"), or NULL. */
+const char *kv_perm_name(uint32_t bit);
+/* Parses permissions.keys (array of names) into a mask; false + message on a bad entry. */
+bool kv_perm_parse_keys(const json_t *arr, uint32_t *mask, kv_err *e);
+
+/* The decision for one operation. permission is a key permission name as in the reference's
+ * operations table ("unwrapKey", "getrotationpolicy", ...). KV_OK, KV_ERR_FORBIDDEN
+ * (access policies), KV_ERR_FORBIDDEN_RBAC or KV_ERR_VAULT_NOT_FOUND, with the message the
+ * real service gives. */
+kv_status kv_access_check(kv_t *kv, const char *vault, const auth_principal *p,
+                          const char *permission, kv_err *e);
+
+/* kv_authorize_fn adapter (kv_api.h): ud is the kv_t; the principal is req->principal. */
+kv_status kv_access_authorize(emu_req *req, const char *vault, const char *key,
+                              const char *permission, kv_err *e, void *ud);
+
+#endif
