@@ -3,6 +3,9 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
+
+#include "router.h"
 
 #include "clock.h"
 #include "log.h"
@@ -97,8 +100,62 @@ void emu_admin_require(emu_req *req, void *ud)
                        p->name, p->oid);
 }
 
+static bool starts_ci(const char *s, const char *prefix)
+{
+    return strncasecmp(s, prefix, strlen(prefix)) == 0;
+}
+
+void emu_admin_audit_request(emu_req *req, void *ud)
+{
+    emu_admin_ctx *ctx = ud;
+    if (!ctx->audit || !req->route)
+        return;
+    const char *m = req->method;
+    bool reading = !strcasecmp(m, "GET") || !strcasecmp(m, "HEAD");
+    const char *path = req->path;
+    bool key_op = starts_ci(path, "/keys") || starts_ci(path, "/deletedkeys");
+    bool arm_change = !reading && (starts_ci(path, "/subscriptions") || starts_ci(path, "/providers"));
+    bool emu_change = !reading && starts_ci(path, "/_emulator") && !starts_ci(path, "/_emulator/tokens");
+    bool token = !reading && strstr(path, "/oauth2/") != NULL;
+    if (!key_op && !arm_change && !emu_change && !token)
+        return;
+    if (req->status == 401 && !req->principal)
+        return; /* the bearer challenge every client gets first */
+    const emu_route *rt = req->route;
+    char op[300], host[128], target[700];
+    snprintf(op, sizeof op, "%s %s", m, rt->pattern);
+    emu_req_hostname(req, host, sizeof host);
+    snprintf(target, sizeof target, "%s%s", key_op ? host : "", path);
+    const auth_principal *p = req->principal;
+    emu_audit_event ev = {.caller_oid = p ? p->oid : NULL,
+                          .caller_appid = p && p->appid[0] ? p->appid : NULL,
+                          .caller_name = p ? p->name : NULL,
+                          .operation = op,
+                          .target = target,
+                          .status = req->status,
+                          .outcome = req->status < 400 ? "Success" : "Failure"};
+    emu_audit_add(ctx->audit, &ev);
+}
+
+static void h_audit(emu_req *req, void *ud)
+{
+    emu_admin_ctx *ctx = ud;
+    int64_t since = 0, limit = 200;
+    const char *s = emu_req_query(req, "since"), *l = emu_req_query(req, "limit");
+    if ((s && !emu_parse_i64(s, 0, INT64_MAX, &since)) ||
+        (l && !emu_parse_i64(l, 1, 1000, &limit))) {
+        emu_send_error(req, 400, "BadParameter",
+                       "since must be an event id (>= 0) and limit a number from 1 to 1000.");
+        return;
+    }
+    emu_send_json(req, 200,
+                  emu_audit_query(ctx->audit, since, (int)limit, emu_req_query(req, "match"),
+                                  emu_req_query(req, "caller")));
+}
+
 void emu_admin_register(emu_router *r, emu_admin_ctx *ctx)
 {
+    emu_router_add(r, "GET", "/_emulator/audit", 0, NULL, h_audit, ctx);
     emu_router_add(r, "GET", "/_emulator/health", 0, NULL, h_health, ctx);
     emu_router_add(r, "GET", "/_emulator/clock", 0, NULL, h_clock_get, ctx);
     /* slow: hooks may purge keys or re-check environments through the HSM */

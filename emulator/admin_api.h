@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 
+#include "audit.h"
 #include "auth/auth.h"
 #include "hsm.h"
 #include "router.h"
@@ -20,12 +21,16 @@ typedef struct {
     const char *data_dir;
     int64_t started; /* wall clock */
     auth_t *auth;    /* strict mode: mutating endpoints need an emulator admin */
+    emu_audit *audit;
 } emu_admin_ctx;
 
 void emu_admin_register(emu_router *r, emu_admin_ctx *ctx);
 /* Precheck for mutating /_emulator endpoints: in strict mode the caller must present a valid
  * token of an emulator admin principal (401/403 otherwise). Open in permissive mode. */
 void emu_admin_require(emu_req *req, void *ud);
+/* The http completion hook: records key operations, mutating ARM calls and emulator changes
+ * in ctx->audit. */
+void emu_admin_audit_request(emu_req *req, void *ud);
 /* Loads the persisted clock offset from the store. */
 void emu_admin_load_clock(emu_store *store);
 

@@ -84,6 +84,7 @@ static int serve(int argc, char **argv)
     kv_t *kv = NULL;
     armres_t *arm = NULL;
     auth_t *auth = NULL;
+    emu_audit *audit = emu_audit_new();
     char *cert_pem = NULL, *key_pem = NULL, *cert_path = NULL;
     pthread_t tick;
     bool tick_started = false;
@@ -152,7 +153,8 @@ static int serve(int argc, char **argv)
                            .version = CMKEMU_VERSION,
                            .data_dir = cfg.data_dir,
                            .started = emu_wall_now(),
-                           .auth = auth};
+                           .auth = auth,
+                           .audit = audit};
     emu_admin_register(router, &admin);
     char identity_header[128] = "";
     if (!emu_store_meta_get(store, "identity_header", identity_header, sizeof identity_header))
@@ -185,7 +187,9 @@ static int serve(int argc, char **argv)
                             .max_headers = cfg.max_headers,
                             .max_json_depth = cfg.max_json_depth,
                             .router = router,
-                            .workers = workers};
+                            .workers = workers,
+                            .on_complete = emu_admin_audit_request,
+                            .on_complete_ud = &admin};
     http = emu_http_start(&hcfg, err, sizeof err);
     if (!http) {
         fprintf(stderr, "cmkemu: %s\n", err);
@@ -239,6 +243,7 @@ out:
         pthread_join(tick, NULL);
     emu_http_stop(http);
     emu_workers_free(workers);
+    emu_audit_free(audit);
     emu_router_free(router);
     armres_close(arm);
     emu_clock_hooks_clear();

@@ -335,6 +335,21 @@ static void test_serve_limits(void **state)
                            &body),
                      200);
     free(body);
+    /* the audit log has the key operations with caller and outcome, and no bearer token */
+    assert_int_equal(https(&s, "GET", "localhost", "/_emulator/audit?match=demo-key", NULL, NULL,
+                           &body),
+                     200);
+    json_t *a = parse(body);
+    json_t *ev = json_array_get(json_object_get(a, "value"), 0);
+    assert_non_null(ev);
+    assert_string_equal(json_string_value(json_object_get(ev, "operation")), "GET /keys/{name}");
+    assert_string_equal(json_string_value(json_object_get(ev, "outcome")), "Success");
+    assert_non_null(json_string_value(json_object_get(json_object_get(ev, "caller"), "oid")));
+    json_decref(a);
+    free(body);
+    assert_int_equal(https(&s, "GET", "localhost", "/_emulator/audit?limit=0", NULL, NULL, &body),
+                     400);
+    free(body);
     assert_int_equal(server_stop(&s), 0);
 }
 

@@ -75,6 +75,8 @@ static enum MHD_Result queue(conn_state *s)
         MHD_add_response_header(r, h->name, h->value);
     enum MHD_Result ret = MHD_queue_response(s->conn, (unsigned)req->status, r);
     s->queued = true;
+    if (s->srv->cfg.on_complete)
+        s->srv->cfg.on_complete(req, s->srv->cfg.on_complete_ud);
     MHD_destroy_response(r);
     if (emu_log_min_level <= EMU_LOG_DEBUG) {
         struct timespec now;

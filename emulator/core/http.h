@@ -21,6 +21,10 @@ typedef struct {
     long max_body, max_headers, max_json_depth;
     const emu_router *router;
     emu_workers *workers;
+    /* Called once per answered request (any thread), after the response is final: the audit
+     * log. May be NULL. */
+    void (*on_complete)(emu_req *req, void *ud);
+    void *on_complete_ud;
 } emu_http_config;
 
 typedef struct emu_http emu_http;
