@@ -16,8 +16,11 @@
 #include <openssl/crypto.h>
 
 #include "admin_api.h"
+#include "arm/deployments.h"
 #include "auth/auth.h"
 #include "auth/auth_api.h"
+#include "auth/roles.h"
+#include "auth/roles_api.h"
 #include "clock.h"
 #include "config.h"
 #include "hsm.h"
@@ -26,6 +29,8 @@
 #include "keyvault/kv_api.h"
 #include "keyvault/vaults_arm.h"
 #include "log.h"
+#include "powerplatform/policies.h"
+#include "powerplatform/policies_arm.h"
 #include "router.h"
 #include "store.h"
 #include "tls.h"
@@ -60,6 +65,28 @@ static bool arm_authenticate(emu_req *req, void *ud, bool *missing, char *err, s
     return auth_authenticate(ud, req, AUTH_AUD_ARM, missing, err, errlen);
 }
 
+/* RBAC vaults: the Key Vault data plane asks the role assignments (auth/roles), with the
+ * vault's ARM id that only the vault domain knows (auth sits below keyvault). */
+typedef struct {
+    kv_t *kv;
+    roles_t *roles;
+} kv_rbac_wiring;
+
+static kv_status kv_rbac_via_roles(const char *vault, const char *key, const auth_principal *p,
+                                   const char *permission, kv_err *e, void *ud)
+{
+    const kv_rbac_wiring *w = ud;
+    kv_vault_info vi;
+    if (kv_vault_get(w->kv, vault, &vi) != KV_OK) {
+        snprintf(e->msg, sizeof e->msg, "Vault '%.64s' does not exist.", vault);
+        return KV_ERR_VAULT_NOT_FOUND;
+    }
+    return auth_roles_kv_check(w->roles, p, vi.subscription, vi.resource_group, vi.name,
+                               vi.location, key, permission, e->msg, sizeof e->msg)
+               ? KV_OK
+               : KV_ERR_FORBIDDEN_RBAC;
+}
+
 static int usage(FILE *out, int rc)
 {
     fprintf(out, "usage: cmkemu serve [options]\n"
@@ -83,7 +110,9 @@ static int serve(int argc, char **argv)
     emu_http *http = NULL;
     kv_t *kv = NULL;
     armres_t *arm = NULL;
+    pp_policies_t *pp = NULL;
     auth_t *auth = NULL;
+    roles_t *roles = NULL;
     emu_audit *audit = emu_audit_new();
     char *cert_pem = NULL, *key_pem = NULL, *cert_path = NULL;
     pthread_t tick;
@@ -144,6 +173,14 @@ static int serve(int argc, char **argv)
         fprintf(stderr, "cmkemu: world: %s\n", err);
         goto out;
     }
+    /* after the world: it writes the world's role assignments through its own handle */
+    roles = auth_roles_open(store, auth, err, sizeof err);
+    if (!roles) {
+        fprintf(stderr, "cmkemu: role assignments: %s\n", err);
+        goto out;
+    }
+    kv_rbac_wiring rbac = {.kv = kv, .roles = roles};
+    kv_set_rbac_check(kv, kv_rbac_via_roles, &rbac);
 
     int ncores = (int)sysconf(_SC_NPROCESSORS_ONLN);
     int threads = cfg.threads > 0 ? cfg.threads : (ncores > 0 ? ncores : 2);
@@ -169,12 +206,41 @@ static int serve(int argc, char **argv)
     }
     armres_set_authenticator(arm, arm_authenticate, auth);
     armres_register(router, arm);
+    auth_roles_api_ctx rolesctx = {.common = {.tenant = cfg.tenant,
+                                              .authenticate = arm_authenticate,
+                                              .auth_ud = auth},
+                                   .roles = roles};
+    auth_roles_api_register(router, &rolesctx);
     kv_arm_ctx kvarm = {.common = {.tenant = cfg.tenant,
                                    .authenticate = arm_authenticate,
                                    .auth_ud = auth},
                         .kv = kv,
                         .arm = arm};
     kv_vaults_arm_register(router, &kvarm);
+    /* deployments PUT each template resource back through this router, so they see every
+     * provider registered above and below */
+    arm_deploy_ctx deploy = {.common = {.tenant = cfg.tenant,
+                                        .authenticate = arm_authenticate,
+                                        .auth_ud = auth},
+                             .arm = arm,
+                             .store = store,
+                             .router = router};
+    if (!arm_deployments_init(&deploy, err, sizeof err)) {
+        fprintf(stderr, "cmkemu: deployments: %s\n", err);
+        goto out;
+    }
+    arm_deployments_register(router, &deploy);
+    pp = pp_policies_open(store, auth, err, sizeof err);
+    if (!pp) {
+        fprintf(stderr, "cmkemu: enterprise policies: %s\n", err);
+        goto out;
+    }
+    pp_arm_ctx pparm = {.common = {.tenant = cfg.tenant,
+                                   .authenticate = arm_authenticate,
+                                   .auth_ud = auth},
+                        .pp = pp,
+                        .arm = arm};
+    pp_policies_arm_register(router, &pparm);
     auth_api_register(router, &authctx);
 
     workers = emu_workers_new(threads);
@@ -245,9 +311,11 @@ out:
     emu_workers_free(workers);
     emu_audit_free(audit);
     emu_router_free(router);
+    pp_policies_close(pp);
     armres_close(arm);
     emu_clock_hooks_clear();
     kv_close(kv);
+    auth_roles_close(roles);
     auth_close(auth);
     emu_store_close(store);
     hsm_close(hsm);

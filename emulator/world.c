@@ -5,9 +5,11 @@
 #include <string.h>
 
 #include "armres.h"
+#include "auth/roles.h"
 #include "demo_world.h" /* generated: CMKEMU_DEMO_WORLD[] */
 #include "keyvault/access.h"
 #include "log.h"
+#include "powerplatform/policies.h"
 #include "tls.h"
 #include "util.h"
 
@@ -201,6 +203,163 @@ static bool world_resource_groups(json_t *world, emu_store *store, const char *t
     return ok;
 }
 
+/* The world's role assignments ("roleAssignments": [{principalId, role (name, GUID or
+ * definition id), scope | vault [+ key] | resourceGroup, name?, description?}]); a vault's
+ * scope is its ARM id, a key's is the vault's plus /keys/{key}. */
+static bool world_role_assignments(json_t *world, emu_store *store, auth_t *auth, kv_t *kv,
+                                   char *err, size_t errlen)
+{
+    json_t *arr = json_object_get(world, "roleAssignments");
+    if (!json_array_size(arr) || !auth)
+        return true;
+    roles_t *r = auth_roles_open(store, auth, err, errlen);
+    if (!r)
+        return false;
+    const char *wsub = json_string_value(json_object_get(world, "subscription"));
+    if (!wsub)
+        wsub = ARM_DEFAULT_SUBSCRIPTION;
+    bool ok = true;
+    size_t i;
+    json_t *ra;
+    json_array_foreach(arr, i, ra)
+    {
+        auth_role_assignment a;
+        memset(&a, 0, sizeof a);
+        const char *role = json_string_value(json_object_get(ra, "role"));
+        if (!role)
+            role = json_string_value(json_object_get(ra, "roleDefinitionId"));
+        const char *vault = json_string_value(json_object_get(ra, "vault"));
+        const char *key = json_string_value(json_object_get(ra, "key"));
+        const char *rg = json_string_value(json_object_get(ra, "resourceGroup"));
+        str_field(ra, "scope", a.scope, sizeof a.scope);
+        if (!a.scope[0] && vault) {
+            kv_vault_info vi;
+            if (kv_vault_get(kv, vault, &vi) != KV_OK) {
+                snprintf(err, errlen, "roleAssignments[%zu]: no vault %s", i, vault);
+                ok = false;
+                break;
+            }
+            snprintf(a.scope, sizeof a.scope,
+                     "/subscriptions/%s/resourceGroups/%s/providers/Microsoft.KeyVault/vaults/%s"
+                     "%s%.128s",
+                     vi.subscription, vi.resource_group, vi.name, key ? "/keys/" : "",
+                     key ? key : "");
+        } else if (!a.scope[0] && rg) {
+            snprintf(a.scope, sizeof a.scope, "/subscriptions/%s/resourceGroups/%.96s", wsub, rg);
+        } else if (!a.scope[0]) {
+            snprintf(a.scope, sizeof a.scope, "/subscriptions/%s", wsub);
+        }
+        if (role)
+            snprintf(a.role_guid, sizeof a.role_guid, "%s", role);
+        const auth_role_def *d = role ? auth_role_def_find(role) : NULL;
+        if (d)
+            snprintf(a.role_guid, sizeof a.role_guid, "%s", d->guid);
+        str_field(ra, "principalId", a.principal_id, sizeof a.principal_id);
+        str_field(ra, "principalType", a.principal_type, sizeof a.principal_type);
+        str_field(ra, "description", a.description, sizeof a.description);
+        str_field(ra, "name", a.name, sizeof a.name);
+        if (!a.name[0])
+            emu_guid(a.name);
+        char msg[512];
+        roles_status st = auth_roles_put(r, &a, NULL, NULL, msg, sizeof msg);
+        if (st != ROLES_OK) {
+            snprintf(err, errlen, "roleAssignments[%zu]: %s", i, msg);
+            ok = false;
+            break;
+        }
+    }
+    auth_roles_close(r);
+    return ok;
+}
+
+/* The world's enterprise policies ("enterprisePolicies": [{name, location, kind?
+ * ("Encryption"), resourceGroup? (cmk-rg), subscription?, keyVault (a vault name of the world,
+ * or a vault ARM id), keyName, keyVersion? ("" = the key's current version), identity?
+ * {objectId?, applicationId?} (fixed ids, so the world's access policies and role assignments
+ * can name the policy identity)}]). Groups that do not exist yet are created. */
+static bool world_enterprise_policies(json_t *world, emu_store *store, auth_t *auth, kv_t *kv,
+                                      const char *tenant, char *err, size_t errlen)
+{
+    json_t *arr = json_object_get(world, "enterprisePolicies");
+    if (!json_array_size(arr))
+        return true;
+    if (!auth) {
+        snprintf(err, errlen, "enterprisePolicies need the identity layer");
+        return false;
+    }
+    armres_t *a = armres_open(store, tenant, err, errlen);
+    if (!a)
+        return false;
+    pp_policies_t *pp = pp_policies_open(store, auth, err, errlen);
+    if (!pp) {
+        armres_close(a);
+        return false;
+    }
+    const char *wsub = json_string_value(json_object_get(world, "subscription"));
+    if (!wsub)
+        wsub = ARM_DEFAULT_SUBSCRIPTION;
+    bool ok = true;
+    size_t i;
+    json_t *ep;
+    json_array_foreach(arr, i, ep)
+    {
+        const char *sub = json_string_value(json_object_get(ep, "subscription"));
+        const char *rg = json_string_value(json_object_get(ep, "resourceGroup"));
+        const char *kind = json_string_value(json_object_get(ep, "kind"));
+        const char *vault = json_string_value(json_object_get(ep, "keyVault"));
+        json_t *identity = json_object_get(ep, "identity");
+        char vault_id[512] = "";
+        pp_policy_spec s = {.subscription = sub ? sub : wsub,
+                            .resource_group = rg ? rg : KV_DEFAULT_RESOURCE_GROUP,
+                            .name = json_string_value(json_object_get(ep, "name")),
+                            .location = json_string_value(json_object_get(ep, "location")),
+                            .identity = true,
+                            .identity_oid =
+                                json_string_value(json_object_get(identity, "objectId")),
+                            .identity_appid =
+                                json_string_value(json_object_get(identity, "applicationId")),
+                            .key_name = json_string_value(json_object_get(ep, "keyName")),
+                            .key_version = json_string_value(json_object_get(ep, "keyVersion"))};
+        if (kind && !pp_kind_parse(kind, &s.kind)) {
+            snprintf(err, errlen, "enterprisePolicies[%zu]: unknown kind %s", i, kind);
+            ok = false;
+            break;
+        }
+        if (vault && vault[0] == '/') {
+            snprintf(vault_id, sizeof vault_id, "%s", vault);
+        } else if (vault) {
+            kv_vault_info vi;
+            if (kv_vault_get(kv, vault, &vi) != KV_OK) {
+                snprintf(err, errlen, "enterprisePolicies[%zu]: no vault %s", i, vault);
+                ok = false;
+                break;
+            }
+            snprintf(vault_id, sizeof vault_id,
+                     "/subscriptions/%s/resourceGroups/%s/providers/Microsoft.KeyVault/vaults/%s",
+                     vi.subscription, vi.resource_group, vi.name);
+        }
+        s.has_encryption = vault != NULL;
+        s.encryption_enabled = true;
+        s.vault_id = vault_id;
+        if (!armres_rg_exists(a, s.subscription, s.resource_group, NULL, 0) &&
+            !armres_rg_put(a, s.subscription, s.resource_group, KV_DEFAULT_LOCATION, NULL, NULL)) {
+            snprintf(err, errlen, "enterprisePolicies[%zu]: cannot create resource group %s", i,
+                     s.resource_group);
+            ok = false;
+            break;
+        }
+        pp_err e = {{0}, {0}};
+        if (pp_policy_put(pp, &s, NULL, NULL, &e) != PP_OK) {
+            snprintf(err, errlen, "enterprisePolicies[%zu]: %s", i, e.msg);
+            ok = false;
+            break;
+        }
+    }
+    pp_policies_close(pp);
+    armres_close(a);
+    return ok;
+}
+
 static void describe(kv_t *kv, const char *source, emu_world_info *info)
 {
     char def[64] = "";
@@ -244,7 +403,9 @@ bool emu_world_load(const emu_config *cfg, emu_store *store, auth_t *auth, kv_t 
             return false;
         }
         bool ok = emu_world_apply(w, cfg->tenant, auth, kv, err, errlen) &&
-                  world_resource_groups(w, store, cfg->tenant, err, errlen);
+                  world_resource_groups(w, store, cfg->tenant, err, errlen) &&
+                  world_enterprise_policies(w, store, auth, kv, cfg->tenant, err, errlen) &&
+                  world_role_assignments(w, store, auth, kv, err, errlen);
         json_decref(w);
         if (!ok)
             return false;

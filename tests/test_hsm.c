@@ -1099,8 +1099,6 @@ static void hsm_bench_decrypt(void **state)
     fixture *f = *state;
     static const uint8_t msg[32] = "benchmark payload, 32 bytes long";
 
-    if (!getenv("CMK_HSM_BENCH"))
-        skip();
     for (size_t ai = 0; ai < 3; ai++) {
         uint8_t ct[512], pt[512];
         size_t ct_len = 0, pt_len = 0;
@@ -1178,8 +1176,11 @@ int main(void)
         cmocka_unit_test(hsm_handle_cache_avoids_searches),
         cmocka_unit_test(hsm_random_from_token),
         cmocka_unit_test(hsm_injected_token_faults_map_to_status),
-        cmocka_unit_test(hsm_bench_decrypt),
     };
-
+    /* The decrypt rate loop is a measurement, not a test: it runs only when asked
+     * (CMK_HSM_BENCH=1), and is then its own group rather than a skipped test. */
+    const struct CMUnitTest bench[] = {cmocka_unit_test(hsm_bench_decrypt)};
+    if (getenv("CMK_HSM_BENCH"))
+        return cmocka_run_group_tests_name("hsm-bench", bench, group_setup, group_teardown);
     return cmocka_run_group_tests_name("hsm", tests, group_setup, group_teardown);
 }

@@ -50,7 +50,7 @@ const char *kv_status_str(kv_status st);
 
 /* Error detail for the client (never contains key bytes). */
 typedef struct {
-    char msg[512];
+    char msg[1024];
 } kv_err;
 
 typedef struct kv kv_t;
