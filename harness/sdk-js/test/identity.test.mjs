@@ -95,6 +95,34 @@ for (const mode of ["permissive", "strict"]) {
       assert.match(r.json.error.message, /audience/);
     });
 
+    it("access policy add/remove with KeyVaultManagementClient decides 403/200 for a second principal", T, async () => {
+      const { KeyVaultManagementClient } = await import("@azure/arm-keyvault");
+      const SUB = "00000000-0000-4000-8000-000000000001";
+      const arm = new KeyVaultManagementClient(secretCredential(server), SUB, { endpoint: server.url, agent: server.agent() });
+      const admin = new KeyClient(server.vaultUrl("scratch"), secretCredential(server), { agent: server.agent() });
+      const name = uniqueName("ap");
+      const key = await admin.createRsaKey(name);
+      const NO_RIGHTS = { clientId: "0a000004-0000-4000-8000-00000000a004", secret: "no-rights-secret", oid: "0b000004-0000-4000-8000-00000000b004" };
+      const token = (await secretCredential(server, NO_RIGHTS).getToken("https://vault.localhost/.default")).token;
+      const auth = { Authorization: `Bearer ${token}` };
+      const get = () => server.raw("GET", `/keys/${name}?api-version=7.5`, { vault: "scratch", headers: auth });
+      const unwrap = () => server.raw("POST", `/keys/${name}/${key.properties.version}/unwrapkey?api-version=7.5`, { vault: "scratch", headers: auth, body: { alg: "RSA-OAEP", value: Buffer.alloc(256).toString("base64url") } });
+      let r = await get();
+      assert.equal(r.status, 403, r.text);
+      assert.equal(r.json.error.innererror.code, "ForbiddenByPolicy");
+      assert.match(r.json.error.message, new RegExp(`oid=${NO_RIGHTS.oid}`));
+      const policy = (keys) => ({ properties: { accessPolicies: [{ tenantId: TENANT, objectId: NO_RIGHTS.oid, permissions: { keys } }] } });
+      await arm.vaults.updateAccessPolicy("cmk-rg", "scratch", "add", policy(["get"]));
+      r = await get();
+      assert.equal(r.status, 200, r.text);
+      r = await unwrap();
+      assert.equal(r.status, 403, r.text);
+      assert.match(r.json.error.message, /unwrapKey/);
+      await arm.vaults.updateAccessPolicy("cmk-rg", "scratch", "remove", policy(["get"]));
+      r = await get();
+      assert.equal(r.status, 403, r.text);
+    });
+
     it("ManagedIdentityCredential gets a token through IDENTITY_ENDPOINT", T, async () => {
       // MSAL's managed identity client makes its own connections: run it the way an app would,
       // in a fresh Node process that trusts the emulator through NODE_EXTRA_CA_CERTS.
