@@ -29,6 +29,8 @@
 #include "keyvault/kv_api.h"
 #include "keyvault/vaults_arm.h"
 #include "log.h"
+#include "powerplatform/bap_api.h"
+#include "powerplatform/environments.h"
 #include "powerplatform/policies.h"
 #include "powerplatform/policies_arm.h"
 #include "router.h"
@@ -111,6 +113,7 @@ static int serve(int argc, char **argv)
     kv_t *kv = NULL;
     armres_t *arm = NULL;
     pp_policies_t *pp = NULL;
+    pp_envs_t *envs = NULL;
     auth_t *auth = NULL;
     roles_t *roles = NULL;
     emu_audit *audit = emu_audit_new();
@@ -241,6 +244,13 @@ static int serve(int argc, char **argv)
                         .pp = pp,
                         .arm = arm};
     pp_policies_arm_register(router, &pparm);
+    envs = pp_envs_open(store, hsm, err, sizeof err);
+    if (!envs) {
+        fprintf(stderr, "cmkemu: environments: %s\n", err);
+        goto out;
+    }
+    pp_bap_ctx bap = {.envs = envs, .auth = auth};
+    pp_bap_register(router, &bap);
     auth_api_register(router, &authctx);
 
     workers = emu_workers_new(threads);
@@ -295,6 +305,9 @@ static int serve(int argc, char **argv)
     printf("                managed identity: IDENTITY_ENDPOINT=https://localhost:%d/msi/token "
            "IDENTITY_HEADER=%s\n",
            port, identity_header);
+    printf("  power platform: https://localhost:%d/providers/Microsoft.BusinessAppPlatform/"
+           "environments, records https://{environmentId}.crm.localhost:%d/api/data/v9.2/\n",
+           port, port);
     printf("  health:       https://localhost:%d/_emulator/health\n", port);
     fflush(stdout);
     emu_log(EMU_LOG_INFO, "main", "listening on %s:%d with %d threads", cfg.listen_host, port,
@@ -311,6 +324,7 @@ out:
     emu_workers_free(workers);
     emu_audit_free(audit);
     emu_router_free(router);
+    pp_envs_close(envs);
     pp_policies_close(pp);
     armres_close(arm);
     emu_clock_hooks_clear();

@@ -9,6 +9,7 @@
 #include "demo_world.h" /* generated: CMKEMU_DEMO_WORLD[] */
 #include "keyvault/access.h"
 #include "log.h"
+#include "powerplatform/environments.h"
 #include "powerplatform/policies.h"
 #include "tls.h"
 #include "util.h"
@@ -360,6 +361,22 @@ static bool world_enterprise_policies(json_t *world, emu_store *store, auth_t *a
     return ok;
 }
 
+/* The world's Power Platform environments ("environments": [{id?, displayName, location,
+ * environmentSku, managed?, records?: {entitySet: [row, ...]}}]), encrypted under the
+ * Microsoft-managed key like any environment created over the BAP API. */
+static bool world_environments(json_t *world, emu_store *store, kv_t *kv, char *err,
+                               size_t errlen)
+{
+    if (!json_array_size(json_object_get(world, "environments")))
+        return true;
+    pp_envs_t *envs = pp_envs_open(store, kv_hsm(kv), err, errlen);
+    if (!envs)
+        return false;
+    bool ok = pp_envs_world_apply(envs, world, err, errlen);
+    pp_envs_close(envs);
+    return ok;
+}
+
 static void describe(kv_t *kv, const char *source, emu_world_info *info)
 {
     char def[64] = "";
@@ -405,6 +422,7 @@ bool emu_world_load(const emu_config *cfg, emu_store *store, auth_t *auth, kv_t 
         bool ok = emu_world_apply(w, cfg->tenant, auth, kv, err, errlen) &&
                   world_resource_groups(w, store, cfg->tenant, err, errlen) &&
                   world_enterprise_policies(w, store, auth, kv, cfg->tenant, err, errlen) &&
+                  world_environments(w, store, kv, err, errlen) &&
                   world_role_assignments(w, store, auth, kv, err, errlen);
         json_decref(w);
         if (!ok)

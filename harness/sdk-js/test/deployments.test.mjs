@@ -166,10 +166,6 @@ describe("Microsoft.Resources/deployments (DeploymentsClient)", () => {
         POLL,
       ).catch((e) => e);
     });
-    if (result instanceof Error && /No API answers|NotFound/.test(JSON.stringify(result.details ?? result.message))) {
-      t.skip("the enterprise-policy provider is not registered in this build");
-      return;
-    }
     if (result instanceof Error) throw result;
     assert.equal(result.properties.provisioningState, "Succeeded");
     const id = result.properties.outputResources[0].id;

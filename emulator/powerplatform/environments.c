@@ -1,0 +1,988 @@
+/*
+ * environments: Power Platform environments and encrypted records; see environments.h.
+ */
+#include "environments.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <openssl/crypto.h>
+
+#include "clock.h"
+#include "envelope.h"
+#include "log.h"
+#include "policies.h"
+#include "util.h"
+
+static const emu_migration PP_ENV_MIGRATIONS[] = {
+    {"pp_env", 1,
+     "CREATE TABLE pp_environments(id TEXT PRIMARY KEY, display_name TEXT NOT NULL,"
+     " location TEXT NOT NULL, azure_region TEXT NOT NULL, sku INTEGER NOT NULL,"
+     " managed INTEGER NOT NULL, key_managed_by INTEGER NOT NULL, wrapped_dek BLOB NOT NULL,"
+     " enabled INTEGER NOT NULL, reason TEXT NOT NULL, created INTEGER NOT NULL);"
+     "CREATE TABLE pp_records(env TEXT NOT NULL, tbl TEXT NOT NULL, id TEXT NOT NULL,"
+     " blob BLOB NOT NULL, UNIQUE(env, tbl, id));"
+     "CREATE TABLE pp_env_operations(id TEXT PRIMARY KEY, env TEXT NOT NULL, kind TEXT NOT NULL,"
+     " state TEXT NOT NULL, error TEXT NOT NULL, created INTEGER NOT NULL);"},
+};
+
+typedef struct {
+    pp_environment env;
+    uint8_t wrapped[PP_WRAPPED_MAX];
+    size_t wrapped_len;
+    pp_dek dek; /* loaded while enabled */
+} env_rec;
+
+struct pp_envs {
+    pthread_mutex_t lock;
+    emu_store *store;
+    hsm_t *hsm;
+    pp_platform_key platform;
+    pp_key_wrapper platform_wrapper;
+    env_rec **recs;
+    size_t nrecs, caprecs;
+};
+
+const char *pp_env_status_str(pp_env_status st)
+{
+    switch (st) {
+    case PP_ENV_OK:
+        return "ok";
+    case PP_ENV_ERR_BAD_PARAM:
+        return "bad parameter";
+    case PP_ENV_ERR_NOT_FOUND:
+        return "not found";
+    case PP_ENV_ERR_CONFLICT:
+        return "conflict";
+    case PP_ENV_ERR_DISABLED:
+        return "environment disabled";
+    case PP_ENV_ERR_CRYPTO:
+        return "crypto failure";
+    case PP_ENV_ERR_STORE:
+        return "store failure";
+    }
+    return "unknown";
+}
+
+static const char *SKUS[] = {"Production", "Sandbox", "Trial", "Teams", "Developer"};
+
+const char *pp_env_sku_str(pp_env_sku s)
+{
+    return (unsigned)s < 5 ? SKUS[s] : "Production";
+}
+
+bool pp_env_sku_parse(const char *s, pp_env_sku *out)
+{
+    for (int i = 0; s && i < 5; i++)
+        if (!strcasecmp(s, SKUS[i])) {
+            *out = (pp_env_sku)i;
+            return true;
+        }
+    return false;
+}
+
+const char *pp_key_managed_by_str(pp_key_managed_by k)
+{
+    return k == PP_KEY_CUSTOMER ? "Customer" : "Microsoft";
+}
+
+/* The Azure region an environment of a Power Platform region lives in [inferred]. */
+static const char *azure_region_of(const char *loc)
+{
+    static const char *map[][2] = {
+        {"unitedstates", "westus"},
+        {"europe", "westeurope"},
+        {"uk", "uksouth"},
+        {"japan", "japaneast"},
+        {"india", "centralindia"},
+        {"france", "francecentral"},
+        {"germany", "germanywestcentral"},
+        {"switzerland", "switzerlandnorth"},
+        {"canada", "canadacentral"},
+        {"brazil", "brazilsouth"},
+        {"australia", "australiaeast"},
+        {"asia", "southeastasia"},
+        {"uae", "uaenorth"},
+        {"korea", "koreacentral"},
+        {"norway", "norwayeast"},
+        {"singapore", "southeastasia"},
+        {"sweden", "swedencentral"},
+        {"southafrica", "southafricanorth"},
+    };
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (!strcmp(loc, map[i][0]))
+            return map[i][1];
+    return loc;
+}
+
+/* ---- helpers (pp lock held) --------------------------------------------------------------- */
+
+static env_rec *find_inlock(pp_envs_t *p, const char *id)
+{
+    for (size_t i = 0; i < p->nrecs; i++)
+        if (!strcasecmp(p->recs[i]->env.id, id))
+            return p->recs[i];
+    return NULL;
+}
+
+static void rec_free(env_rec *r)
+{
+    if (!r)
+        return;
+    pp_dek_wipe(&r->dek);
+    OPENSSL_cleanse(r, sizeof *r);
+    free(r);
+}
+
+static bool op_insert(sqlite3 *db, const char *id, const char *env, const char *kind,
+                      const char *state, const char *error, int64_t now)
+{
+    sqlite3_stmt *st = NULL;
+    bool ok = sqlite3_prepare_v2(db,
+                                 "INSERT INTO pp_env_operations(id,env,kind,state,error,created) "
+                                 "VALUES(?,?,?,?,?,?)",
+                                 -1, &st, NULL) == SQLITE_OK;
+    if (ok) {
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, env, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, kind, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, state, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, error, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 6, now);
+        ok = sqlite3_step(st) == SQLITE_DONE;
+    }
+    sqlite3_finalize(st);
+    return ok;
+}
+
+static void op_fill(pp_env_operation *op, const char *id, const char *env, const char *kind,
+                    int64_t now)
+{
+    if (!op)
+        return;
+    memset(op, 0, sizeof *op);
+    snprintf(op->id, sizeof op->id, "%s", id);
+    snprintf(op->env, sizeof op->env, "%s", env);
+    snprintf(op->kind, sizeof op->kind, "%s", kind);
+    snprintf(op->state, sizeof op->state, "Succeeded");
+    op->created = now;
+}
+
+static bool env_write(sqlite3 *db, const env_rec *r)
+{
+    sqlite3_stmt *st = NULL;
+    const pp_environment *e = &r->env;
+    bool ok = sqlite3_prepare_v2(
+                  db,
+                  "INSERT OR REPLACE INTO pp_environments(id,display_name,location,azure_region,"
+                  "sku,managed,key_managed_by,wrapped_dek,enabled,reason,created) "
+                  "VALUES(?,?,?,?,?,?,?,?,?,?,?)",
+                  -1, &st, NULL) == SQLITE_OK;
+    if (ok) {
+        sqlite3_bind_text(st, 1, e->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, e->display_name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, e->location, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, e->azure_region, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 5, (int)e->sku);
+        sqlite3_bind_int(st, 6, e->managed);
+        sqlite3_bind_int(st, 7, (int)e->key_managed_by);
+        sqlite3_bind_blob(st, 8, r->wrapped, (int)r->wrapped_len, SQLITE_STATIC);
+        sqlite3_bind_int(st, 9, e->enabled);
+        sqlite3_bind_text(st, 10, e->reason, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 11, e->created);
+        ok = sqlite3_step(st) == SQLITE_DONE;
+    }
+    sqlite3_finalize(st);
+    return ok;
+}
+
+/* The wrapper that holds an environment's data key. The next slice picks the customer's
+ * key for key_managed_by Customer. */
+static const pp_key_wrapper *wrapper_of(pp_envs_t *p, const env_rec *r)
+{
+    (void)r;
+    return &p->platform_wrapper;
+}
+
+/* ---- open / close ------------------------------------------------------------------------- */
+
+static bool load_inlock(pp_envs_t *p, char *err, size_t errlen)
+{
+    sqlite3 *db = emu_store_lock(p->store);
+    sqlite3_stmt *st = NULL;
+    bool ok = sqlite3_prepare_v2(db,
+                                 "SELECT id,display_name,location,azure_region,sku,managed,"
+                                 "key_managed_by,wrapped_dek,enabled,reason,created "
+                                 "FROM pp_environments ORDER BY created, rowid",
+                                 -1, &st, NULL) == SQLITE_OK;
+    while (ok && sqlite3_step(st) == SQLITE_ROW) {
+        env_rec *r = emu_xcalloc(1, sizeof *r);
+        pp_environment *e = &r->env;
+        snprintf(e->id, sizeof e->id, "%s", (const char *)sqlite3_column_text(st, 0));
+        snprintf(e->display_name, sizeof e->display_name, "%s",
+                 (const char *)sqlite3_column_text(st, 1));
+        snprintf(e->location, sizeof e->location, "%s", (const char *)sqlite3_column_text(st, 2));
+        snprintf(e->azure_region, sizeof e->azure_region, "%s",
+                 (const char *)sqlite3_column_text(st, 3));
+        e->sku = (pp_env_sku)sqlite3_column_int(st, 4);
+        e->managed = sqlite3_column_int(st, 5) != 0;
+        e->key_managed_by = (pp_key_managed_by)sqlite3_column_int(st, 6);
+        int n = sqlite3_column_bytes(st, 7);
+        if (n > 0 && n <= PP_WRAPPED_MAX) {
+            memcpy(r->wrapped, sqlite3_column_blob(st, 7), (size_t)n);
+            r->wrapped_len = (size_t)n;
+        }
+        e->enabled = sqlite3_column_int(st, 8) != 0;
+        snprintf(e->reason, sizeof e->reason, "%s", (const char *)sqlite3_column_text(st, 9));
+        e->created = sqlite3_column_int64(st, 10);
+        if (p->nrecs == p->caprecs) {
+            p->caprecs = p->caprecs ? 2 * p->caprecs : 8;
+            p->recs = emu_xrealloc(p->recs, p->caprecs * sizeof *p->recs);
+        }
+        p->recs[p->nrecs++] = r;
+    }
+    sqlite3_finalize(st);
+    emu_store_unlock(p->store);
+    if (!ok) {
+        snprintf(err, errlen, "cannot load environments");
+        return false;
+    }
+    for (size_t i = 0; i < p->nrecs; i++) {
+        env_rec *r = p->recs[i];
+        if (!r->env.enabled)
+            continue;
+        char why[256] = "";
+        if (pp_dek_unwrap(wrapper_of(p, r), r->wrapped, r->wrapped_len, &r->dek, why, sizeof why) !=
+            PP_ENVELOPE_OK)
+            emu_log(EMU_LOG_ERROR, "pp-env", "environment %s: data key unavailable: %s", r->env.id,
+                    why);
+    }
+    return true;
+}
+
+pp_envs_t *pp_envs_open(emu_store *store, hsm_t *hsm, char *err, size_t errlen)
+{
+    pp_envs_t *p = emu_xcalloc(1, sizeof *p);
+    pthread_mutex_init(&p->lock, NULL);
+    p->store = store;
+    p->hsm = hsm;
+    if (!emu_store_migrate(store, PP_ENV_MIGRATIONS,
+                           sizeof PP_ENV_MIGRATIONS / sizeof PP_ENV_MIGRATIONS[0], err, errlen) ||
+        !pp_platform_key_ensure(store, hsm, &p->platform, err, errlen)) {
+        pp_envs_close(p);
+        return NULL;
+    }
+    p->platform_wrapper = pp_platform_key_wrapper(&p->platform);
+    if (!load_inlock(p, err, errlen)) {
+        pp_envs_close(p);
+        return NULL;
+    }
+    return p;
+}
+
+void pp_envs_close(pp_envs_t *p)
+{
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->nrecs; i++)
+        rec_free(p->recs[i]);
+    free(p->recs);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
+
+/* ---- environments ------------------------------------------------------------------------- */
+
+static bool guid_like(const char *s)
+{
+    if (strlen(s) != 36)
+        return false;
+    for (int i = 0; i < 36; i++) {
+        char c = s[i];
+        if (i == 8 || i == 13 || i == 18 || i == 23) {
+            if (c != '-')
+                return false;
+        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void lower_copy(char *out, size_t outlen, const char *in)
+{
+    size_t i = 0;
+    for (; in[i] && i + 1 < outlen; i++)
+        out[i] = (in[i] >= 'A' && in[i] <= 'Z') ? (char)(in[i] - 'A' + 'a') : in[i];
+    out[i] = '\0';
+}
+
+pp_env_status pp_env_create(pp_envs_t *p, const pp_env_spec *spec, pp_environment *out,
+                            pp_env_operation *op, pp_env_err *e)
+{
+    pp_env_sku sku;
+    if (!spec->display_name || !*spec->display_name) {
+        snprintf(e->msg, sizeof e->msg, "properties.displayName is required.");
+        return PP_ENV_ERR_BAD_PARAM;
+    }
+    if (strlen(spec->display_name) >= sizeof out->display_name) {
+        snprintf(e->msg, sizeof e->msg, "properties.displayName is longer than %zu characters.",
+                 sizeof out->display_name - 1);
+        return PP_ENV_ERR_BAD_PARAM;
+    }
+    if (!spec->location || !*spec->location) {
+        snprintf(e->msg, sizeof e->msg, "location is required; use one of: %s.",
+                 pp_locations_str());
+        return PP_ENV_ERR_BAD_PARAM;
+    }
+    if (!pp_location_valid(spec->location)) {
+        snprintf(e->msg, sizeof e->msg,
+                 "Location '%.40s' is not a Power Platform region; use one of: %s.", spec->location,
+                 pp_locations_str());
+        return PP_ENV_ERR_BAD_PARAM;
+    }
+    if (!spec->sku || !pp_env_sku_parse(spec->sku, &sku)) {
+        snprintf(e->msg, sizeof e->msg,
+                 "properties.environmentSku '%.40s' is not valid; use one of: Production, "
+                 "Sandbox, Trial, Teams, Developer.",
+                 spec->sku ? spec->sku : "");
+        return PP_ENV_ERR_BAD_PARAM;
+    }
+    if (spec->id && !guid_like(spec->id)) {
+        snprintf(e->msg, sizeof e->msg, "Environment id '%.40s' is not a GUID.", spec->id);
+        return PP_ENV_ERR_BAD_PARAM;
+    }
+    env_rec *r = emu_xcalloc(1, sizeof *r);
+    pp_environment *en = &r->env;
+    if (spec->id)
+        lower_copy(en->id, sizeof en->id, spec->id);
+    else
+        emu_guid(en->id);
+    snprintf(en->display_name, sizeof en->display_name, "%s", spec->display_name);
+    lower_copy(en->location, sizeof en->location, spec->location);
+    snprintf(en->azure_region, sizeof en->azure_region, "%s", azure_region_of(en->location));
+    en->sku = sku;
+    en->managed = spec->managed;
+    en->key_managed_by = PP_KEY_MICROSOFT;
+    en->enabled = true;
+    snprintf(en->reason, sizeof en->reason, "NotSpecified");
+    en->created = emu_clock_now();
+
+    pthread_mutex_lock(&p->lock);
+    pp_env_status rs = PP_ENV_OK;
+    if (find_inlock(p, en->id)) {
+        snprintf(e->msg, sizeof e->msg, "Environment '%s' already exists.", en->id);
+        rs = PP_ENV_ERR_BAD_PARAM;
+        goto out;
+    }
+    if (pp_dek_create(p->hsm, wrapper_of(p, r), &r->dek, r->wrapped, &r->wrapped_len, e->msg,
+                      sizeof e->msg) != PP_ENVELOPE_OK) {
+        rs = PP_ENV_ERR_CRYPTO;
+        goto out;
+    }
+    char opid[37];
+    emu_guid(opid);
+    sqlite3 *db = emu_store_lock(p->store);
+    bool ok = emu_store_begin(db) && env_write(db, r) &&
+              op_insert(db, opid, en->id, "Create", "Succeeded", "", en->created) &&
+              emu_store_commit(db);
+    if (!ok)
+        emu_store_rollback(db);
+    emu_store_unlock(p->store);
+    if (!ok) {
+        snprintf(e->msg, sizeof e->msg, "cannot store the environment");
+        rs = PP_ENV_ERR_STORE;
+        goto out;
+    }
+    if (p->nrecs == p->caprecs) {
+        p->caprecs = p->caprecs ? 2 * p->caprecs : 8;
+        p->recs = emu_xrealloc(p->recs, p->caprecs * sizeof *p->recs);
+    }
+    p->recs[p->nrecs++] = r;
+    if (out)
+        *out = r->env;
+    op_fill(op, opid, en->id, "Create", en->created);
+    r = NULL;
+out:
+    pthread_mutex_unlock(&p->lock);
+    rec_free(r);
+    return rs;
+}
+
+pp_env_status pp_env_get(pp_envs_t *p, const char *id, pp_environment *out)
+{
+    pthread_mutex_lock(&p->lock);
+    env_rec *r = find_inlock(p, id);
+    if (r && out)
+        *out = r->env;
+    pthread_mutex_unlock(&p->lock);
+    return r ? PP_ENV_OK : PP_ENV_ERR_NOT_FOUND;
+}
+
+size_t pp_env_list(pp_envs_t *p, pp_environment **out)
+{
+    pthread_mutex_lock(&p->lock);
+    size_t n = p->nrecs;
+    *out = n ? emu_xcalloc(n, sizeof **out) : NULL;
+    for (size_t i = 0; i < n; i++)
+        (*out)[i] = p->recs[i]->env;
+    pthread_mutex_unlock(&p->lock);
+    return n;
+}
+
+static void not_found_msg(pp_env_err *e, const char *id)
+{
+    snprintf(e->msg, sizeof e->msg, "Environment '%.40s' does not exist.", id);
+}
+
+pp_env_status pp_env_delete(pp_envs_t *p, const char *id, pp_env_operation *op, pp_env_err *e)
+{
+    pthread_mutex_lock(&p->lock);
+    pp_env_status rs = PP_ENV_OK;
+    size_t i = 0;
+    for (; i < p->nrecs && strcasecmp(p->recs[i]->env.id, id); i++)
+        ;
+    if (i == p->nrecs) {
+        not_found_msg(e, id);
+        rs = PP_ENV_ERR_NOT_FOUND;
+        goto out;
+    }
+    env_rec *r = p->recs[i];
+    char opid[37];
+    emu_guid(opid);
+    int64_t now = emu_clock_now();
+    sqlite3 *db = emu_store_lock(p->store);
+    sqlite3_stmt *st = NULL;
+    bool ok = emu_store_begin(db);
+    const char *sqls[] = {"DELETE FROM pp_records WHERE env=?",
+                          "DELETE FROM pp_environments WHERE id=?"};
+    for (int k = 0; ok && k < 2; k++) {
+        ok = sqlite3_prepare_v2(db, sqls[k], -1, &st, NULL) == SQLITE_OK;
+        if (ok) {
+            sqlite3_bind_text(st, 1, r->env.id, -1, SQLITE_STATIC);
+            ok = sqlite3_step(st) == SQLITE_DONE;
+        }
+        sqlite3_finalize(st);
+        st = NULL;
+    }
+    ok = ok && op_insert(db, opid, r->env.id, "Delete", "Succeeded", "", now) &&
+         emu_store_commit(db);
+    if (!ok)
+        emu_store_rollback(db);
+    emu_store_unlock(p->store);
+    if (!ok) {
+        snprintf(e->msg, sizeof e->msg, "cannot delete the environment");
+        rs = PP_ENV_ERR_STORE;
+        goto out;
+    }
+    op_fill(op, opid, r->env.id, "Delete", now);
+    memmove(&p->recs[i], &p->recs[i + 1], (p->nrecs - i - 1) * sizeof *p->recs);
+    p->nrecs--;
+    rec_free(r);
+out:
+    pthread_mutex_unlock(&p->lock);
+    return rs;
+}
+
+pp_env_status pp_env_set_enabled(pp_envs_t *p, const char *id, bool enabled, const char *reason,
+                                 pp_env_err *e)
+{
+    pthread_mutex_lock(&p->lock);
+    pp_env_status rs = PP_ENV_OK;
+    env_rec *r = find_inlock(p, id);
+    if (!r) {
+        not_found_msg(e, id);
+        rs = PP_ENV_ERR_NOT_FOUND;
+        goto out;
+    }
+    pp_dek fresh = {0};
+    if (enabled && !r->dek.loaded &&
+        pp_dek_unwrap(wrapper_of(p, r), r->wrapped, r->wrapped_len, &fresh, e->msg,
+                      sizeof e->msg) != PP_ENVELOPE_OK) {
+        rs = PP_ENV_ERR_CRYPTO;
+        goto out;
+    }
+    env_rec next = *r;
+    next.env.enabled = enabled;
+    snprintf(next.env.reason, sizeof next.env.reason, "%s",
+             enabled  ? "NotSpecified"
+             : reason ? reason
+                      : "AdminDisabled");
+    sqlite3 *db = emu_store_lock(p->store);
+    bool ok = env_write(db, &next);
+    emu_store_unlock(p->store);
+    OPENSSL_cleanse(&next.dek, sizeof next.dek);
+    if (!ok) {
+        pp_dek_wipe(&fresh);
+        snprintf(e->msg, sizeof e->msg, "cannot store the environment state");
+        rs = PP_ENV_ERR_STORE;
+        goto out;
+    }
+    r->env.enabled = enabled;
+    snprintf(r->env.reason, sizeof r->env.reason, "%s", next.env.reason);
+    if (enabled) {
+        if (fresh.loaded) {
+            r->dek = fresh;
+            pp_dek_wipe(&fresh);
+        }
+    } else {
+        pp_dek_wipe(&r->dek);
+    }
+out:
+    pthread_mutex_unlock(&p->lock);
+    return rs;
+}
+
+pp_env_status pp_env_operation_get(pp_envs_t *p, const char *op_id, pp_env_operation *out)
+{
+    sqlite3 *db = emu_store_lock(p->store);
+    sqlite3_stmt *st = NULL;
+    pp_env_status rs = PP_ENV_ERR_NOT_FOUND;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT id,env,kind,state,error,created FROM pp_env_operations "
+                           "WHERE id=? COLLATE NOCASE",
+                           -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, op_id, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            memset(out, 0, sizeof *out);
+            snprintf(out->id, sizeof out->id, "%s", (const char *)sqlite3_column_text(st, 0));
+            snprintf(out->env, sizeof out->env, "%s", (const char *)sqlite3_column_text(st, 1));
+            snprintf(out->kind, sizeof out->kind, "%s", (const char *)sqlite3_column_text(st, 2));
+            snprintf(out->state, sizeof out->state, "%s", (const char *)sqlite3_column_text(st, 3));
+            snprintf(out->error, sizeof out->error, "%s", (const char *)sqlite3_column_text(st, 4));
+            out->created = sqlite3_column_int64(st, 5);
+            rs = PP_ENV_OK;
+        }
+    }
+    sqlite3_finalize(st);
+    emu_store_unlock(p->store);
+    return rs;
+}
+
+/* ---- records ------------------------------------------------------------------------------ */
+
+bool pp_entity_singular(const char *set, char *out, size_t outlen)
+{
+    size_t n = strlen(set);
+    if (n == 0 || n > 64 || outlen < n + 2)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = set[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'))
+            return false;
+    }
+    if (n > 3 && !strcmp(set + n - 3, "ies")) {
+        memcpy(out, set, n - 3);
+        out[n - 3] = 'y';
+        out[n - 2] = '\0';
+    } else if (n > 1 && set[n - 1] == 's') {
+        memcpy(out, set, n - 1);
+        out[n - 1] = '\0';
+    } else {
+        memcpy(out, set, n + 1);
+    }
+    return true;
+}
+
+/* Finds an enabled environment with a loaded key (pp lock held). */
+static pp_env_status usable_inlock(pp_envs_t *p, const char *env, const char *set, char *singular,
+                                   size_t slen, env_rec **out, pp_env_err *e)
+{
+    env_rec *r = find_inlock(p, env);
+    if (!r) {
+        not_found_msg(e, env);
+        return PP_ENV_ERR_NOT_FOUND;
+    }
+    if (!r->env.enabled || !r->dek.loaded) {
+        snprintf(e->msg, sizeof e->msg,
+                 "Environment '%s' (%s) is disabled (%s); its data cannot be read or written. "
+                 "An admin re-enables it with POST /providers/Microsoft.BusinessAppPlatform/"
+                 "scopes/admin/environments/%s/enable.",
+                 r->env.display_name, r->env.id,
+                 r->env.enabled ? "data key unavailable" : r->env.reason, r->env.id);
+        return PP_ENV_ERR_DISABLED;
+    }
+    if (!pp_entity_singular(set, singular, slen)) {
+        snprintf(e->msg, sizeof e->msg,
+                 "Resource not found for the segment '%.64s' (entity set names are lowercase "
+                 "letters, digits and '_').",
+                 set);
+        return PP_ENV_ERR_NOT_FOUND;
+    }
+    *out = r;
+    return PP_ENV_OK;
+}
+
+/* Reads and opens one row (pp lock held). NOT_FOUND when absent. */
+static pp_env_status row_read(pp_envs_t *p, env_rec *r, const char *set, const char *id,
+                              json_t **out, pp_env_err *e)
+{
+    char aad[200];
+    uint8_t *blob = NULL;
+    size_t blen = 0;
+    bool found = false;
+    pp_env_status rs = PP_ENV_OK;
+    *out = NULL;
+    sqlite3 *db = emu_store_lock(p->store);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT blob FROM pp_records WHERE env=? AND tbl=? AND id=?", -1,
+                           &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, r->env.id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, set, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            found = true;
+            blen = (size_t)sqlite3_column_bytes(st, 0);
+            blob = emu_xmalloc(blen ? blen : 1);
+            if (blen)
+                memcpy(blob, sqlite3_column_blob(st, 0), blen);
+        }
+    }
+    sqlite3_finalize(st);
+    emu_store_unlock(p->store);
+    if (!found) {
+        rs = PP_ENV_ERR_NOT_FOUND;
+        goto out;
+    }
+    char *pt = NULL;
+    size_t ptl = 0;
+    pp_record_aad(r->env.id, set, id, aad, sizeof aad);
+    pp_envelope_status es = pp_open(&r->dek, aad, strlen(aad), blob, blen, &pt, &ptl);
+    if (es != PP_ENVELOPE_OK) {
+        snprintf(e->msg, sizeof e->msg, "Record %s of %s cannot be opened: %s", id, set,
+                 pp_envelope_status_str(es));
+        rs = PP_ENV_ERR_CRYPTO;
+        goto out;
+    }
+    *out = json_loadb(pt, ptl, 0, NULL);
+    OPENSSL_cleanse(pt, ptl);
+    free(pt);
+    if (!*out) {
+        snprintf(e->msg, sizeof e->msg, "Record %s of %s is not JSON", id, set);
+        rs = PP_ENV_ERR_CRYPTO;
+    }
+out:
+    free(blob);
+    return rs;
+}
+
+/* Seals and writes one row (pp lock held). insert: fail on an existing id. */
+static pp_env_status row_write(pp_envs_t *p, env_rec *r, const char *set, const char *id,
+                               const json_t *row, bool insert, pp_env_err *e)
+{
+    char aad[200];
+    char *txt = json_dumps(row, JSON_COMPACT);
+    uint8_t *blob = NULL;
+    size_t blen = 0;
+    pp_env_status rs = PP_ENV_OK;
+    if (!txt || strlen(txt) > PP_RECORD_MAX) {
+        snprintf(e->msg, sizeof e->msg, "The record is larger than %d bytes.", PP_RECORD_MAX);
+        rs = PP_ENV_ERR_BAD_PARAM;
+        goto out;
+    }
+    pp_record_aad(r->env.id, set, id, aad, sizeof aad);
+    if (pp_seal(&r->dek, aad, strlen(aad), txt, strlen(txt), &blob, &blen) != PP_ENVELOPE_OK) {
+        snprintf(e->msg, sizeof e->msg, "cannot encrypt the record");
+        rs = PP_ENV_ERR_CRYPTO;
+        goto out;
+    }
+    sqlite3 *db = emu_store_lock(p->store);
+    sqlite3_stmt *st = NULL;
+    int src = SQLITE_ERROR;
+    if (sqlite3_prepare_v2(db,
+                           insert ? "INSERT INTO pp_records(env,tbl,id,blob) VALUES(?,?,?,?)"
+                                  : "INSERT INTO pp_records(env,tbl,id,blob) VALUES(?,?,?,?) "
+                                    "ON CONFLICT(env,tbl,id) DO UPDATE SET blob=excluded.blob",
+                           -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, r->env.id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, set, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 4, blob, (int)blen, SQLITE_STATIC);
+        src = sqlite3_step(st);
+    }
+    sqlite3_finalize(st);
+    emu_store_unlock(p->store);
+    if (src == SQLITE_CONSTRAINT) {
+        snprintf(e->msg, sizeof e->msg, "A record with matching key values already exists.");
+        rs = PP_ENV_ERR_CONFLICT;
+    } else if (src != SQLITE_DONE) {
+        snprintf(e->msg, sizeof e->msg, "cannot store the record");
+        rs = PP_ENV_ERR_STORE;
+    }
+out:
+    if (txt) {
+        OPENSSL_cleanse(txt, strlen(txt));
+        free(txt);
+    }
+    free(blob);
+    return rs;
+}
+
+static void stamp(json_t *row, const char *field, bool created)
+{
+    char ts[40];
+    emu_time_rfc3339(emu_clock_now(), ts, sizeof ts);
+    if (created)
+        json_object_set_new(row, "createdon", json_string(ts));
+    json_object_set_new(row, "modifiedon", json_string(ts));
+    (void)field;
+}
+
+pp_env_status pp_record_create(pp_envs_t *p, const char *env, const char *set, const json_t *row,
+                               char id_out[40], json_t **stored, pp_env_err *e)
+{
+    char singular[80], idfield[96], id[40];
+    env_rec *r = NULL;
+    json_t *copy = NULL;
+    if (stored)
+        *stored = NULL;
+    pthread_mutex_lock(&p->lock);
+    pp_env_status rs = usable_inlock(p, env, set, singular, sizeof singular, &r, e);
+    if (rs != PP_ENV_OK)
+        goto out;
+    snprintf(idfield, sizeof idfield, "%sid", singular);
+    const json_t *given = json_object_get(row, idfield);
+    if (given && !json_is_null(given)) {
+        if (!json_is_string(given) || !guid_like(json_string_value(given))) {
+            snprintf(e->msg, sizeof e->msg, "%s must be a GUID.", idfield);
+            rs = PP_ENV_ERR_BAD_PARAM;
+            goto out;
+        }
+        lower_copy(id, sizeof id, json_string_value(given));
+    } else {
+        emu_guid(id);
+    }
+    copy = json_deep_copy(row);
+    json_object_set_new(copy, idfield, json_string(id));
+    stamp(copy, idfield, true);
+    rs = row_write(p, r, set, id, copy, true, e);
+    if (rs != PP_ENV_OK)
+        goto out;
+    snprintf(id_out, 40, "%s", id);
+    if (stored)
+        *stored = json_incref(copy);
+out:
+    pthread_mutex_unlock(&p->lock);
+    json_decref(copy);
+    return rs;
+}
+
+pp_env_status pp_record_get(pp_envs_t *p, const char *env, const char *set, const char *id,
+                            json_t **out, pp_env_err *e)
+{
+    char singular[80];
+    env_rec *r = NULL;
+    *out = NULL;
+    pthread_mutex_lock(&p->lock);
+    pp_env_status rs = usable_inlock(p, env, set, singular, sizeof singular, &r, e);
+    if (rs == PP_ENV_OK) {
+        rs = row_read(p, r, set, id, out, e);
+        if (rs == PP_ENV_ERR_NOT_FOUND)
+            snprintf(e->msg, sizeof e->msg, "%s With Id = %.40s Does Not Exist", singular, id);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return rs;
+}
+
+pp_env_status pp_record_update(pp_envs_t *p, const char *env, const char *set, const char *id,
+                               const json_t *fields, bool must_exist, bool *created,
+                               json_t **stored, pp_env_err *e)
+{
+    char singular[80], idfield[96], lid[40];
+    env_rec *r = NULL;
+    json_t *row = NULL;
+    *created = false;
+    if (stored)
+        *stored = NULL;
+    if (!guid_like(id)) {
+        snprintf(e->msg, sizeof e->msg, "Record id '%.40s' is not a GUID.", id);
+        return PP_ENV_ERR_BAD_PARAM;
+    }
+    lower_copy(lid, sizeof lid, id);
+    pthread_mutex_lock(&p->lock);
+    pp_env_status rs = usable_inlock(p, env, set, singular, sizeof singular, &r, e);
+    if (rs != PP_ENV_OK)
+        goto out;
+    snprintf(idfield, sizeof idfield, "%sid", singular);
+    rs = row_read(p, r, set, lid, &row, e);
+    if (rs == PP_ENV_ERR_NOT_FOUND) {
+        if (must_exist) {
+            snprintf(e->msg, sizeof e->msg, "%s With Id = %s Does Not Exist", singular, lid);
+            goto out;
+        }
+        row = json_object();
+        *created = true;
+        rs = PP_ENV_OK;
+    }
+    if (rs != PP_ENV_OK)
+        goto out;
+    json_object_update(row, (json_t *)fields);
+    json_object_set_new(row, idfield, json_string(lid));
+    stamp(row, idfield, *created);
+    rs = row_write(p, r, set, lid, row, false, e);
+    if (rs == PP_ENV_OK && stored)
+        *stored = json_incref(row);
+out:
+    pthread_mutex_unlock(&p->lock);
+    json_decref(row);
+    return rs;
+}
+
+pp_env_status pp_record_delete(pp_envs_t *p, const char *env, const char *set, const char *id,
+                               pp_env_err *e)
+{
+    char singular[80];
+    env_rec *r = NULL;
+    pthread_mutex_lock(&p->lock);
+    pp_env_status rs = usable_inlock(p, env, set, singular, sizeof singular, &r, e);
+    if (rs != PP_ENV_OK)
+        goto out;
+    sqlite3 *db = emu_store_lock(p->store);
+    sqlite3_stmt *st = NULL;
+    bool ok = sqlite3_prepare_v2(db, "DELETE FROM pp_records WHERE env=? AND tbl=? AND id=?", -1,
+                                 &st, NULL) == SQLITE_OK;
+    if (ok) {
+        sqlite3_bind_text(st, 1, r->env.id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, set, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
+        ok = sqlite3_step(st) == SQLITE_DONE;
+    }
+    sqlite3_finalize(st);
+    int changed = ok ? sqlite3_changes(db) : 0;
+    emu_store_unlock(p->store);
+    if (!ok) {
+        snprintf(e->msg, sizeof e->msg, "cannot delete the record");
+        rs = PP_ENV_ERR_STORE;
+    } else if (!changed) {
+        snprintf(e->msg, sizeof e->msg, "%s With Id = %.40s Does Not Exist", singular, id);
+        rs = PP_ENV_ERR_NOT_FOUND;
+    }
+out:
+    pthread_mutex_unlock(&p->lock);
+    return rs;
+}
+
+pp_env_status pp_record_list(pp_envs_t *p, const char *env, const char *set, int64_t after,
+                             size_t top, json_t **rows, int64_t *next, pp_env_err *e)
+{
+    char singular[80];
+    env_rec *r = NULL;
+    *rows = NULL;
+    *next = 0;
+    if (top == 0 || top > PP_LIST_MAX)
+        top = PP_LIST_MAX;
+    pthread_mutex_lock(&p->lock);
+    pp_env_status rs = usable_inlock(p, env, set, singular, sizeof singular, &r, e);
+    if (rs != PP_ENV_OK)
+        goto out;
+    json_t *arr = json_array();
+    sqlite3 *db = emu_store_lock(p->store);
+    sqlite3_stmt *st = NULL;
+    bool ok = sqlite3_prepare_v2(db,
+                                 "SELECT rowid,id,blob FROM pp_records WHERE env=? AND tbl=? AND "
+                                 "rowid>? ORDER BY rowid LIMIT ?",
+                                 -1, &st, NULL) == SQLITE_OK;
+    int64_t last = 0;
+    size_t n = 0;
+    if (ok) {
+        sqlite3_bind_text(st, 1, r->env.id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, set, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, after);
+        sqlite3_bind_int64(st, 4, (int64_t)top + 1);
+        int src;
+        while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+            if (n == top) {
+                *next = last;
+                break;
+            }
+            last = sqlite3_column_int64(st, 0);
+            char aad[200];
+            pp_record_aad(r->env.id, set, (const char *)sqlite3_column_text(st, 1), aad,
+                          sizeof aad);
+            char *pt = NULL;
+            size_t ptl = 0;
+            if (pp_open(&r->dek, aad, strlen(aad), sqlite3_column_blob(st, 2),
+                        (size_t)sqlite3_column_bytes(st, 2), &pt, &ptl) != PP_ENVELOPE_OK) {
+                snprintf(e->msg, sizeof e->msg, "Record %s of %s cannot be opened",
+                         (const char *)sqlite3_column_text(st, 1), set);
+                rs = PP_ENV_ERR_CRYPTO;
+                break;
+            }
+            json_t *row = json_loadb(pt, ptl, 0, NULL);
+            OPENSSL_cleanse(pt, ptl);
+            free(pt);
+            if (row)
+                json_array_append_new(arr, row);
+            n++;
+        }
+        ok = src == SQLITE_ROW || src == SQLITE_DONE;
+    }
+    sqlite3_finalize(st);
+    emu_store_unlock(p->store);
+    if (rs == PP_ENV_OK && !ok) {
+        snprintf(e->msg, sizeof e->msg, "cannot list records");
+        rs = PP_ENV_ERR_STORE;
+    }
+    if (rs != PP_ENV_OK) {
+        json_decref(arr);
+        *next = 0;
+    } else {
+        *rows = arr;
+    }
+out:
+    pthread_mutex_unlock(&p->lock);
+    return rs;
+}
+
+/* ---- world -------------------------------------------------------------------------------- */
+
+bool pp_envs_world_apply(pp_envs_t *p, json_t *world, char *err, size_t errlen)
+{
+    json_t *arr = json_object_get(world, "environments");
+    if (!arr)
+        return true;
+    if (!json_is_array(arr)) {
+        snprintf(err, errlen, "environments must be an array");
+        return false;
+    }
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v)
+    {
+        pp_env_spec s = {
+            .id = json_string_value(json_object_get(v, "id")),
+            .display_name = json_string_value(json_object_get(v, "displayName")),
+            .location = json_string_value(json_object_get(v, "location")),
+            .sku = json_string_value(json_object_get(v, "environmentSku")),
+            .managed = json_is_true(json_object_get(v, "managed")),
+        };
+        pp_environment env;
+        pp_env_err e = {{0}};
+        if (pp_env_create(p, &s, &env, NULL, &e) != PP_ENV_OK) {
+            snprintf(err, errlen, "environments[%zu]: %s", i, e.msg);
+            return false;
+        }
+        json_t *recs = json_object_get(v, "records");
+        const char *set;
+        json_t *rows;
+        json_object_foreach(recs, set, rows)
+        {
+            size_t j;
+            json_t *row;
+            json_array_foreach(rows, j, row)
+            {
+                char id[40];
+                if (!json_is_object(row) ||
+                    pp_record_create(p, env.id, set, row, id, NULL, &e) != PP_ENV_OK) {
+                    snprintf(err, errlen, "environments[%zu].records.%s[%zu]: %s", i, set, j,
+                             json_is_object(row) ? e.msg : "not an object");
+                    return false;
+                }
+            }
+        }
+    }
+    return true;
+}

@@ -1,0 +1,140 @@
+/*
+ * environments: Power Platform environments and their Dataverse-style records, the domain
+ * side. No HTTP types: bap_api.c translates.
+ *
+ * Encryption: every environment has a data key (envelope.h) stored only wrapped. Now every
+ * environment's key is managed by Microsoft (wrapped under the platform key); the next slice
+ * links environments to a customer key (key_managed_by Customer, the data key re-wrapped
+ * through Key Vault) and locks them when that key is out of reach. The unwrapped data key is
+ * in memory only while the environment is enabled; disabling wipes it.
+ * Records: sealed JSON rows in SQLite (pp_records), AAD "{env}/{table}/{id}"; never plaintext
+ * on disk.
+ *
+ * State: environments in memory (loaded at open) and written through to SQLite (module
+ * "pp_env"); the memory changes only after the commit. Locking: one mutex over the domain,
+ * held for a whole record operation (so a disable cannot race a read). Lock order: pp_env
+ * lock, then the store lock.
+ */
+#ifndef CMKEMU_PP_ENVIRONMENTS_H
+#define CMKEMU_PP_ENVIRONMENTS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "hsm.h"
+#include "store.h"
+
+typedef enum {
+    PP_ENV_OK = 0,
+    PP_ENV_ERR_BAD_PARAM, /* 400 */
+    PP_ENV_ERR_NOT_FOUND, /* 404 environment (or record) not found */
+    PP_ENV_ERR_CONFLICT,  /* 412 record id already in use */
+    PP_ENV_ERR_DISABLED,  /* 423 EnvironmentDisabled */
+    PP_ENV_ERR_CRYPTO,    /* 500 the data key or a record cannot be opened */
+    PP_ENV_ERR_STORE,     /* 500 */
+} pp_env_status;
+
+const char *pp_env_status_str(pp_env_status st);
+
+typedef struct {
+    char msg[512];
+} pp_env_err;
+
+typedef enum {
+    PP_SKU_PRODUCTION = 0,
+    PP_SKU_SANDBOX,
+    PP_SKU_TRIAL,
+    PP_SKU_TEAMS,
+    PP_SKU_DEVELOPER
+} pp_env_sku;
+const char *pp_env_sku_str(pp_env_sku s);
+bool pp_env_sku_parse(const char *s, pp_env_sku *out); /* case-insensitive */
+
+typedef enum { PP_KEY_MICROSOFT = 0, PP_KEY_CUSTOMER } pp_key_managed_by;
+const char *pp_key_managed_by_str(pp_key_managed_by k);
+
+/* A copy of one environment. Plain data. */
+typedef struct {
+    char id[40];
+    char display_name[128];
+    char location[32];     /* Power Platform region, lowercase */
+    char azure_region[32]; /* e.g. westus */
+    pp_env_sku sku;
+    bool managed; /* governanceConfiguration.protectionLevel Standard */
+    pp_key_managed_by key_managed_by;
+    bool enabled;    /* runtime state */
+    char reason[48]; /* runtimeReasonCode ("NotSpecified" while enabled) */
+    int64_t created;
+} pp_environment;
+
+typedef struct {
+    const char *id; /* NULL = new GUID (world files fix it) */
+    const char *display_name, *location;
+    const char *sku; /* as sent */
+    bool managed;
+} pp_env_spec;
+
+typedef struct {
+    char id[40];
+    char env[40];
+    char kind[16];  /* "Create" | "Delete" */
+    char state[16]; /* "Succeeded" | "Failed" */
+    char error[256];
+    int64_t created;
+} pp_env_operation;
+
+typedef struct pp_envs pp_envs_t;
+
+/* Opens the tables, the platform key (created on first start) and loads every environment,
+ * unwrapping the data keys of enabled ones. */
+pp_envs_t *pp_envs_open(emu_store *store, hsm_t *hsm, char *err, size_t errlen);
+void pp_envs_close(pp_envs_t *p); /* NULL is a no-op; wipes the data keys */
+
+/* Validates and creates an environment (synchronously) and its Succeeded lifecycle
+ * operation (op may be NULL). */
+pp_env_status pp_env_create(pp_envs_t *p, const pp_env_spec *spec, pp_environment *out,
+                            pp_env_operation *op, pp_env_err *e);
+pp_env_status pp_env_get(pp_envs_t *p, const char *id, pp_environment *out);
+/* *out malloc'd (NULL when none), ordered by creation; caller frees. Returns the count. */
+size_t pp_env_list(pp_envs_t *p, pp_environment **out);
+/* Deletes the environment and its records; the data key is wiped. op may be NULL. */
+pp_env_status pp_env_delete(pp_envs_t *p, const char *id, pp_env_operation *op, pp_env_err *e);
+/* Enables (unwraps the data key) or disables (wipes it) an environment. reason: the
+ * runtimeReasonCode when disabling (NULL = "AdminDisabled"). */
+pp_env_status pp_env_set_enabled(pp_envs_t *p, const char *id, bool enabled, const char *reason,
+                                 pp_env_err *e);
+pp_env_status pp_env_operation_get(pp_envs_t *p, const char *op_id, pp_env_operation *out);
+
+/* ---- records ----------------------------------------------------------------------------- */
+
+#define PP_RECORD_MAX (256 * 1024) /* serialized row */
+#define PP_LIST_MAX 5000           /* largest page */
+
+/* "accounts" -> "account", "opportunities" -> "opportunity"; false when not [a-z0-9_]{1,64}. */
+bool pp_entity_singular(const char *set, char *out, size_t outlen);
+
+/* Creates a row in entity set `set`. The id is the row's "{singular}id" when given (a GUID),
+ * else new. *stored (may be NULL) receives the stored row (new reference). */
+pp_env_status pp_record_create(pp_envs_t *p, const char *env, const char *set, const json_t *row,
+                               char id_out[40], json_t **stored, pp_env_err *e);
+pp_env_status pp_record_get(pp_envs_t *p, const char *env, const char *set, const char *id,
+                            json_t **out, pp_env_err *e);
+/* Merges the fields into the row (upsert unless must_exist). *created says which. */
+pp_env_status pp_record_update(pp_envs_t *p, const char *env, const char *set, const char *id,
+                               const json_t *fields, bool must_exist, bool *created,
+                               json_t **stored, pp_env_err *e);
+pp_env_status pp_record_delete(pp_envs_t *p, const char *env, const char *set, const char *id,
+                               pp_env_err *e);
+/* Rows after cursor `after` (0 = start), at most top. *rows: new array. *next: cursor for the
+ * next page, 0 when this is the last. */
+pp_env_status pp_record_list(pp_envs_t *p, const char *env, const char *set, int64_t after,
+                             size_t top, json_t **rows, int64_t *next, pp_env_err *e);
+
+/* World files: "environments": [{id?, displayName, location, environmentSku, managed?,
+ * records: {"accounts": [{...}]}}]. */
+bool pp_envs_world_apply(pp_envs_t *p, json_t *world, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,725 @@
+/*
+ * test_environments: Power Platform environments (BAP API) and their records (Dataverse Web
+ * API shape) in-process through emu_router_dispatch, on a fresh SoftHSM token and store under
+ * $CMK_TEST_TMP (else /tmp), removed at the end (CMK_TEST_KEEP=1 keeps it), with a real
+ * permissive auth_t. Tests run in order; each makes its own environments.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "auth/auth.h"
+#include "clock.h"
+#include "hsm.h"
+#include "powerplatform/bap_api.h"
+#include "powerplatform/environments.h"
+#include "router.h"
+#include "store.h"
+
+#define TENANT "72f988bf-86f1-41af-91ab-2d7cd011db47"
+#define BAP "/providers/Microsoft.BusinessAppPlatform"
+#define AV "?api-version=2023-06-01"
+
+typedef struct {
+    char root[PATH_MAX];
+    char db[PATH_MAX + 16];
+    hsm_t *hsm;
+    emu_store *store;
+    auth_t *auth;
+    pp_envs_t *envs;
+    emu_router *router;
+    pp_bap_ctx ctx;
+} fixture;
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+typedef struct {
+    int status;
+    json_t *json;
+    char location[512];
+    char entity_id[512];
+} resp;
+
+static void resp_clear(resp *r)
+{
+    json_decref(r->json);
+    memset(r, 0, sizeof *r);
+}
+
+static const char *resp_header(emu_req *req, const char *name)
+{
+    for (emu_resp_header *h = req->resp_headers; h; h = h->next)
+        if (!strcasecmp(h->name, name))
+            return h->value;
+    return NULL;
+}
+
+/* One request through the router. host NULL = "localhost:8443"; auth false = no token. */
+static resp call_full(fixture *f, const char *method, const char *host, const char *uri,
+                      const char *body, bool auth, const char *prefer)
+{
+    resp r = {0};
+    emu_req *req = emu_req_new(method, uri);
+    req->host = host ? host : "localhost:8443";
+    emu_req_add_header(req, "Host", req->host);
+    if (auth)
+        emu_req_add_header(req, "Authorization", "Bearer test");
+    if (prefer)
+        emu_req_add_header(req, "Prefer", prefer);
+    if (body)
+        emu_req_set_body(req, body, strlen(body));
+    emu_router_dispatch(f->router, req);
+    r.status = req->status;
+    r.json = req->resp_len ? json_loadb(req->resp_body, req->resp_len, 0, NULL) : NULL;
+    const char *h = resp_header(req, "Location");
+    snprintf(r.location, sizeof r.location, "%s", h ? h : "");
+    h = resp_header(req, "OData-EntityId");
+    snprintf(r.entity_id, sizeof r.entity_id, "%s", h ? h : "");
+    emu_req_free(req);
+    return r;
+}
+
+static resp call(fixture *f, const char *method, const char *uri, const char *body)
+{
+    return call_full(f, method, NULL, uri, body, true, NULL);
+}
+
+static const char *path_str(const json_t *j, const char *path)
+{
+    const json_t *cur = j;
+    const char *p = path;
+    while (cur && *p) {
+        const char *dot = strchr(p, '.');
+        size_t n = dot ? (size_t)(dot - p) : strlen(p);
+        cur = json_object_getn(cur, p, n);
+        p += n + (dot ? 1 : 0);
+    }
+    return json_string_value(cur);
+}
+
+static const char *err_code(const resp *r)
+{
+    return path_str(r->json, "error.code");
+}
+
+/* Creates an environment; its id into id (37). */
+static void create_env(fixture *f, const char *name, const char *sku, char id[40])
+{
+    char body[512];
+    snprintf(body, sizeof body,
+             "{\"location\":\"unitedstates\",\"properties\":{\"displayName\":\"%s\","
+             "\"environmentSku\":\"%s\",\"governanceConfiguration\":{\"protectionLevel\":"
+             "\"Standard\"}}}",
+             name, sku);
+    resp r = call(f, "POST", BAP "/environments" AV, body);
+    if (r.status != 202)
+        fail_msg("create %s -> %d %s", name, r.status, err_code(&r));
+    snprintf(id, 40, "%s", path_str(r.json, "name"));
+    resp_clear(&r);
+}
+
+/* "{id}.crm.localhost:8443" */
+static void instance_host(const char *id, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%s.crm.localhost:8443", id);
+}
+
+static resp rec(fixture *f, const char *env, const char *method, const char *uri, const char *body,
+                const char *prefer)
+{
+    char host[96];
+    instance_host(env, host, sizeof host);
+    return call_full(f, method, host, uri, body, true, prefer);
+}
+
+/* ---- tests -------------------------------------------------------------------------------- */
+
+static void test_create_get_list_delete(void **state)
+{
+    fixture *f = *state;
+    resp r = call(f, "POST", BAP "/environments" AV,
+                  "{\"location\":\"unitedstates\",\"properties\":{\"displayName\":\"Contoso Dev\","
+                  "\"environmentSku\":\"Sandbox\",\"governanceConfiguration\":"
+                  "{\"protectionLevel\":\"Standard\"}}}");
+    assert_int_equal(r.status, 202);
+    char id[40];
+    snprintf(id, sizeof id, "%s", path_str(r.json, "name"));
+    assert_int_equal(strlen(id), 36);
+    const char *op_prefix = "https://localhost:8443" BAP "/lifecycleOperations/";
+    assert_memory_equal(r.location, op_prefix, strlen(op_prefix));
+
+    /* the operation succeeded */
+    char op_path[1024];
+    snprintf(op_path, sizeof op_path, "%s", r.location + strlen("https://localhost:8443"));
+    resp_clear(&r);
+    r = call(f, "GET", op_path, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(path_str(r.json, "state.id"), "Succeeded");
+    assert_non_null(path_str(r.json, "id"));
+    resp_clear(&r);
+
+    /* GET shape, both path forms */
+    const char *forms[] = {BAP "/environments/%s" AV, BAP "/scopes/admin/environments/%s" AV};
+    for (int i = 0; i < 2; i++) {
+        char uri[256];
+        snprintf(uri, sizeof uri, forms[i], id);
+        r = call(f, "GET", uri, NULL);
+        assert_int_equal(r.status, 200);
+        assert_string_equal(path_str(r.json, "name"), id);
+        assert_string_equal(path_str(r.json, "location"), "unitedstates");
+        assert_string_equal(path_str(r.json, "properties.displayName"), "Contoso Dev");
+        assert_string_equal(path_str(r.json, "properties.environmentSku"), "Sandbox");
+        assert_string_equal(path_str(r.json, "properties.azureRegion"), "westus");
+        assert_string_equal(path_str(r.json, "properties.states.management.id"), "Ready");
+        assert_string_equal(path_str(r.json, "properties.states.runtime.id"), "Enabled");
+        assert_string_equal(path_str(r.json, "properties.protectionStatus.keyManagedBy"),
+                            "Microsoft");
+        assert_string_equal(path_str(r.json, "properties.governanceConfiguration.protectionLevel"),
+                            "Standard");
+        char url[128];
+        snprintf(url, sizeof url, "https://%s.crm.localhost:8443/", id);
+        assert_string_equal(path_str(r.json, "properties.linkedEnvironmentMetadata.instanceUrl"),
+                            url);
+        assert_true(json_is_object(
+            json_object_get(json_object_get(r.json, "properties"), "enterprisePolicies")));
+        resp_clear(&r);
+    }
+
+    /* list, both forms */
+    r = call(f, "GET", BAP "/scopes/admin/environments" AV, NULL);
+    assert_int_equal(r.status, 200);
+    json_t *v;
+    size_t i;
+    bool seen = false;
+    json_array_foreach(json_object_get(r.json, "value"), i, v) seen |=
+        !strcmp(path_str(v, "name"), id);
+    assert_true(seen);
+    resp_clear(&r);
+
+    /* delete: 202, then 404 */
+    char uri[256];
+    snprintf(uri, sizeof uri, BAP "/scopes/admin/environments/%s" AV, id);
+    r = call(f, "DELETE", uri, NULL);
+    assert_int_equal(r.status, 202);
+    assert_true(r.location[0]);
+    resp_clear(&r);
+    r = call(f, "GET", uri, NULL);
+    assert_int_equal(r.status, 404);
+    assert_string_equal(err_code(&r), "EnvironmentNotFound");
+    resp_clear(&r);
+    r = call(f, "DELETE", uri, NULL);
+    assert_int_equal(r.status, 404);
+    resp_clear(&r);
+
+    /* no token -> 401; no api-version -> 400 */
+    r = call_full(f, "GET", NULL, BAP "/environments" AV, NULL, false, NULL);
+    assert_int_equal(r.status, 401);
+    resp_clear(&r);
+    r = call(f, "GET", BAP "/environments", NULL);
+    assert_int_equal(r.status, 400);
+    assert_string_equal(err_code(&r), "MissingApiVersionParameter");
+    resp_clear(&r);
+}
+
+static void test_validation(void **state)
+{
+    fixture *f = *state;
+    static const struct {
+        const char *body;
+        const char *needle;
+    } cases[] = {
+        {"{\"location\":\"unitedstates\",\"properties\":{\"environmentSku\":\"Sandbox\"}}",
+         "displayName"},
+        {"{\"location\":\"unitedstates\",\"properties\":{\"displayName\":\"\","
+         "\"environmentSku\":\"Sandbox\"}}",
+         "displayName"},
+        {"{\"location\":\"eastus\",\"properties\":{\"displayName\":\"A\","
+         "\"environmentSku\":\"Sandbox\"}}",
+         "not a Power Platform region"},
+        {"{\"properties\":{\"displayName\":\"A\",\"environmentSku\":\"Sandbox\"}}", "location"},
+        {"{\"location\":\"unitedstates\",\"properties\":{\"displayName\":\"A\","
+         "\"environmentSku\":\"Premium\"}}",
+         "environmentSku"},
+        {"{\"location\":\"unitedstates\",\"properties\":{\"displayName\":\"A\"}}",
+         "environmentSku"},
+        {"{\"location\":\"unitedstates\",\"properties\":{\"displayName\":\"A\","
+         "\"environmentSku\":\"Sandbox\",\"governanceConfiguration\":{\"protectionLevel\":"
+         "\"Max\"}}}",
+         "protectionLevel"},
+        {"not json", NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        resp r = call(f, "POST", BAP "/environments" AV, cases[i].body);
+        if (r.status != 400)
+            fail_msg("case %zu -> %d", i, r.status);
+        const char *msg = path_str(r.json, "error.message");
+        assert_non_null(msg);
+        if (cases[i].needle && !strstr(msg, cases[i].needle))
+            fail_msg("case %zu: message '%s' lacks '%s'", i, msg, cases[i].needle);
+        resp_clear(&r);
+    }
+    /* every SKU is accepted, case-insensitively */
+    const char *skus[] = {"Production", "sandbox", "TRIAL", "Teams", "Developer"};
+    for (size_t i = 0; i < 5; i++) {
+        char id[40];
+        create_env(f, "Sku test", skus[i], id);
+    }
+}
+
+static void test_records_crud(void **state)
+{
+    fixture *f = *state;
+    char env[40], uri[256];
+    create_env(f, "Records", "Production", env);
+
+    /* create: 204 + OData-EntityId */
+    resp r = rec(f, env, "POST", "/api/data/v9.2/accounts",
+                 "{\"name\":\"Fourth Coffee\",\"revenue\":5}", NULL);
+    assert_int_equal(r.status, 204);
+    const char *open = strrchr(r.entity_id, '(');
+    assert_non_null(open);
+    char id[40];
+    snprintf(id, sizeof id, "%.36s", open + 1);
+    char prefix[160];
+    snprintf(prefix, sizeof prefix, "https://%s.crm.localhost:8443/api/data/v9.2/accounts(", env);
+    assert_memory_equal(r.entity_id, prefix, strlen(prefix));
+    resp_clear(&r);
+
+    /* read */
+    snprintf(uri, sizeof uri, "/api/data/v9.2/accounts(%s)", id);
+    r = rec(f, env, "GET", uri, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(path_str(r.json, "name"), "Fourth Coffee");
+    assert_string_equal(path_str(r.json, "accountid"), id);
+    resp_clear(&r);
+
+    /* GUIDs compare case-insensitively */
+    {
+        char upper[256];
+        snprintf(upper, sizeof upper, "%s", uri);
+        for (char *q = strchr(upper, '('); q && *q; q++)
+            if (*q >= 'a' && *q <= 'f')
+                *q = (char)(*q - 'a' + 'A');
+        r = rec(f, env, "GET", upper, NULL, NULL);
+        assert_int_equal(r.status, 200);
+        resp_clear(&r);
+    }
+
+    /* create with a client id and return=representation: 201 + row */
+    const char *cid = "0a0b0c0d-1111-4222-8333-444455556666";
+    r = rec(f, env, "POST", "/api/data/v9.2/accounts",
+            "{\"accountid\":\"0a0b0c0d-1111-4222-8333-444455556666\",\"name\":\"Litware\"}",
+            "return=representation");
+    assert_int_equal(r.status, 201);
+    assert_string_equal(path_str(r.json, "accountid"), cid);
+    assert_string_equal(path_str(r.json, "name"), "Litware");
+    resp_clear(&r);
+    /* the same id again: duplicate */
+    r = rec(f, env, "POST", "/api/data/v9.2/accounts",
+            "{\"accountid\":\"0a0b0c0d-1111-4222-8333-444455556666\"}", NULL);
+    assert_int_equal(r.status, 412);
+    resp_clear(&r);
+    r = rec(f, env, "POST", "/api/data/v9.2/accounts", "{\"accountid\":\"nope\"}", NULL);
+    assert_int_equal(r.status, 400);
+    resp_clear(&r);
+
+    /* update (merge) */
+    r = rec(f, env, "PATCH", uri, "{\"revenue\":7}", "return=representation");
+    assert_int_equal(r.status, 200);
+    assert_string_equal(path_str(r.json, "name"), "Fourth Coffee");
+    assert_int_equal(json_integer_value(json_object_get(r.json, "revenue")), 7);
+    resp_clear(&r);
+    /* PATCH with If-Match: * on a missing row -> 404; without it -> upsert */
+    char missing[128];
+    snprintf(missing, sizeof missing, "/api/data/v9.2/accounts(%s)",
+             "99999999-1111-4222-8333-444455556666");
+    {
+        char host[96];
+        instance_host(env, host, sizeof host);
+        emu_req *req = emu_req_new("PATCH", missing);
+        req->host = host;
+        emu_req_add_header(req, "Authorization", "Bearer test");
+        emu_req_add_header(req, "If-Match", "*");
+        emu_req_set_body(req, "{\"name\":\"x\"}", 12);
+        emu_router_dispatch(f->router, req);
+        assert_int_equal(req->status, 404);
+        emu_req_free(req);
+    }
+    r = rec(f, env, "PATCH", missing, "{\"name\":\"Upserted\"}", NULL);
+    assert_int_equal(r.status, 204);
+    resp_clear(&r);
+    r = rec(f, env, "GET", missing, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(path_str(r.json, "name"), "Upserted");
+    resp_clear(&r);
+
+    /* delete */
+    r = rec(f, env, "DELETE", uri, NULL, NULL);
+    assert_int_equal(r.status, 204);
+    resp_clear(&r);
+    r = rec(f, env, "GET", uri, NULL, NULL);
+    assert_int_equal(r.status, 404);
+    assert_string_equal(err_code(&r), "0x80040217");
+    resp_clear(&r);
+    r = rec(f, env, "DELETE", uri, NULL, NULL);
+    assert_int_equal(r.status, 404);
+    resp_clear(&r);
+
+    /* unknown environment host, plain host, no token */
+    r = rec(f, "12345678-1111-4222-8333-444455556666", "GET", "/api/data/v9.2/accounts", NULL,
+            NULL);
+    assert_int_equal(r.status, 404);
+    assert_string_equal(err_code(&r), "EnvironmentNotFound");
+    resp_clear(&r);
+    r = call(f, "GET", "/api/data/v9.2/accounts", NULL);
+    assert_int_equal(r.status, 404);
+    resp_clear(&r);
+    char host[96];
+    instance_host(env, host, sizeof host);
+    r = call_full(f, "GET", host, "/api/data/v9.2/accounts", NULL, false, NULL);
+    assert_int_equal(r.status, 401);
+    resp_clear(&r);
+    /* a bad entity set name */
+    r = rec(f, env, "GET", "/api/data/v9.2/Acc-ounts", NULL, NULL);
+    assert_int_equal(r.status, 404);
+    resp_clear(&r);
+}
+
+static void test_paging(void **state)
+{
+    fixture *f = *state;
+    char env[40];
+    create_env(f, "Paging", "Sandbox", env);
+    for (int i = 0; i < 7; i++) {
+        char body[64];
+        snprintf(body, sizeof body, "{\"name\":\"c%d\"}", i);
+        resp r = rec(f, env, "POST", "/api/data/v9.2/contacts", body, NULL);
+        assert_int_equal(r.status, 204);
+        resp_clear(&r);
+    }
+    /* another table is separate */
+    resp r = rec(f, env, "POST", "/api/data/v9.2/accounts", "{\"name\":\"a\"}", NULL);
+    resp_clear(&r);
+
+    char uri[512] = "/api/data/v9.2/contacts?$top=3";
+    int seen = 0, pages = 0;
+    while (uri[0]) {
+        r = rec(f, env, "GET", uri, NULL, NULL);
+        assert_int_equal(r.status, 200);
+        json_t *v = json_object_get(r.json, "value");
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            char want[16];
+            snprintf(want, sizeof want, "c%d", seen++);
+            assert_string_equal(path_str(json_array_get(v, i), "name"), want);
+            assert_non_null(path_str(json_array_get(v, i), "contactid"));
+        }
+        pages++;
+        /* not path_str: the key has a dot */
+        const char *next = json_string_value(json_object_get(r.json, "@odata.nextLink"));
+        uri[0] = '\0';
+        if (next) {
+            const char *p = strstr(next, "/api/data/v9.2/");
+            assert_non_null(p);
+            snprintf(uri, sizeof uri, "%s", p);
+        }
+        resp_clear(&r);
+    }
+    assert_int_equal(seen, 7);
+    assert_int_equal(pages, 3);
+
+    r = rec(f, env, "GET", "/api/data/v9.2/contacts?$top=0", NULL, NULL);
+    assert_int_equal(r.status, 400);
+    resp_clear(&r);
+    r = rec(f, env, "GET", "/api/data/v9.2/contacts", NULL, NULL);
+    assert_int_equal(json_array_size(json_object_get(r.json, "value")), 7);
+    assert_null(json_object_get(r.json, "@odata.nextLink"));
+    resp_clear(&r);
+}
+
+static void test_disable_enable(void **state)
+{
+    fixture *f = *state;
+    char env[40], uri[256], id[40];
+    create_env(f, "Toggle", "Production", env);
+    resp r = rec(f, env, "POST", "/api/data/v9.2/accounts", "{\"name\":\"kept\"}",
+                 "return=representation");
+    snprintf(id, sizeof id, "%s", path_str(r.json, "accountid"));
+    resp_clear(&r);
+
+    snprintf(uri, sizeof uri, BAP "/scopes/admin/environments/%s/disable?api-version=2021-04-01",
+             env);
+    r = call(f, "POST", uri, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(path_str(r.json, "properties.states.runtime.id"), "Disabled");
+    assert_non_null(path_str(r.json, "properties.states.runtime.runtimeReasonCode"));
+    resp_clear(&r);
+
+    /* every record operation -> 423 EnvironmentDisabled naming the way out */
+    char row[128];
+    snprintf(row, sizeof row, "/api/data/v9.2/accounts(%s)", id);
+    const char *methods[][3] = {{"GET", row, NULL},
+                                {"GET", "/api/data/v9.2/accounts", NULL},
+                                {"POST", "/api/data/v9.2/accounts", "{\"name\":\"x\"}"},
+                                {"PATCH", row, "{\"name\":\"x\"}"},
+                                {"DELETE", row, NULL}};
+    for (size_t i = 0; i < 5; i++) {
+        r = rec(f, env, methods[i][0], methods[i][1], methods[i][2], NULL);
+        if (r.status != 423)
+            fail_msg("%s %s -> %d", methods[i][0], methods[i][1], r.status);
+        assert_string_equal(err_code(&r), "EnvironmentDisabled");
+        assert_non_null(strstr(path_str(r.json, "error.message"), "/enable"));
+        resp_clear(&r);
+    }
+    /* the environment itself stays readable */
+    snprintf(uri, sizeof uri, BAP "/environments/%s" AV, env);
+    r = call(f, "GET", uri, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(path_str(r.json, "properties.states.runtime.id"), "Disabled");
+    resp_clear(&r);
+
+    /* enable (without /scopes/admin) -> readable again */
+    snprintf(uri, sizeof uri, BAP "/environments/%s/enable?api-version=2021-04-01", env);
+    r = call(f, "POST", uri, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(path_str(r.json, "properties.states.runtime.id"), "Enabled");
+    resp_clear(&r);
+    r = rec(f, env, "GET", row, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(path_str(r.json, "name"), "kept");
+    resp_clear(&r);
+
+    /* domain: the state survives a reopen; a disabled environment comes back disabled */
+    pp_env_err e = {{0}};
+    assert_int_equal(pp_env_set_enabled(f->envs, env, false, "Test", &e), PP_ENV_OK);
+    char err[256] = "";
+    pp_envs_t *again = pp_envs_open(f->store, f->hsm, err, sizeof err);
+    assert_non_null(again);
+    pp_environment en;
+    assert_int_equal(pp_env_get(again, env, &en), PP_ENV_OK);
+    assert_false(en.enabled);
+    assert_string_equal(en.reason, "Test");
+    json_t *out = NULL;
+    assert_int_equal(pp_record_get(again, env, "accounts", id, &out, &e), PP_ENV_ERR_DISABLED);
+    assert_int_equal(pp_env_set_enabled(again, env, true, NULL, &e), PP_ENV_OK);
+    assert_int_equal(pp_record_get(again, env, "accounts", id, &out, &e), PP_ENV_OK);
+    assert_string_equal(path_str(out, "name"), "kept");
+    json_decref(out);
+    pp_envs_close(again);
+    assert_int_equal(pp_env_set_enabled(f->envs, env, true, NULL, &e), PP_ENV_OK);
+    /* unknown environment */
+    assert_int_equal(pp_env_set_enabled(f->envs, "nope", true, NULL, &e), PP_ENV_ERR_NOT_FOUND);
+}
+
+static bool file_contains(const char *path, const char *needle)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp)
+        return false;
+    size_t cap = 1 << 16, len = 0, nl = strlen(needle);
+    char *buf = malloc(cap);
+    bool found = false;
+    size_t n;
+    /* a sliding window so a marker across a read boundary is still seen */
+    while ((n = fread(buf + len, 1, cap - len, fp)) > 0) {
+        len += n;
+        if (memmem(buf, len, needle, nl)) {
+            found = true;
+            break;
+        }
+        if (len >= nl) {
+            memmove(buf, buf + len - (nl - 1), nl - 1);
+            len = nl - 1;
+        }
+    }
+    fclose(fp);
+    free(buf);
+    return found;
+}
+
+static const char *scan_marker;
+static int scan_hits;
+
+static int scan_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)ftw;
+    if (flag == FTW_F && file_contains(path, scan_marker)) {
+        fprintf(stderr, "marker found in %s\n", path);
+        scan_hits++;
+    }
+    return 0;
+}
+
+static void test_no_plaintext_on_disk(void **state)
+{
+    fixture *f = *state;
+    char env[40];
+    create_env(f, "Disk scan", "Production", env);
+    char marker[64], body[160];
+    snprintf(marker, sizeof marker, "MARKER-%ld-%d-zq7XyZ", (long)getpid(), rand());
+    snprintf(body, sizeof body, "{\"name\":\"%s\",\"description\":\"%s\"}", marker, marker);
+    resp r = rec(f, env, "POST", "/api/data/v9.2/accounts", body, NULL);
+    assert_int_equal(r.status, 204);
+    resp_clear(&r);
+    r = rec(f, env, "PATCH", "/api/data/v9.2/accounts(aaaaaaaa-1111-4222-8333-444455556666)", body,
+            NULL);
+    assert_int_equal(r.status, 204);
+    resp_clear(&r);
+    /* checkpoint the WAL so both the main file and the log have seen the row */
+    sqlite3 *db = emu_store_lock(f->store);
+    sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_FULL, NULL, NULL);
+    emu_store_unlock(f->store);
+    scan_marker = marker;
+    scan_hits = 0;
+    assert_int_equal(nftw(f->root, scan_entry, 16, FTW_PHYS), 0);
+    assert_int_equal(scan_hits, 0);
+    /* and the marker does come back through the API */
+    r = rec(f, env, "GET", "/api/data/v9.2/accounts(aaaaaaaa-1111-4222-8333-444455556666)", NULL,
+            NULL);
+    assert_string_equal(path_str(r.json, "name"), marker);
+    resp_clear(&r);
+}
+
+static void test_tampered_row_is_an_error(void **state)
+{
+    fixture *f = *state;
+    char env[40];
+    create_env(f, "Tamper", "Production", env);
+    resp r = rec(f, env, "POST", "/api/data/v9.2/accounts", "{\"name\":\"secret\"}",
+                 "return=representation");
+    char id[40];
+    snprintf(id, sizeof id, "%s", path_str(r.json, "accountid"));
+    resp_clear(&r);
+    /* flip one byte of the stored blob */
+    sqlite3 *db = emu_store_lock(f->store);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "UPDATE pp_records SET blob = "
+                                        "substr(blob,1,20) || x'ff' || substr(blob,22) "
+                                        "WHERE env=? AND id=?",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(st, 1, env, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    emu_store_unlock(f->store);
+    char uri[128];
+    snprintf(uri, sizeof uri, "/api/data/v9.2/accounts(%s)", id);
+    r = rec(f, env, "GET", uri, NULL, NULL);
+    assert_int_equal(r.status, 500);
+    char *dump = json_dumps(r.json, 0);
+    assert_null(strstr(dump ? dump : "", "secret"));
+    free(dump);
+    assert_null(path_str(r.json, "name"));
+    resp_clear(&r);
+}
+
+static void test_world(void **state)
+{
+    fixture *f = *state;
+    json_t *w = json_loads("{\"environments\":[{\"id\":\"a1b2c3d4-0000-4000-8000-000000000999\","
+                           "\"displayName\":\"W\",\"location\":\"europe\",\"environmentSku\":"
+                           "\"Sandbox\",\"managed\":true,\"records\":{\"accounts\":[{\"name\":"
+                           "\"one\"},{\"name\":\"two\"}]}}]}",
+                           0, NULL);
+    char err[256] = "";
+    assert_true(pp_envs_world_apply(f->envs, w, err, sizeof err));
+    json_decref(w);
+    pp_environment e;
+    assert_int_equal(pp_env_get(f->envs, "a1b2c3d4-0000-4000-8000-000000000999", &e), PP_ENV_OK);
+    assert_true(e.managed);
+    assert_string_equal(e.azure_region, "westeurope");
+    resp r = rec(f, "a1b2c3d4-0000-4000-8000-000000000999", "GET", "/api/data/v9.2/accounts", NULL,
+                 NULL);
+    assert_int_equal(json_array_size(json_object_get(r.json, "value")), 2);
+    resp_clear(&r);
+}
+
+static int group_setup(void **state)
+{
+    fixture *f = calloc(1, sizeof *f);
+    if (!f)
+        return -1;
+    const char *base = getenv("CMK_TEST_TMP");
+    if (!base || !*base)
+        base = "/tmp";
+    (void)mkdir(base, 0700);
+    if (snprintf(f->root, sizeof f->root, "%s/test_environments-XXXXXX", base) >=
+            (int)sizeof f->root ||
+        !mkdtemp(f->root)) {
+        fprintf(stderr, "mkdtemp under %s: %s\n", base, strerror(errno));
+        free(f);
+        return -1;
+    }
+    snprintf(f->db, sizeof f->db, "%s/pp.db", f->root);
+    emu_clock_set_offset(0);
+    emu_clock_hooks_clear();
+    char err[512] = "";
+    hsm_config hc = {.data_dir = f->root};
+    if (hsm_open(&hc, &f->hsm, err, sizeof err) != HSM_OK ||
+        !(f->store = emu_store_open(f->db, err, sizeof err)) ||
+        !(f->auth = auth_open(f->store, f->hsm, AUTH_PERMISSIVE, TENANT, err, sizeof err)) ||
+        !(f->envs = pp_envs_open(f->store, f->hsm, err, sizeof err))) {
+        fprintf(stderr, "open: %s\n", err);
+        return -1;
+    }
+    f->router = emu_router_new();
+    f->ctx = (pp_bap_ctx){.envs = f->envs, .auth = f->auth};
+    pp_bap_register(f->router, &f->ctx);
+    *state = f;
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    fixture *f = *state;
+    if (!f)
+        return 0;
+    emu_router_free(f->router);
+    pp_envs_close(f->envs);
+    auth_close(f->auth);
+    emu_clock_hooks_clear();
+    emu_store_close(f->store);
+    hsm_close(f->hsm);
+    if (!getenv("CMK_TEST_KEEP"))
+        (void)nftw(f->root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_create_get_list_delete),
+        cmocka_unit_test(test_validation),
+        cmocka_unit_test(test_records_crud),
+        cmocka_unit_test(test_paging),
+        cmocka_unit_test(test_disable_enable),
+        cmocka_unit_test(test_no_plaintext_on_disk),
+        cmocka_unit_test(test_tampered_row_is_an_error),
+        cmocka_unit_test(test_world),
+    };
+    return cmocka_run_group_tests_name("environments", tests, group_setup, group_teardown);
+}
