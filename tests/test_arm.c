@@ -5,7 +5,7 @@
  * recovery of vaults as the data plane sees them, purge (token objects destroyed), access
  * policy operations and the access check decision table.
  *
- * The group fixture opens hsm + store + kv + armres, registers the data plane, the resource
+ * The group fixture (fixture.h) opens hsm + store + kv + armres, registers the data plane, the resource
  * group routes and Microsoft.KeyVault/vaults, and creates resource group "rg1" (eastus).
  * Tests run in order; each uses its own vaults.
  */
@@ -16,18 +16,14 @@
 
 #include <cmocka.h>
 
-#include <errno.h>
-#include <ftw.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <jansson.h>
 
 #include "armres.h"
+#include "fixture.h"
 #include "clock.h"
 #include "hsm.h"
 #include "keyvault/access.h"
@@ -47,25 +43,9 @@
 #define APP_A "aaaaaaaa-0000-4000-8000-0000000000a1"
 
 typedef struct {
-    char root[PATH_MAX];
-    char db[PATH_MAX + 16];
-    hsm_t *hsm;
-    emu_store *store;
-    kv_t *kv;
-    armres_t *arm;
-    emu_router *router;
-    kv_api_ctx api;
-    kv_arm_ctx karm;
+    cmk_fixture *fx;
     int changes; /* change hook calls */
 } fixture;
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 static void on_change(const char *vault, const char *key, void *ud)
 {
@@ -78,15 +58,10 @@ static void on_change(const char *vault, const char *key, void *ud)
 static json_t *call_as(fixture *f, const char *method, const char *uri, const char *body,
                        const char *host, auth_principal *p, int *status)
 {
-    emu_req *req = emu_req_new(method, uri);
-    emu_req_add_header(req, "Host", host ? host : "localhost:8443");
-    emu_req_add_header(req, "Authorization", "Bearer test");
-    if (body)
-        emu_req_set_body(req, body, strlen(body));
-    req->principal = p;
-    emu_router_dispatch(f->router, req);
+    emu_req *req = cmk_fixture_dispatch(f->fx, method, uri,
+                                        &(cmk_call_opts){.host = host, .body = body, .principal = p});
     *status = req->status;
-    json_t *j = req->resp_len ? json_loadb(req->resp_body, req->resp_len, 0, NULL) : NULL;
+    json_t *j = cmk_resp_json(req);
     emu_req_free(req);
     return j;
 }
@@ -131,7 +106,7 @@ static void count_id(const uint8_t id[HSM_ID_LEN], void *ud)
 static size_t token_keys(fixture *f)
 {
     size_t n = 0;
-    assert_int_equal(hsm_key_foreach(f->hsm, count_id, &n), HSM_OK);
+    assert_int_equal(hsm_key_foreach(f->fx->hsm, count_id, &n), HSM_OK);
     return n;
 }
 
@@ -185,7 +160,7 @@ static void test_arm_basics(void **state)
     int st;
     /* no bearer token: 401 with the challenge */
     emu_req *req = emu_req_new("GET", "/subscriptions" AV);
-    emu_router_dispatch(f->router, req);
+    emu_router_dispatch(f->fx->router, req);
     assert_int_equal(req->status, 401);
     bool challenge = false;
     for (emu_resp_header *h = req->resp_headers; h; h = h->next)
@@ -325,14 +300,14 @@ static void test_purge_protection_irreversible(void **state)
     /* a PUT that omits it keeps it */
     put_vault_ok(f, "pp-vault", "");
     kv_vault_info vi;
-    assert_int_equal(kv_vault_get(f->kv, "pp-vault", &vi), KV_OK);
+    assert_int_equal(kv_vault_get(f->fx->kv, "pp-vault", &vi), KV_OK);
     assert_true(vi.purge_protection);
     /* the domain refuses too */
     kv_vault_state s;
-    assert_int_equal(kv_vault_state_get(f->kv, "pp-vault", &s), KV_OK);
+    assert_int_equal(kv_vault_state_get(f->fx->kv, "pp-vault", &s), KV_OK);
     s.info.purge_protection = false;
     kv_err e = {{0}};
-    assert_int_equal(kv_vault_put(f->kv, &s, NULL, &e), KV_ERR_BAD_PARAM);
+    assert_int_equal(kv_vault_put(f->fx->kv, &s, NULL, &e), KV_ERR_BAD_PARAM);
     kv_vault_state_cleanup(&s);
     /* deleted + protected: purge refused until the scheduled date */
     j = call(f, "DELETE", VAULTS "pp-vault" AV, NULL, &st);
@@ -430,7 +405,7 @@ static void test_access_policy_ops(void **state)
         assert_int_equal(st, 200);
         json_decref(j);
         kv_vault_state s;
-        assert_int_equal(kv_vault_state_get(f->kv, "apv", &s), KV_OK);
+        assert_int_equal(kv_vault_state_get(f->fx->kv, "apv", &s), KV_OK);
         char got[256] = "";
         if (s.npolicies) {
             assert_int_equal(s.npolicies, 1);
@@ -482,24 +457,24 @@ static void test_access_check(void **state)
     kv_err e;
     for (size_t i = 0; i < N_ELEMS(PERMS); i++) {
         bool a_ok = !strcmp(PERMS[i], "get") || !strcmp(PERMS[i], "unwrapKey");
-        assert_int_equal(kv_access_check(f->kv, "acv", &a, PERMS[i], &e),
+        assert_int_equal(kv_access_check(f->fx->kv, "acv", &a, PERMS[i], &e),
                          a_ok ? KV_OK : KV_ERR_FORBIDDEN);
-        assert_int_equal(kv_access_check(f->kv, "acv", &all, PERMS[i], &e), KV_OK);
-        assert_int_equal(kv_access_check(f->kv, "acv", &nobody, PERMS[i], &e), KV_ERR_FORBIDDEN);
-        assert_int_equal(kv_access_check(f->kv, "acv", NULL, PERMS[i], &e), KV_OK);
-        assert_int_equal(kv_access_check(f->kv, "acv", &mapped, PERMS[i], &e), KV_OK);
-        assert_int_equal(kv_access_check(f->kv, "rbacv", &all, PERMS[i], &e),
+        assert_int_equal(kv_access_check(f->fx->kv, "acv", &all, PERMS[i], &e), KV_OK);
+        assert_int_equal(kv_access_check(f->fx->kv, "acv", &nobody, PERMS[i], &e), KV_ERR_FORBIDDEN);
+        assert_int_equal(kv_access_check(f->fx->kv, "acv", NULL, PERMS[i], &e), KV_OK);
+        assert_int_equal(kv_access_check(f->fx->kv, "acv", &mapped, PERMS[i], &e), KV_OK);
+        assert_int_equal(kv_access_check(f->fx->kv, "rbacv", &all, PERMS[i], &e),
                          KV_ERR_FORBIDDEN_RBAC);
     }
     /* the permission name is case-insensitive; the message names caller and vault */
-    assert_int_equal(kv_access_check(f->kv, "acv", &a, "UNWRAPKEY", &e), KV_OK);
-    assert_int_equal(kv_access_check(f->kv, "acv", &a, "wrapKey", &e), KV_ERR_FORBIDDEN);
+    assert_int_equal(kv_access_check(f->fx->kv, "acv", &a, "UNWRAPKEY", &e), KV_OK);
+    assert_int_equal(kv_access_check(f->fx->kv, "acv", &a, "wrapKey", &e), KV_ERR_FORBIDDEN);
     assert_non_null(strstr(e.msg, "'appid=some-app;oid=" OID_A ";iss=https://sts.windows.net/" TENANT
                                   "/' does not have keys wrapKey permission on key vault "
                                   "'acv;location=eastus'"));
     /* appid-bound policy */
-    assert_int_equal(kv_access_check(f->kv, "acv", &app_ok, "wrapKey", &e), KV_OK);
-    assert_int_equal(kv_access_check(f->kv, "acv", &app_bad, "wrapKey", &e), KV_ERR_FORBIDDEN);
+    assert_int_equal(kv_access_check(f->fx->kv, "acv", &app_ok, "wrapKey", &e), KV_OK);
+    assert_int_equal(kv_access_check(f->fx->kv, "acv", &app_bad, "wrapKey", &e), KV_ERR_FORBIDDEN);
     /* through the data plane: 403 ForbiddenByPolicy */
     int st;
     json_t *j = call_as(f, "GET", "/keys?api-version=7.5", NULL, "acv.vault.localhost:8443",
@@ -528,38 +503,15 @@ static int group_setup(void **state)
     fixture *f = calloc(1, sizeof *f);
     if (!f)
         return -1;
-    const char *base = getenv("CMK_TEST_TMP");
-    if (!base || !*base)
-        base = "/tmp";
-    (void)mkdir(base, 0700);
-    if (snprintf(f->root, sizeof f->root, "%s/test_arm-XXXXXX", base) >= (int)sizeof f->root ||
-        !mkdtemp(f->root)) {
-        fprintf(stderr, "mkdtemp under %s: %s\n", base, strerror(errno));
-        free(f);
-        return -1;
-    }
-    snprintf(f->db, sizeof f->db, "%s/kv.db", f->root);
-    emu_clock_set_offset(0);
-    emu_clock_hooks_clear();
-    char err[512];
-    hsm_config hc = {.data_dir = f->root};
-    if (hsm_open(&hc, &f->hsm, err, sizeof err) != HSM_OK ||
-        !(f->store = emu_store_open(f->db, err, sizeof err)) ||
-        !(f->kv = kv_open(f->store, f->hsm, err, sizeof err)) ||
-        !(f->arm = armres_open(f->store, TENANT, err, sizeof err))) {
-        fprintf(stderr, "open: %s\n", err);
-        return -1;
-    }
-    kv_set_change_hook(f->kv, on_change, f);
-    f->router = emu_router_new();
-    f->api = (kv_api_ctx){.kv = f->kv, .tenant = TENANT};
-    kv_api_register(f->router, &f->api);
-    armres_register(f->router, f->arm);
-    f->karm = (kv_arm_ctx){.common = {.tenant = TENANT}, .kv = f->kv, .arm = f->arm};
-    kv_vaults_arm_register(f->router, &f->karm);
-    if (!armres_rg_put(f->arm, SUB, "rg1", "eastus", NULL, NULL))
-        return -1;
+    f->fx = cmk_fixture_new("test_arm", TENANT,
+                            CMK_FX_KV | CMK_FX_ARM | CMK_FX_KV_API | CMK_FX_ARM_ROUTES |
+                                CMK_FX_VAULTS_ARM);
     *state = f;
+    if (!f->fx)
+        return -1;
+    kv_set_change_hook(f->fx->kv, on_change, f);
+    if (!armres_rg_put(f->fx->arm, SUB, "rg1", "eastus", NULL, NULL))
+        return -1;
     return 0;
 }
 
@@ -568,14 +520,7 @@ static int group_teardown(void **state)
     fixture *f = *state;
     if (!f)
         return 0;
-    emu_router_free(f->router);
-    armres_close(f->arm);
-    kv_close(f->kv);
-    emu_clock_hooks_clear();
-    emu_store_close(f->store);
-    hsm_close(f->hsm);
-    if (!getenv("CMK_TEST_KEEP"))
-        (void)nftw(f->root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    cmk_fixture_free(f->fx);
     free(f);
     return 0;
 }

@@ -25,6 +25,7 @@
 #include <jansson.h>
 #include <sqlite3.h>
 
+#include "fixture.h"
 #include "clock.h"
 #include "config.h"
 #include "log.h"
@@ -38,20 +39,7 @@
 /* ---------------------------------------------------------------------------------------- */
 /* helpers                                                                                   */
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void rm_rf(const char *path)
-{
-    (void)nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-/* A fresh directory under $CMK_TEST_TMP or /tmp; the caller removes it with rm_rf. */
+/* A fresh directory under $CMK_TEST_TMP or /tmp; the caller removes it with cmk_test_rm_rf. */
 static void make_tmpdir(char *out, size_t outlen, const char *tag)
 {
     const char *base = getenv("CMK_TEST_TMP");
@@ -1372,7 +1360,7 @@ static void store_migrations_and_meta(void **state)
     assert_null(emu_store_open(badpath, err, sizeof err));
     assert_true(err[0] != '\0');
 
-    rm_rf(dir);
+    cmk_test_rm_rf(dir);
 }
 
 /* ---------------------------------------------------------------------------------------- */

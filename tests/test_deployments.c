@@ -29,6 +29,7 @@
 #include "arm/deployments.h"
 #include "armres.h"
 #include "clock.h"
+#include "fixture.h"
 #include "hsm.h"
 #include "keyvault/kv.h"
 #include "keyvault/vaults_arm.h"
@@ -42,24 +43,9 @@
 #define TENANT "72f988bf-0000-4000-8000-00000000c0de"
 
 typedef struct {
-    char root[PATH_MAX];
-    char db[PATH_MAX + 16];
-    hsm_t *hsm;
-    emu_store *store;
-    kv_t *kv;
-    armres_t *arm;
-    emu_router *router;
-    kv_arm_ctx karm;
+    cmk_fixture *fx;
     arm_deploy_ctx dep;
 } fixture;
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 typedef struct {
     int status;
@@ -75,7 +61,7 @@ static answer call(fixture *f, const char *method, const char *uri, const char *
     emu_req_add_header(req, "Authorization", "Bearer test");
     if (body)
         emu_req_set_body(req, body, strlen(body));
-    emu_router_dispatch(f->router, req);
+    emu_router_dispatch(f->fx->router, req);
     a.status = req->status;
     a.body = req->resp_len ? json_loadb(req->resp_body, req->resp_len, 0, NULL) : NULL;
     for (emu_resp_header *h = req->resp_headers; h; h = h->next)
@@ -310,43 +296,21 @@ static int group_setup(void **state)
     fixture *f = calloc(1, sizeof *f);
     if (!f)
         return -1;
-    const char *base = getenv("CMK_TEST_TMP");
-    if (!base || !*base)
-        base = "/tmp";
-    (void)mkdir(base, 0700);
-    if (snprintf(f->root, sizeof f->root, "%s/test_deployments-XXXXXX", base) >=
-            (int)sizeof f->root ||
-        !mkdtemp(f->root)) {
-        fprintf(stderr, "mkdtemp under %s: %s\n", base, strerror(errno));
-        free(f);
+    f->fx = cmk_fixture_new("test_deployments", TENANT,
+                            CMK_FX_KV | CMK_FX_ARM | CMK_FX_ARM_ROUTES | CMK_FX_VAULTS_ARM);
+    *state = f;
+    if (!f->fx)
         return -1;
-    }
-    snprintf(f->db, sizeof f->db, "%s/d.db", f->root);
-    emu_clock_set_offset(0);
-    emu_clock_hooks_clear();
     char err[512];
-    hsm_config hc = {.data_dir = f->root};
-    if (hsm_open(&hc, &f->hsm, err, sizeof err) != HSM_OK ||
-        !(f->store = emu_store_open(f->db, err, sizeof err)) ||
-        !(f->kv = kv_open(f->store, f->hsm, err, sizeof err)) ||
-        !(f->arm = armres_open(f->store, TENANT, err, sizeof err))) {
-        fprintf(stderr, "open: %s\n", err);
-        return -1;
-    }
-    f->router = emu_router_new();
-    armres_register(f->router, f->arm);
-    f->karm = (kv_arm_ctx){.common = {.tenant = TENANT}, .kv = f->kv, .arm = f->arm};
-    kv_vaults_arm_register(f->router, &f->karm);
     f->dep = (arm_deploy_ctx){
-        .common = {.tenant = TENANT}, .arm = f->arm, .store = f->store, .router = f->router};
+        .common = {.tenant = TENANT}, .arm = f->fx->arm, .store = f->fx->store, .router = f->fx->router};
     if (!arm_deployments_init(&f->dep, err, sizeof err)) {
         fprintf(stderr, "deployments: %s\n", err);
         return -1;
     }
-    arm_deployments_register(f->router, &f->dep);
-    if (!armres_rg_put(f->arm, SUB, "cmk-rg", "eastus", NULL, NULL))
+    arm_deployments_register(f->fx->router, &f->dep);
+    if (!armres_rg_put(f->fx->arm, SUB, "cmk-rg", "eastus", NULL, NULL))
         return -1;
-    *state = f;
     return 0;
 }
 
@@ -355,14 +319,7 @@ static int group_teardown(void **state)
     fixture *f = *state;
     if (!f)
         return 0;
-    emu_router_free(f->router);
-    armres_close(f->arm);
-    kv_close(f->kv);
-    emu_clock_hooks_clear();
-    emu_store_close(f->store);
-    hsm_close(f->hsm);
-    if (!getenv("CMK_TEST_KEEP"))
-        (void)nftw(f->root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    cmk_fixture_free(f->fx);
     free(f);
     return 0;
 }

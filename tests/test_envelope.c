@@ -20,26 +20,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fixture.h"
 #include "hsm.h"
 #include "powerplatform/envelope.h"
 #include "store.h"
 
 typedef struct {
-    char root[PATH_MAX];
-    char db[PATH_MAX + 16];
-    hsm_t *hsm;
-    emu_store *store;
+    cmk_fixture *fx;
     pp_platform_key pk;
     pp_key_wrapper w;
 } fixture;
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 static const char AAD[] = "11111111-2222-4333-8444-555555555555/accounts/"
                           "66666666-7777-4888-9999-000000000000";
@@ -50,7 +40,7 @@ static void seal_one(fixture *f, pp_dek *dek, uint8_t **blob, size_t *len)
     uint8_t wrapped[PP_WRAPPED_MAX];
     size_t wl = 0;
     char err[256] = "";
-    assert_int_equal(pp_dek_create(f->hsm, &f->w, dek, wrapped, &wl, err, sizeof err),
+    assert_int_equal(pp_dek_create(f->fx->hsm, &f->w, dek, wrapped, &wl, err, sizeof err),
                      PP_ENVELOPE_OK);
     assert_int_equal(wl, 256); /* RSA-2048 */
     assert_int_equal(pp_seal(dek, AAD, strlen(AAD), PT, strlen(PT), blob, len), PP_ENVELOPE_OK);
@@ -176,7 +166,7 @@ static void test_wrap_unwrap_and_wipe(void **state)
     uint8_t wrapped[PP_WRAPPED_MAX];
     size_t wl = 0;
     char err[256] = "";
-    assert_int_equal(pp_dek_create(f->hsm, &f->w, &dek, wrapped, &wl, err, sizeof err),
+    assert_int_equal(pp_dek_create(f->fx->hsm, &f->w, &dek, wrapped, &wl, err, sizeof err),
                      PP_ENVELOPE_OK);
     assert_true(dek.loaded);
     /* the wrapped form is not the key */
@@ -222,7 +212,7 @@ static void test_platform_key_found_again(void **state)
     fixture *f = *state;
     pp_platform_key k2;
     char err[256] = "";
-    assert_true(pp_platform_key_ensure(f->store, f->hsm, &k2, err, sizeof err));
+    assert_true(pp_platform_key_ensure(f->fx->store, f->fx->hsm, &k2, err, sizeof err));
     assert_memory_equal(k2.id, f->pk.id, HSM_ID_LEN);
 }
 
@@ -231,27 +221,16 @@ static int group_setup(void **state)
     fixture *f = calloc(1, sizeof *f);
     if (!f)
         return -1;
-    const char *base = getenv("CMK_TEST_TMP");
-    if (!base || !*base)
-        base = "/tmp";
-    (void)mkdir(base, 0700);
-    if (snprintf(f->root, sizeof f->root, "%s/test_envelope-XXXXXX", base) >= (int)sizeof f->root ||
-        !mkdtemp(f->root)) {
-        fprintf(stderr, "mkdtemp under %s: %s\n", base, strerror(errno));
-        free(f);
+    f->fx = cmk_fixture_new("test_envelope", NULL, 0);
+    *state = f;
+    if (!f->fx)
         return -1;
-    }
-    snprintf(f->db, sizeof f->db, "%s/pp.db", f->root);
     char err[512] = "";
-    hsm_config hc = {.data_dir = f->root};
-    if (hsm_open(&hc, &f->hsm, err, sizeof err) != HSM_OK ||
-        !(f->store = emu_store_open(f->db, err, sizeof err)) ||
-        !pp_platform_key_ensure(f->store, f->hsm, &f->pk, err, sizeof err)) {
+    if (!pp_platform_key_ensure(f->fx->store, f->fx->hsm, &f->pk, err, sizeof err)) {
         fprintf(stderr, "open: %s\n", err);
         return -1;
     }
     f->w = pp_platform_key_wrapper(&f->pk);
-    *state = f;
     return 0;
 }
 
@@ -260,10 +239,7 @@ static int group_teardown(void **state)
     fixture *f = *state;
     if (!f)
         return 0;
-    emu_store_close(f->store);
-    hsm_close(f->hsm);
-    if (!getenv("CMK_TEST_KEEP"))
-        (void)nftw(f->root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    cmk_fixture_free(f->fx);
     free(f);
     return 0;
 }

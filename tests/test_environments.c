@@ -25,6 +25,7 @@
 
 #include "auth/auth.h"
 #include "clock.h"
+#include "fixture.h"
 #include "hsm.h"
 #include "powerplatform/bap_api.h"
 #include "powerplatform/environments.h"
@@ -36,23 +37,10 @@
 #define AV "?api-version=2023-06-01"
 
 typedef struct {
-    char root[PATH_MAX];
-    char db[PATH_MAX + 16];
-    hsm_t *hsm;
-    emu_store *store;
-    auth_t *auth;
+    cmk_fixture *fx;
     pp_envs_t *envs;
-    emu_router *router;
     pp_bap_ctx ctx;
 } fixture;
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 typedef struct {
     int status;
@@ -67,34 +55,21 @@ static void resp_clear(resp *r)
     memset(r, 0, sizeof *r);
 }
 
-static const char *resp_header(emu_req *req, const char *name)
-{
-    for (emu_resp_header *h = req->resp_headers; h; h = h->next)
-        if (!strcasecmp(h->name, name))
-            return h->value;
-    return NULL;
-}
-
 /* One request through the router. host NULL = "localhost:8443"; auth false = no token. */
 static resp call_full(fixture *f, const char *method, const char *host, const char *uri,
                       const char *body, bool auth, const char *prefer)
 {
     resp r = {0};
-    emu_req *req = emu_req_new(method, uri);
-    req->host = host ? host : "localhost:8443";
-    emu_req_add_header(req, "Host", req->host);
-    if (auth)
-        emu_req_add_header(req, "Authorization", "Bearer test");
-    if (prefer)
-        emu_req_add_header(req, "Prefer", prefer);
-    if (body)
-        emu_req_set_body(req, body, strlen(body));
-    emu_router_dispatch(f->router, req);
+    const char *const prefer_hdr[] = {"Prefer", prefer, NULL};
+    emu_req *req = cmk_fixture_dispatch(
+        f->fx, method, uri,
+        &(cmk_call_opts){
+            .host = host, .body = body, .no_token = !auth, .headers = prefer ? prefer_hdr : NULL});
     r.status = req->status;
-    r.json = req->resp_len ? json_loadb(req->resp_body, req->resp_len, 0, NULL) : NULL;
-    const char *h = resp_header(req, "Location");
+    r.json = cmk_resp_json(req);
+    const char *h = cmk_resp_header(req, "Location");
     snprintf(r.location, sizeof r.location, "%s", h ? h : "");
-    h = resp_header(req, "OData-EntityId");
+    h = cmk_resp_header(req, "OData-EntityId");
     snprintf(r.entity_id, sizeof r.entity_id, "%s", h ? h : "");
     emu_req_free(req);
     return r;
@@ -362,7 +337,7 @@ static void test_records_crud(void **state)
         emu_req_add_header(req, "Authorization", "Bearer test");
         emu_req_add_header(req, "If-Match", "*");
         emu_req_set_body(req, "{\"name\":\"x\"}", 12);
-        emu_router_dispatch(f->router, req);
+        emu_router_dispatch(f->fx->router, req);
         assert_int_equal(req->status, 404);
         emu_req_free(req);
     }
@@ -513,7 +488,7 @@ static void test_disable_enable(void **state)
     pp_env_err e = {{0}};
     assert_int_equal(pp_env_set_enabled(f->envs, env, false, "Test", &e), PP_ENV_OK);
     char err[256] = "";
-    pp_envs_t *again = pp_envs_open(f->store, f->hsm, err, sizeof err);
+    pp_envs_t *again = pp_envs_open(f->fx->store, f->fx->hsm, err, sizeof err);
     assert_non_null(again);
     pp_environment en;
     assert_int_equal(pp_env_get(again, env, &en), PP_ENV_OK);
@@ -587,12 +562,12 @@ static void test_no_plaintext_on_disk(void **state)
     assert_int_equal(r.status, 204);
     resp_clear(&r);
     /* checkpoint the WAL so both the main file and the log have seen the row */
-    sqlite3 *db = emu_store_lock(f->store);
+    sqlite3 *db = emu_store_lock(f->fx->store);
     sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_FULL, NULL, NULL);
-    emu_store_unlock(f->store);
+    emu_store_unlock(f->fx->store);
     scan_marker = marker;
     scan_hits = 0;
-    assert_int_equal(nftw(f->root, scan_entry, 16, FTW_PHYS), 0);
+    assert_int_equal(nftw(f->fx->root, scan_entry, 16, FTW_PHYS), 0);
     assert_int_equal(scan_hits, 0);
     /* and the marker does come back through the API */
     r = rec(f, env, "GET", "/api/data/v9.2/accounts(aaaaaaaa-1111-4222-8333-444455556666)", NULL,
@@ -612,7 +587,7 @@ static void test_tampered_row_is_an_error(void **state)
     snprintf(id, sizeof id, "%s", path_str(r.json, "accountid"));
     resp_clear(&r);
     /* flip one byte of the stored blob */
-    sqlite3 *db = emu_store_lock(f->store);
+    sqlite3 *db = emu_store_lock(f->fx->store);
     sqlite3_stmt *st = NULL;
     assert_int_equal(sqlite3_prepare_v2(db,
                                         "UPDATE pp_records SET blob = "
@@ -624,7 +599,7 @@ static void test_tampered_row_is_an_error(void **state)
     sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
     assert_int_equal(sqlite3_step(st), SQLITE_DONE);
     sqlite3_finalize(st);
-    emu_store_unlock(f->store);
+    emu_store_unlock(f->fx->store);
     char uri[128];
     snprintf(uri, sizeof uri, "/api/data/v9.2/accounts(%s)", id);
     r = rec(f, env, "GET", uri, NULL, NULL);
@@ -662,33 +637,17 @@ static int group_setup(void **state)
     fixture *f = calloc(1, sizeof *f);
     if (!f)
         return -1;
-    const char *base = getenv("CMK_TEST_TMP");
-    if (!base || !*base)
-        base = "/tmp";
-    (void)mkdir(base, 0700);
-    if (snprintf(f->root, sizeof f->root, "%s/test_environments-XXXXXX", base) >=
-            (int)sizeof f->root ||
-        !mkdtemp(f->root)) {
-        fprintf(stderr, "mkdtemp under %s: %s\n", base, strerror(errno));
-        free(f);
+    f->fx = cmk_fixture_new("test_environments", TENANT, CMK_FX_AUTH | CMK_FX_ROUTER);
+    *state = f;
+    if (!f->fx)
         return -1;
-    }
-    snprintf(f->db, sizeof f->db, "%s/pp.db", f->root);
-    emu_clock_set_offset(0);
-    emu_clock_hooks_clear();
     char err[512] = "";
-    hsm_config hc = {.data_dir = f->root};
-    if (hsm_open(&hc, &f->hsm, err, sizeof err) != HSM_OK ||
-        !(f->store = emu_store_open(f->db, err, sizeof err)) ||
-        !(f->auth = auth_open(f->store, f->hsm, AUTH_PERMISSIVE, TENANT, err, sizeof err)) ||
-        !(f->envs = pp_envs_open(f->store, f->hsm, err, sizeof err))) {
+    if (!(f->envs = pp_envs_open(f->fx->store, f->fx->hsm, err, sizeof err))) {
         fprintf(stderr, "open: %s\n", err);
         return -1;
     }
-    f->router = emu_router_new();
-    f->ctx = (pp_bap_ctx){.envs = f->envs, .auth = f->auth};
-    pp_bap_register(f->router, &f->ctx);
-    *state = f;
+    f->ctx = (pp_bap_ctx){.envs = f->envs, .auth = f->fx->auth};
+    pp_bap_register(f->fx->router, &f->ctx);
     return 0;
 }
 
@@ -697,14 +656,8 @@ static int group_teardown(void **state)
     fixture *f = *state;
     if (!f)
         return 0;
-    emu_router_free(f->router);
     pp_envs_close(f->envs);
-    auth_close(f->auth);
-    emu_clock_hooks_clear();
-    emu_store_close(f->store);
-    hsm_close(f->hsm);
-    if (!getenv("CMK_TEST_KEEP"))
-        (void)nftw(f->root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    cmk_fixture_free(f->fx);
     free(f);
     return 0;
 }

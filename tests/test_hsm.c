@@ -14,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "fixture.h"
 #include "hsm.h"
 #include "hsm_testing.h"
 
@@ -57,19 +58,6 @@ static const char *const sig_names[] = {"", "RS256", "RS384", "RS512", "PS256", 
 
 /* ---------------------------------------------------------------------------------------- */
 /* helpers                                                                                   */
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void rm_rf(const char *path)
-{
-    (void)nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 static hsm_t *open_dir(const char *dir)
 {
@@ -331,17 +319,11 @@ static hsm_rsa_components ossl_key_components(const ossl_key *k, int with_crt)
 
 static int group_setup(void **state)
 {
-    const char *base = getenv("CMK_TEST_TMP");
     fixture *f = calloc(1, sizeof(*f));
 
     if (!f)
         return -1;
-    if (!base || !*base)
-        base = "/tmp";
-    (void)mkdir(base, 0700);
-    if (snprintf(f->root, sizeof(f->root), "%s/test_hsm-XXXXXX", base) >= (int)sizeof(f->root) ||
-        !mkdtemp(f->root)) {
-        fprintf(stderr, "mkdtemp under %s: %s\n", base, strerror(errno));
+    if (!cmk_test_mkdtemp("test_hsm", f->root, sizeof(f->root))) {
         free(f);
         return -1;
     }
@@ -368,7 +350,7 @@ static int group_teardown(void **state)
         return 0;
     hsm_close(f->h);
     if (!getenv("CMK_TEST_KEEP"))
-        rm_rf(f->root);
+        cmk_test_rm_rf(f->root);
     free(f);
     return 0;
 }

@@ -30,6 +30,7 @@
 #include <jansson.h>
 
 #include "clock.h"
+#include "fixture.h"
 #include "hsm.h"
 #include "keyvault/kv.h"
 #include "log.h"
@@ -54,19 +55,6 @@ typedef struct {
 
 /* ---------------------------------------------------------------------------------------- */
 /* helpers                                                                                   */
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
-static void rm_rf(const char *path)
-{
-    (void)nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 static int open_all(fixture *f)
 {
@@ -258,13 +246,7 @@ static int group_setup(void **state)
     fixture *f = calloc(1, sizeof *f);
     if (!f)
         return -1;
-    const char *base = getenv("CMK_TEST_TMP");
-    if (!base || !*base)
-        base = "/tmp";
-    (void)mkdir(base, 0700);
-    if (snprintf(f->root, sizeof f->root, "%s/test_kv-XXXXXX", base) >= (int)sizeof f->root ||
-        !mkdtemp(f->root)) {
-        fprintf(stderr, "mkdtemp under %s: %s\n", base, strerror(errno));
+    if (!cmk_test_mkdtemp("test_kv", f->root, sizeof f->root)) {
         free(f);
         return -1;
     }
@@ -306,7 +288,7 @@ static int group_teardown(void **state)
     close_all(f);
     fprintf(stderr, "test_kv: %d key pairs generated\n", f->generated);
     if (!getenv("CMK_TEST_KEEP"))
-        rm_rf(f->root);
+        cmk_test_rm_rf(f->root);
     free(f);
     return 0;
 }

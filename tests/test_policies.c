@@ -28,6 +28,7 @@
 #include "armres.h"
 #include "auth/auth.h"
 #include "clock.h"
+#include "fixture.h"
 #include "hsm.h"
 #include "powerplatform/policies.h"
 #include "powerplatform/policies_arm.h"
@@ -46,26 +47,12 @@
 #define VER2 "fedcba9876543210fedcba9876543210"
 
 typedef struct {
-    char root[PATH_MAX];
-    char db[PATH_MAX + 16];
-    hsm_t *hsm;
-    emu_store *store;
-    auth_t *auth;
-    armres_t *arm;
+    cmk_fixture *fx;
     pp_policies_t *pp;
-    emu_router *router;
     pp_arm_ctx ctx;
     char linked_sid[160]; /* the link check says this systemId is linked */
     size_t linked_count;
 } fixture;
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 static bool link_check(const char *system_id, void *ud)
 {
@@ -82,14 +69,9 @@ static size_t link_count(const char *system_id, void *ud)
 /* One request through the router; the parsed JSON answer (or NULL) returned. */
 static json_t *call(fixture *f, const char *method, const char *uri, const char *body, int *status)
 {
-    emu_req *req = emu_req_new(method, uri);
-    emu_req_add_header(req, "Host", "localhost:8443");
-    emu_req_add_header(req, "Authorization", "Bearer test");
-    if (body)
-        emu_req_set_body(req, body, strlen(body));
-    emu_router_dispatch(f->router, req);
+    emu_req *req = cmk_fixture_dispatch(f->fx, method, uri, &(cmk_call_opts){.body = body});
     *status = req->status;
-    json_t *j = req->resp_len ? json_loadb(req->resp_body, req->resp_len, 0, NULL) : NULL;
+    json_t *j = cmk_resp_json(req);
     emu_req_free(req);
     return j;
 }
@@ -193,7 +175,7 @@ static void test_create_shape(void **state)
 
     /* the identity is a managed identity principal named after the policy */
     auth_principal p;
-    assert_true(auth_principal_get(f->auth, oid, &p));
+    assert_true(auth_principal_get(f->fx->auth, oid, &p));
     assert_int_equal(p.kind, AUTH_KIND_MANAGED_IDENTITY);
     assert_string_equal(p.name, "ep-one");
     assert_int_equal(strlen(p.appid), 36);
@@ -343,7 +325,7 @@ static void test_validation(void **state)
         "{\"location\":\"unitedstates\",\"kind\":\"Lockbox\",\"identity\":{\"type\":"
         "\"UserAssigned\"}}",
     };
-    size_t before = auth_principal_count(f->auth);
+    size_t before = auth_principal_count(f->fx->auth);
     for (size_t i = 0; i < sizeof bad_bodies / sizeof bad_bodies[0]; i++) {
         j = call(f, "PUT", POLICIES "ep-bad" AV, bad_bodies[i], &st);
         if (st != 400)
@@ -351,7 +333,7 @@ static void test_validation(void **state)
         assert_non_null(err_msg(j));
         json_decref(j);
     }
-    assert_int_equal(auth_principal_count(f->auth), before);
+    assert_int_equal(auth_principal_count(f->fx->auth), before);
     j = call(f, "GET", POLICIES "ep-bad" AV, NULL, &st);
     assert_int_equal(st, 404);
     json_decref(j);
@@ -362,7 +344,7 @@ static void test_validation(void **state)
     assert_string_equal(path_str(j, "identity.type"), "None");
     assert_true(json_is_null(json_object_get(json_object_get(j, "properties"), "encryption")));
     json_decref(j);
-    assert_int_equal(auth_principal_count(f->auth), before);
+    assert_int_equal(auth_principal_count(f->fx->auth), before);
 }
 
 static void test_update_rules(void **state)
@@ -434,12 +416,12 @@ static void test_delete_removes_identity(void **state)
     snprintf(oid, sizeof oid, "%s", path_str(j, "identity.principalId"));
     json_decref(j);
     auth_principal p;
-    assert_true(auth_principal_get(f->auth, oid, &p));
+    assert_true(auth_principal_get(f->fx->auth, oid, &p));
     int st;
     j = call(f, "DELETE", POLICIES "ep-del" AV, NULL, &st);
     assert_int_equal(st, 200);
     json_decref(j);
-    assert_false(auth_principal_get(f->auth, oid, &p));
+    assert_false(auth_principal_get(f->fx->auth, oid, &p));
     j = call(f, "GET", POLICIES "ep-del" AV, NULL, &st);
     assert_int_equal(st, 404);
     json_decref(j);
@@ -487,7 +469,7 @@ static void test_linked_refusals(void **state)
     assert_non_null(strstr(err_msg(j), "2 environments are linked"));
     json_decref(j);
     auth_principal p;
-    assert_true(auth_principal_get(f->auth, oid, &p));
+    assert_true(auth_principal_get(f->fx->auth, oid, &p));
 
     /* unlinked: update and delete go through */
     f->linked_sid[0] = '\0';
@@ -500,7 +482,7 @@ static void test_linked_refusals(void **state)
     j = call(f, "DELETE", POLICIES "ep-linked" AV, NULL, &st);
     assert_int_equal(st, 200);
     json_decref(j);
-    assert_false(auth_principal_get(f->auth, oid, &p));
+    assert_false(auth_principal_get(f->fx->auth, oid, &p));
     pp_policies_set_link_count(f->pp, NULL, NULL);
 }
 
@@ -554,17 +536,17 @@ static void test_domain_api(void **state)
     free(all);
 
     /* persistence: reopen, and a lost identity is restored with the same ids */
-    assert_true(auth_principal_remove(f->auth, oid));
+    assert_true(auth_principal_remove(f->fx->auth, oid));
     pp_policies_close(f->pp);
     char err[256] = "";
-    f->pp = pp_policies_open(f->store, f->auth, err, sizeof err);
+    f->pp = pp_policies_open(f->fx->store, f->fx->auth, err, sizeof err);
     assert_non_null(f->pp);
     f->ctx.pp = f->pp;
     pp_policies_set_link_check(f->pp, link_check, f);
     assert_int_equal(pp_policy_get_by_system_id(f->pp, sid, &pol), PP_OK);
     assert_string_equal(pol.key_version, VER2);
     auth_principal p;
-    assert_true(auth_principal_get(f->auth, oid, &p));
+    assert_true(auth_principal_get(f->fx->auth, oid, &p));
     assert_string_equal(p.name, "ep-dom");
 }
 
@@ -593,7 +575,7 @@ static void test_rg_delete(void **state)
     pp_policy pol;
     assert_int_equal(pp_policy_get(f->pp, SUB, "rg3", "ep-rg3", &pol), PP_ERR_NOT_FOUND);
     auth_principal p;
-    assert_false(auth_principal_get(f->auth, oid, &p));
+    assert_false(auth_principal_get(f->fx->auth, oid, &p));
 }
 
 /* ---- fixture -----------------------------------------------------------------------------------
@@ -604,38 +586,21 @@ static int group_setup(void **state)
     fixture *f = calloc(1, sizeof *f);
     if (!f)
         return -1;
-    const char *base = getenv("CMK_TEST_TMP");
-    if (!base || !*base)
-        base = "/tmp";
-    (void)mkdir(base, 0700);
-    if (snprintf(f->root, sizeof f->root, "%s/test_policies-XXXXXX", base) >= (int)sizeof f->root ||
-        !mkdtemp(f->root)) {
-        fprintf(stderr, "mkdtemp under %s: %s\n", base, strerror(errno));
-        free(f);
+    f->fx = cmk_fixture_new("test_policies", TENANT, CMK_FX_AUTH | CMK_FX_ARM | CMK_FX_ARM_ROUTES);
+    *state = f;
+    if (!f->fx)
         return -1;
-    }
-    snprintf(f->db, sizeof f->db, "%s/pp.db", f->root);
-    emu_clock_set_offset(0);
-    emu_clock_hooks_clear();
     char err[512] = "";
-    hsm_config hc = {.data_dir = f->root};
-    if (hsm_open(&hc, &f->hsm, err, sizeof err) != HSM_OK ||
-        !(f->store = emu_store_open(f->db, err, sizeof err)) ||
-        !(f->auth = auth_open(f->store, f->hsm, AUTH_PERMISSIVE, TENANT, err, sizeof err)) ||
-        !(f->arm = armres_open(f->store, TENANT, err, sizeof err)) ||
-        !(f->pp = pp_policies_open(f->store, f->auth, err, sizeof err))) {
+    if (!(f->pp = pp_policies_open(f->fx->store, f->fx->auth, err, sizeof err))) {
         fprintf(stderr, "open: %s\n", err);
         return -1;
     }
     pp_policies_set_link_check(f->pp, link_check, f);
-    f->router = emu_router_new();
-    armres_register(f->router, f->arm);
-    f->ctx = (pp_arm_ctx){.common = {.tenant = TENANT}, .pp = f->pp, .arm = f->arm};
-    pp_policies_arm_register(f->router, &f->ctx);
-    if (!armres_rg_put(f->arm, SUB, "rg1", "eastus", NULL, NULL) ||
-        !armres_rg_put(f->arm, SUB, "rg2", "westeurope", NULL, NULL))
+    f->ctx = (pp_arm_ctx){.common = {.tenant = TENANT}, .pp = f->pp, .arm = f->fx->arm};
+    pp_policies_arm_register(f->fx->router, &f->ctx);
+    if (!armres_rg_put(f->fx->arm, SUB, "rg1", "eastus", NULL, NULL) ||
+        !armres_rg_put(f->fx->arm, SUB, "rg2", "westeurope", NULL, NULL))
         return -1;
-    *state = f;
     return 0;
 }
 
@@ -644,15 +609,8 @@ static int group_teardown(void **state)
     fixture *f = *state;
     if (!f)
         return 0;
-    emu_router_free(f->router);
     pp_policies_close(f->pp);
-    armres_close(f->arm);
-    auth_close(f->auth);
-    emu_clock_hooks_clear();
-    emu_store_close(f->store);
-    hsm_close(f->hsm);
-    if (!getenv("CMK_TEST_KEEP"))
-        (void)nftw(f->root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    cmk_fixture_free(f->fx);
     free(f);
     return 0;
 }

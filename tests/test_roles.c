@@ -31,6 +31,7 @@
 #include "auth/roles.h"
 #include "auth/roles_api.h"
 #include "clock.h"
+#include "fixture.h"
 #include "hsm.h"
 #include "keyvault/access.h"
 #include "keyvault/kv.h"
@@ -68,17 +69,8 @@
 #define RDID(g) "/subscriptions/" SUB "/providers/Microsoft.Authorization/roleDefinitions/" g
 
 typedef struct {
-    char root[PATH_MAX];
-    char db[PATH_MAX + 16];
-    hsm_t *hsm;
-    emu_store *store;
-    auth_t *auth;
-    kv_t *kv;
-    armres_t *arm;
+    cmk_fixture *fx;
     roles_t *roles;
-    emu_router *router;
-    kv_api_ctx api;
-    kv_arm_ctx karm;
     auth_roles_api_ctx rapi;
     auth_principal owner, app, user, mapped;
     int changes;
@@ -91,7 +83,7 @@ static kv_status rbac_hook(const char *vault, const char *key, const auth_princi
 {
     fixture *f = ud;
     kv_vault_info vi;
-    if (kv_vault_get(f->kv, vault, &vi) != KV_OK)
+    if (kv_vault_get(f->fx->kv, vault, &vi) != KV_OK)
         return KV_ERR_VAULT_NOT_FOUND;
     return auth_roles_kv_check(f->roles, p, vi.subscription, vi.resource_group, vi.name,
                                vi.location, key, permission, e->msg, sizeof e->msg)
@@ -109,15 +101,10 @@ static void on_change(const char *scope, void *ud)
 static json_t *call_as(fixture *f, const char *method, const char *uri, const char *body,
                        const char *host, auth_principal *p, int *status)
 {
-    emu_req *req = emu_req_new(method, uri);
-    emu_req_add_header(req, "Host", host ? host : "localhost:8443");
-    emu_req_add_header(req, "Authorization", "Bearer test");
-    if (body)
-        emu_req_set_body(req, body, strlen(body));
-    req->principal = p;
-    emu_router_dispatch(f->router, req);
+    emu_req *req = cmk_fixture_dispatch(f->fx, method, uri,
+                                        &(cmk_call_opts){.host = host, .body = body, .principal = p});
     *status = req->status;
-    json_t *j = req->resp_len ? json_loadb(req->resp_body, req->resp_len, 0, NULL) : NULL;
+    json_t *j = cmk_resp_json(req);
     emu_req_free(req);
     return j;
 }
@@ -601,7 +588,7 @@ static void test_api_lifecycle(void **state)
 
     /* persistence: a fresh handle on the same store sees the same assignments */
     char err[200];
-    roles_t *again = auth_roles_open(f->store, f->auth, err, sizeof err);
+    roles_t *again = auth_roles_open(f->fx->store, f->fx->auth, err, sizeof err);
     assert_non_null(again);
     assert_int_equal(auth_roles_count(again), auth_roles_count(f->roles));
     assert_true(auth_roles_allows(again, MI_OID, KEY1, "unwrapKey"));
@@ -631,40 +618,18 @@ static void test_api_lifecycle(void **state)
 
 /* ---- fixture --------------------------------------------------------------------------------- */
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static int group_setup(void **state)
 {
     fixture *f = calloc(1, sizeof *f);
     if (!f)
         return -1;
-    const char *base = getenv("CMK_TEST_TMP");
-    if (!base || !*base)
-        base = "/tmp";
-    (void)mkdir(base, 0700);
-    if (snprintf(f->root, sizeof f->root, "%s/test_roles-XXXXXX", base) >= (int)sizeof f->root ||
-        !mkdtemp(f->root)) {
-        fprintf(stderr, "mkdtemp under %s: %s\n", base, strerror(errno));
-        free(f);
+    f->fx = cmk_fixture_new("test_roles", TENANT,
+                            CMK_FX_AUTH_STRICT | CMK_FX_KV | CMK_FX_ARM | CMK_FX_ROUTER);
+    *state = f;
+    if (!f->fx)
         return -1;
-    }
-    snprintf(f->db, sizeof f->db, "%s/roles.db", f->root);
-    emu_clock_set_offset(0);
-    emu_clock_hooks_clear();
     char err[512] = "";
-    hsm_config hc = {.data_dir = f->root};
-    if (hsm_open(&hc, &f->hsm, err, sizeof err) != HSM_OK ||
-        !(f->store = emu_store_open(f->db, err, sizeof err)) ||
-        !(f->auth = auth_open(f->store, f->hsm, AUTH_STRICT, TENANT, err, sizeof err)) ||
-        !(f->kv = kv_open(f->store, f->hsm, err, sizeof err)) ||
-        !(f->arm = armres_open(f->store, TENANT, err, sizeof err)) ||
-        !(f->roles = auth_roles_open(f->store, f->auth, err, sizeof err))) {
+    if (!(f->roles = auth_roles_open(f->fx->store, f->fx->auth, err, sizeof err))) {
         fprintf(stderr, "open: %s\n", err);
         return -1;
     }
@@ -678,7 +643,7 @@ static int group_setup(void **state)
     auth_principal *out[] = {&f->owner, &f->app, &f->user, NULL};
     for (size_t i = 0; i < N_ELEMS(P); i++) {
         auth_principal tmp;
-        if (!auth_principal_add(f->auth, &P[i], &tmp, err, sizeof err)) {
+        if (!auth_principal_add(f->fx->auth, &P[i], &tmp, err, sizeof err)) {
             fprintf(stderr, "principal: %s\n", err);
             return -1;
         }
@@ -691,16 +656,11 @@ static int group_setup(void **state)
     f->mapped.from_token = false;
     auth_roles_set_change_hook(f->roles, on_change, f);
     /* the owner holds Owner on the subscription through the store, like a world file */
-    f->router = emu_router_new();
     f->rapi = (auth_roles_api_ctx){.common = {.tenant = TENANT}, .roles = f->roles};
-    auth_roles_api_register(f->router, &f->rapi);
-    f->api = (kv_api_ctx){.kv = f->kv, .tenant = TENANT};
-    kv_api_register(f->router, &f->api);
-    armres_register(f->router, f->arm);
-    f->karm = (kv_arm_ctx){.common = {.tenant = TENANT}, .kv = f->kv, .arm = f->arm};
-    kv_vaults_arm_register(f->router, &f->karm);
-    kv_set_rbac_check(f->kv, rbac_hook, f);
-    if (!armres_rg_put(f->arm, SUB, "rg1", "eastus", NULL, NULL))
+    auth_roles_api_register(f->fx->router, &f->rapi);
+    cmk_fixture_register(f->fx, CMK_FX_KV_API | CMK_FX_ARM_ROUTES | CMK_FX_VAULTS_ARM);
+    kv_set_rbac_check(f->fx->kv, rbac_hook, f);
+    if (!armres_rg_put(f->fx->arm, SUB, "rg1", "eastus", NULL, NULL))
         return -1;
     kv_vault_info vi = {.soft_delete = true, .retention_days = 7, .rbac = true};
     snprintf(vi.name, sizeof vi.name, "rbv");
@@ -709,7 +669,7 @@ static int group_setup(void **state)
     snprintf(vi.resource_group, sizeof vi.resource_group, "rg1");
     snprintf(vi.location, sizeof vi.location, "eastus");
     kv_err e;
-    if (kv_vault_create(f->kv, &vi, &e) != KV_OK) {
+    if (kv_vault_create(f->fx->kv, &vi, &e) != KV_OK) {
         fprintf(stderr, "vault: %s\n", e.msg);
         return -1;
     }
@@ -718,13 +678,12 @@ static int group_setup(void **state)
         snprintf(name, sizeof name, "k%d", k);
         kv_create_params cp = {.bits = 2048};
         kv_key_view v;
-        if (kv_key_create(f->kv, "rbv", name, &cp, &v, &e) != KV_OK) {
+        if (kv_key_create(f->fx->kv, "rbv", name, &cp, &v, &e) != KV_OK) {
             fprintf(stderr, "key: %s\n", e.msg);
             return -1;
         }
         kv_key_view_cleanup(&v);
     }
-    *state = f;
     return 0;
 }
 
@@ -733,16 +692,8 @@ static int group_teardown(void **state)
     fixture *f = *state;
     if (!f)
         return 0;
-    emu_router_free(f->router);
     auth_roles_close(f->roles);
-    armres_close(f->arm);
-    emu_clock_hooks_clear();
-    kv_close(f->kv);
-    auth_close(f->auth);
-    emu_store_close(f->store);
-    hsm_close(f->hsm);
-    if (!getenv("CMK_TEST_KEEP"))
-        (void)nftw(f->root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    cmk_fixture_free(f->fx);
     free(f);
     return 0;
 }

@@ -1,0 +1,141 @@
+/* fixture: see fixture.h. */
+#include "fixture.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "clock.h"
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+void cmk_test_rm_rf(const char *path)
+{
+    (void)nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+bool cmk_test_mkdtemp(const char *prefix, char *out, size_t outlen)
+{
+    const char *base = getenv("CMK_TEST_TMP");
+    if (!base || !*base)
+        base = "/tmp";
+    (void)mkdir(base, 0700);
+    int n = snprintf(out, outlen, "%s/%s-XXXXXX", base, prefix);
+    if (n < 0 || (size_t)n >= outlen || !mkdtemp(out)) {
+        fprintf(stderr, "mkdtemp under %s: %s\n", base, strerror(errno));
+        return false;
+    }
+    return true;
+}
+
+cmk_fixture *cmk_fixture_new(const char *prefix, const char *tenant, unsigned parts)
+{
+    cmk_fixture *fx = calloc(1, sizeof *fx);
+    if (!fx)
+        return NULL;
+    if (!cmk_test_mkdtemp(prefix, fx->root, sizeof fx->root)) {
+        free(fx);
+        return NULL;
+    }
+    snprintf(fx->db, sizeof fx->db, "%s/%s.db", fx->root, prefix);
+    emu_clock_set_offset(0);
+    emu_clock_hooks_clear();
+    char err[512] = "";
+    hsm_config hc = {.data_dir = fx->root};
+    bool want_auth = parts & (CMK_FX_AUTH | CMK_FX_AUTH_STRICT);
+    auth_mode mode = (parts & CMK_FX_AUTH_STRICT) ? AUTH_STRICT : AUTH_PERMISSIVE;
+    /* auth before kv: kv's reconciliation spares the HSM objects auth records as its own */
+    if (hsm_open(&hc, &fx->hsm, err, sizeof err) != HSM_OK ||
+        !(fx->store = emu_store_open(fx->db, err, sizeof err)) ||
+        (want_auth && !(fx->auth = auth_open(fx->store, fx->hsm, mode, tenant, err, sizeof err))) ||
+        ((parts & CMK_FX_KV) && !(fx->kv = kv_open(fx->store, fx->hsm, err, sizeof err))) ||
+        ((parts & CMK_FX_ARM) && !(fx->arm = armres_open(fx->store, tenant, err, sizeof err)))) {
+        fprintf(stderr, "open: %s\n", err);
+        cmk_fixture_free(fx);
+        return NULL;
+    }
+    fx->tenant = tenant;
+    if (parts & (CMK_FX_ROUTER | CMK_FX_KV_API | CMK_FX_ARM_ROUTES | CMK_FX_VAULTS_ARM))
+        fx->router = emu_router_new();
+    cmk_fixture_register(fx, parts);
+    return fx;
+}
+
+void cmk_fixture_register(cmk_fixture *fx, unsigned parts)
+{
+    if ((parts & CMK_FX_KV_API) && fx->kv) {
+        fx->api = (kv_api_ctx){.kv = fx->kv, .tenant = fx->tenant};
+        kv_api_register(fx->router, &fx->api);
+    }
+    if ((parts & CMK_FX_ARM_ROUTES) && fx->arm)
+        armres_register(fx->router, fx->arm);
+    if ((parts & CMK_FX_VAULTS_ARM) && fx->kv && fx->arm) {
+        fx->karm = (kv_arm_ctx){.common = {.tenant = fx->tenant}, .kv = fx->kv, .arm = fx->arm};
+        kv_vaults_arm_register(fx->router, &fx->karm);
+    }
+}
+
+void cmk_fixture_free(cmk_fixture *fx)
+{
+    if (!fx)
+        return;
+    emu_router_free(fx->router);
+    if (fx->arm)
+        armres_close(fx->arm);
+    if (fx->kv)
+        kv_close(fx->kv);
+    /* kv_open registered a clock hook holding the kv pointer */
+    emu_clock_hooks_clear();
+    if (fx->auth)
+        auth_close(fx->auth);
+    if (fx->store)
+        emu_store_close(fx->store);
+    if (fx->hsm)
+        hsm_close(fx->hsm);
+    if (!getenv("CMK_TEST_KEEP"))
+        cmk_test_rm_rf(fx->root);
+    free(fx);
+}
+
+emu_req *cmk_fixture_dispatch(cmk_fixture *fx, const char *method, const char *uri,
+                              const cmk_call_opts *o)
+{
+    static const cmk_call_opts none = {0};
+    if (!o)
+        o = &none;
+    emu_req *req = emu_req_new(method, uri);
+    emu_req_add_header(req, "Host", o->host ? o->host : "localhost:8443");
+    if (!o->no_token)
+        emu_req_add_header(req, "Authorization", "Bearer test");
+    for (const char *const *h = o->headers; h && h[0] && h[1]; h += 2)
+        emu_req_add_header(req, h[0], h[1]);
+    if (o->body)
+        emu_req_set_body(req, o->body, strlen(o->body));
+    req->principal = o->principal;
+    emu_router_dispatch(fx->router, req);
+    return req;
+}
+
+json_t *cmk_resp_json(const emu_req *req)
+{
+    return req->resp_len ? json_loadb(req->resp_body, req->resp_len, 0, NULL) : NULL;
+}
+
+const char *cmk_resp_header(const emu_req *req, const char *name)
+{
+    for (const emu_resp_header *h = req->resp_headers; h; h = h->next)
+        if (!strcasecmp(h->name, name))
+            return h->value;
+    return NULL;
+}
