@@ -249,6 +249,7 @@ static int serve(int argc, char **argv)
         fprintf(stderr, "cmkemu: environments: %s\n", err);
         goto out;
     }
+    pp_envs_set_cmk(envs, &(pp_cmk_deps){.kv = kv, .policies = pp, .roles = roles, .auth = auth});
     pp_bap_ctx bap = {.envs = envs, .auth = auth};
     pp_bap_register(router, &bap);
     auth_api_register(router, &authctx);

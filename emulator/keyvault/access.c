@@ -144,3 +144,53 @@ kv_status kv_access_authorize(emu_req *req, const char *vault, const char *key,
 {
     return access_check(ud, vault, key, req->principal, permission, e);
 }
+
+static const char *crypt_permission(kv_crypt_op op)
+{
+    switch (op) {
+    case KV_CRYPT_ENCRYPT:
+        return "encrypt";
+    case KV_CRYPT_DECRYPT:
+        return "decrypt";
+    case KV_CRYPT_WRAP:
+        return "wrapKey";
+    case KV_CRYPT_UNWRAP:
+        return "unwrapKey";
+    }
+    return "";
+}
+
+kv_status kv_key_crypt_as(kv_t *kv, const auth_principal *p, const char *vault, const char *name,
+                          const char *version, kv_crypt_op op, hsm_rsa_enc_alg alg,
+                          const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len,
+                          char version_out[33], kv_err *e)
+{
+    if (!p) {
+        snprintf(e->msg, sizeof e->msg, "No principal to act as.");
+        return KV_ERR_FORBIDDEN;
+    }
+    auth_principal as = *p;
+    as.from_token = true;
+    kv_status st = access_check(kv, vault, name, &as, crypt_permission(op), e);
+    if (st != KV_OK)
+        return st;
+    return kv_key_crypt(kv, vault, name, version, op, alg, in, in_len, out, out_len, version_out,
+                        e);
+}
+
+kv_status kv_vault_cmk_check(kv_t *kv, const char *vault, kv_err *e)
+{
+    kv_vault_info info;
+    if (kv_vault_get(kv, vault, &info) != KV_OK || info.deleted) {
+        snprintf(e->msg, sizeof e->msg, "Key vault '%.64s' does not exist.", vault);
+        return KV_ERR_VAULT_NOT_FOUND;
+    }
+    if (!info.soft_delete || !info.purge_protection) {
+        snprintf(e->msg, sizeof e->msg,
+                 "Key vault '%.64s' must have soft delete and purge protection enabled to hold a "
+                 "customer-managed key (soft delete: %s, purge protection: %s).",
+                 info.name, info.soft_delete ? "on" : "off", info.purge_protection ? "on" : "off");
+        return KV_ERR_BAD_PARAM;
+    }
+    return KV_OK;
+}

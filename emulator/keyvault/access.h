@@ -34,6 +34,19 @@ bool kv_perm_parse_keys(const json_t *arr, uint32_t *mask, kv_err *e);
 kv_status kv_access_check(kv_t *kv, const char *vault, const auth_principal *p,
                           const char *permission, kv_err *e);
 
+/* The authorised crypto entry point for a principal that acts without a request (a managed
+ * identity such as a Power Platform policy's): the same decision as the REST API
+ * (access policies or the RBAC hook, always checked: p is treated as vouched for by the token
+ * service) and then kv_key_crypt. p NULL -> KV_ERR_FORBIDDEN. */
+kv_status kv_key_crypt_as(kv_t *kv, const auth_principal *p, const char *vault, const char *name,
+                          const char *version, kv_crypt_op op, hsm_rsa_enc_alg alg,
+                          const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len,
+                          char version_out[33], kv_err *e);
+
+/* Whether a live vault can hold a customer-managed key: KV_OK, KV_ERR_VAULT_NOT_FOUND, or
+ * KV_ERR_BAD_PARAM when soft delete or purge protection is off (message says which). */
+kv_status kv_vault_cmk_check(kv_t *kv, const char *vault, kv_err *e);
+
 /* kv_authorize_fn adapter (kv_api.h): ud is the kv_t; the principal is req->principal. */
 kv_status kv_access_authorize(emu_req *req, const char *vault, const char *key,
                               const char *permission, kv_err *e, void *ud);

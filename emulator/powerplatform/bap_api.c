@@ -88,9 +88,28 @@ static json_t *env_json(emu_req *req, const pp_environment *e)
         "protectionLevel", e->managed ? "Standard" : "Basic");
 }
 
+static json_t *env_json_cmk(emu_req *req, const pp_environment *e)
+{
+    json_t *j = env_json(req, e);
+    if (e->key_managed_by == PP_KEY_CUSTOMER && e->cmk_system_id[0]) {
+        json_t *props = json_object_get(j, "properties");
+        json_object_set_new(props, "enterprisePolicies",
+                            json_pack("{s:{s:s,s:s,s:s,s:s}}", "customerManagedKeys", "policyId",
+                                      e->cmk_policy_id, "systemId", e->cmk_system_id,
+                                      "location", e->cmk_location, "linkStatus", "Linked"));
+    }
+    return j;
+}
+
 static void send_env_error(emu_req *req, pp_env_status st, const pp_env_err *e)
 {
     switch (st) {
+    case PP_ENV_ERR_FORBIDDEN:
+        emu_send_error(req, 403, "Forbidden", "%s", e->msg);
+        break;
+    case PP_ENV_ERR_LOCKED:
+        emu_send_error(req, 423, "EnvironmentLocked", "%s", e->msg);
+        break;
     case PP_ENV_ERR_BAD_PARAM:
         emu_send_error(req, 400, "InvalidRequest", "%s", e->msg);
         break;
@@ -159,7 +178,7 @@ static void h_env_create(emu_req *req, void *ud)
         return;
     }
     emu_log(EMU_LOG_INFO, "pp-env", "environment %s created", env.id);
-    send_operation_accepted(req, &op, env_json(req, &env));
+    send_operation_accepted(req, &op, env_json_cmk(req, &env));
 }
 
 static void h_env_list(emu_req *req, void *ud)
@@ -171,7 +190,7 @@ static void h_env_list(emu_req *req, void *ud)
     size_t n = pp_env_list(c->envs, &all);
     json_t *arr = json_array();
     for (size_t i = 0; i < n; i++)
-        json_array_append_new(arr, env_json(req, &all[i]));
+        json_array_append_new(arr, env_json_cmk(req, &all[i]));
     free(all);
     emu_send_json(req, 200, json_pack("{s:o}", "value", arr));
 }
@@ -187,7 +206,7 @@ static void h_env_get(emu_req *req, void *ud)
                        emu_req_param(req, 0));
         return;
     }
-    emu_send_json(req, 200, env_json(req, &env));
+    emu_send_json(req, 200, env_json_cmk(req, &env));
 }
 
 static void h_env_delete(emu_req *req, void *ud)
@@ -218,7 +237,7 @@ static void set_enabled(emu_req *req, pp_bap_ctx *c, bool enabled)
         send_env_error(req, st, &e);
         return;
     }
-    emu_send_json(req, 200, env_json(req, &env));
+    emu_send_json(req, 200, env_json_cmk(req, &env));
 }
 
 static void h_env_enable(emu_req *req, void *ud)
@@ -229,6 +248,43 @@ static void h_env_enable(emu_req *req, void *ud)
 static void h_env_disable(emu_req *req, void *ud)
 {
     set_enabled(req, ud, false);
+}
+
+static void link_common(emu_req *req, pp_bap_ctx *c, bool link)
+{
+    if (!check_version(req))
+        return;
+    char err[300];
+    json_t *body = emu_req_json(req, !link, err, sizeof err);
+    if (!body && link) {
+        emu_send_error(req, 400, "InvalidRequest", "%s", err);
+        return;
+    }
+    const char *sid = body ? json_string_value(json_object_get(body, "SystemId")) : NULL;
+    if (!sid && body)
+        sid = json_string_value(json_object_get(body, "systemId"));
+    pp_env_err e = {{0}};
+    pp_env_operation op;
+    pp_env_status st = link ? pp_env_link(c->envs, emu_req_param(req, 0), sid, req->principal,
+                                          &op, &e)
+                            : pp_env_unlink(c->envs, emu_req_param(req, 0), sid, req->principal,
+                                            &op, &e);
+    json_decref(body);
+    if (st != PP_ENV_OK) {
+        send_env_error(req, st, &e);
+        return;
+    }
+    send_operation_accepted(req, &op, NULL);
+}
+
+static void h_env_link(emu_req *req, void *ud)
+{
+    link_common(req, ud, true);
+}
+
+static void h_env_unlink(emu_req *req, void *ud)
+{
+    link_common(req, ud, false);
 }
 
 static void h_op_get(emu_req *req, void *ud)
@@ -272,6 +328,9 @@ static void send_record_error(emu_req *req, pp_env_status st, const pp_env_err *
         break;
     case PP_ENV_ERR_DISABLED:
         odata_error(req, 423, "EnvironmentDisabled", e->msg);
+        break;
+    case PP_ENV_ERR_LOCKED:
+        odata_error(req, 423, "EnvironmentLocked", e->msg);
         break;
     default:
         odata_error(req, 500, "0x80040216", e->msg);
@@ -527,7 +586,15 @@ void pp_bap_register(emu_router *r, pp_bap_ctx *ctx)
         {ADMIN "/environments", ADMIN "/environments/{id}", ADMIN "/environments/{id}/enable",
          ADMIN "/environments/{id}/disable", NULL},
     };
+    static const char *const links[][2] = {
+        {BAP "/environments/{id}/enterprisePolicies/Encryption/link",
+         BAP "/environments/{id}/enterprisePolicies/Encryption/unlink"},
+        {ADMIN "/environments/{id}/enterprisePolicies/Encryption/link",
+         ADMIN "/environments/{id}/enterprisePolicies/Encryption/unlink"},
+    };
     for (int i = 0; i < 2; i++) {
+        emu_router_add(r, "POST", links[i][0], EMU_ROUTE_SLOW, precheck, h_env_link, ctx);
+        emu_router_add(r, "POST", links[i][1], EMU_ROUTE_SLOW, precheck, h_env_unlink, ctx);
         emu_router_add(r, "POST", roots[i][2], EMU_ROUTE_SLOW, precheck, h_env_enable, ctx);
         emu_router_add(r, "POST", roots[i][3], 0, precheck, h_env_disable, ctx);
         emu_router_add(r, "GET", roots[i][1], 0, precheck, h_env_get, ctx);

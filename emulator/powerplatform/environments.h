@@ -24,7 +24,10 @@
 
 #include <jansson.h>
 
+#include "auth/roles.h"
 #include "hsm.h"
+#include "keyvault/kv.h"
+#include "policies.h"
 #include "store.h"
 
 typedef enum {
@@ -35,6 +38,8 @@ typedef enum {
     PP_ENV_ERR_DISABLED,  /* 423 EnvironmentDisabled */
     PP_ENV_ERR_CRYPTO,    /* 500 the data key or a record cannot be opened */
     PP_ENV_ERR_STORE,     /* 500 */
+    PP_ENV_ERR_FORBIDDEN, /* 403 caller lacks Reader on the policy */
+    PP_ENV_ERR_LOCKED,    /* 423 EnvironmentLocked: the customer key is out of reach */
 } pp_env_status;
 
 const char *pp_env_status_str(pp_env_status st);
@@ -68,7 +73,15 @@ typedef struct {
     bool enabled;    /* runtime state */
     char reason[48]; /* runtimeReasonCode ("NotSpecified" while enabled) */
     int64_t created;
+    /* customer-managed key (key_managed_by Customer): the linked policy, "" = none */
+    char cmk_system_id[160];
+    char cmk_policy_id[512]; /* the policy's ARM id */
+    char cmk_location[32];
+    char cmk_version[40]; /* the key version that wraps the data key */
+    char lock_msg[400];   /* why the environment is locked (reason CustomerManagedKeyLocked) */
 } pp_environment;
+
+#define PP_REASON_CMK_LOCKED "CustomerManagedKeyLocked"
 
 typedef struct {
     const char *id; /* NULL = new GUID (world files fix it) */
@@ -107,6 +120,39 @@ pp_env_status pp_env_delete(pp_envs_t *p, const char *id, pp_env_operation *op, 
 pp_env_status pp_env_set_enabled(pp_envs_t *p, const char *id, bool enabled, const char *reason,
                                  pp_env_err *e);
 pp_env_status pp_env_operation_get(pp_envs_t *p, const char *op_id, pp_env_operation *out);
+
+/* ---- customer-managed keys --------------------------------------------------------------- */
+
+/* What link/unlink and the lock watch use. All must outlive p. Set once at start-up. */
+typedef struct {
+    kv_t *kv;
+    pp_policies_t *policies;
+    roles_t *roles; /* NULL: the Reader check is skipped */
+    auth_t *auth;
+} pp_cmk_deps;
+/* Wires the deps, the policies' link check/count, and the lock watch (kv change hook, role
+ * assignment change hook, clock hook). Call emu_clock_hooks_clear() before pp_envs_close. */
+void pp_envs_set_cmk(pp_envs_t *p, const pp_cmk_deps *d);
+
+/* Link an environment to an Encryption policy (by systemId). Immediate refusals:
+ * PP_ENV_ERR_BAD_PARAM (unknown policy, region mismatch, not managed, Trial/Teams, vault
+ * missing or without soft delete/purge protection), PP_ENV_ERR_FORBIDDEN (caller lacks
+ * Reader on the policy; caller NULL or not from a token = allowed), PP_ENV_ERR_NOT_FOUND.
+ * Otherwise PP_ENV_OK and *op: the operation runs synchronously (the environment is disabled
+ * while it runs) and ends Succeeded (data key re-wrapped under the customer key through
+ * kv_key_crypt_as as the policy identity) or Failed (error says why; the environment is back
+ * on its previous key, enabled). Linking to another policy swaps keys. */
+pp_env_status pp_env_link(pp_envs_t *p, const char *id, const char *system_id,
+                          const auth_principal *caller, pp_env_operation *op, pp_env_err *e);
+/* Re-wraps under the platform key (Microsoft-managed). BAD_PARAM when not linked. */
+pp_env_status pp_env_unlink(pp_envs_t *p, const char *id, const char *system_id,
+                            const auth_principal *caller, pp_env_operation *op, pp_env_err *e);
+/* The lock watch: every linked environment unwraps its stored data key as the policy
+ * identity. Failure: policy Unhealthy, environment Disabled (CustomerManagedKeyLocked), data
+ * key wiped. Success: policy Healthy (the environment stays as it is). Takes the pp_env lock
+ * only around reading and writing the state; the key checks run without it. */
+void pp_envs_recheck(pp_envs_t *p);
+bool pp_env_is_linked(pp_envs_t *p, const char *system_id);
 
 /* ---- records ----------------------------------------------------------------------------- */
 
