@@ -53,6 +53,7 @@ struct pp_envs {
     size_t nrecs, caprecs;
     pp_cmk_deps cmk;
     bool has_cmk;
+    int64_t last_tick_check; /* emulated time of the last clock-driven re-check (hook thread) */
 };
 
 const char *pp_env_status_str(pp_env_status st)
@@ -1152,10 +1153,18 @@ static void roles_change_cb(const char *scope, void *ud)
     pp_envs_recheck(ud);
 }
 
+/* Changes re-check at once (kv and role hooks). The clock only matters for nbf/exp and
+ * deadlines: re-check when the emulated time moved 30 s or more since the last time (a clock
+ * advance always does), not on every 1 s tick, so linked environments do not cost one HSM
+ * unwrap each per second. */
+#define PP_TICK_RECHECK_SECONDS 30
 static void clock_cb(int64_t now, void *ud)
 {
-    (void)now;
-    pp_envs_recheck(ud);
+    pp_envs_t *p = ud;
+    if (now - p->last_tick_check < PP_TICK_RECHECK_SECONDS && now >= p->last_tick_check)
+        return;
+    p->last_tick_check = now;
+    pp_envs_recheck(p);
 }
 
 void pp_envs_set_cmk(pp_envs_t *p, const pp_cmk_deps *d)
