@@ -154,6 +154,13 @@ bool emu_world_apply(json_t *world, const char *default_tenant, auth_t *auth, kv
     return true;
 }
 
+/* The world's subscription: "subscription" or the emulator's default one. */
+static const char *world_subscription(json_t *world)
+{
+    const char *sub = json_string_value(json_object_get(world, "subscription"));
+    return sub ? sub : ARM_DEFAULT_SUBSCRIPTION;
+}
+
 /* The world's resource groups ("resourceGroups": [{name, location, subscription?}]) and the
  * group of every vault, in the ARM registry. */
 static bool world_resource_groups(json_t *world, emu_store *store, const char *tenant,
@@ -162,9 +169,7 @@ static bool world_resource_groups(json_t *world, emu_store *store, const char *t
     armres_t *a = armres_open(store, tenant, err, errlen);
     if (!a)
         return false;
-    const char *wsub = json_string_value(json_object_get(world, "subscription"));
-    if (!wsub)
-        wsub = ARM_DEFAULT_SUBSCRIPTION;
+    const char *wsub = world_subscription(world);
     bool ok = true;
     size_t i;
     json_t *g;
@@ -216,9 +221,7 @@ static bool world_role_assignments(json_t *world, emu_store *store, auth_t *auth
     roles_t *r = auth_roles_open(store, auth, err, errlen);
     if (!r)
         return false;
-    const char *wsub = json_string_value(json_object_get(world, "subscription"));
-    if (!wsub)
-        wsub = ARM_DEFAULT_SUBSCRIPTION;
+    const char *wsub = world_subscription(world);
     bool ok = true;
     size_t i;
     json_t *ra;
@@ -296,9 +299,7 @@ static bool world_enterprise_policies(json_t *world, emu_store *store, auth_t *a
         armres_close(a);
         return false;
     }
-    const char *wsub = json_string_value(json_object_get(world, "subscription"));
-    if (!wsub)
-        wsub = ARM_DEFAULT_SUBSCRIPTION;
+    const char *wsub = world_subscription(world);
     bool ok = true;
     size_t i;
     json_t *ep;

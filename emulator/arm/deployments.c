@@ -580,12 +580,9 @@ static void h_put(emu_req *req, void *ud)
                        "'_', '.', '(' and ')'.");
         return;
     }
-    char err[300];
-    json_t *body = emu_req_json(req, false, err, sizeof err);
-    if (!body) {
-        arm_send_error(req, 400, "InvalidRequestContent", NULL, "%s", err);
+    json_t *body = arm_req_json(req, false);
+    if (!body)
         return;
-    }
     json_t *tmpl = NULL, *params = NULL, *doc = NULL, *ops = NULL, *out_res = NULL,
            *outputs = NULL, *error = NULL;
     const char *mode = NULL;
@@ -663,12 +660,9 @@ static void h_validate(emu_req *req, void *ud)
     char rgloc[64] = "";
     if (!rg_or_404(req, c, rgloc, sizeof rgloc))
         return;
-    char err[300];
-    json_t *body = emu_req_json(req, false, err, sizeof err);
-    if (!body) {
-        arm_send_error(req, 400, "InvalidRequestContent", NULL, "%s", err);
+    json_t *body = arm_req_json(req, false);
+    if (!body)
         return;
-    }
     json_t *tmpl = NULL, *params = NULL;
     const char *mode = NULL;
     if (check_body(req, body, &tmpl, &params, &mode)) {

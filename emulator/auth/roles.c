@@ -733,28 +733,13 @@ size_t auth_roles_list(roles_t *r, const char *scope, roles_list_mode mode,
 
 /* ---- the decision ----------------------------------------------------------------------------- */
 
-bool auth_roles_allows(roles_t *r, const char *oid, const char *resource, const char *perm)
-{
-    const char *action = auth_roles_key_data_action(perm);
-    char canon[ROLES_MAX_SCOPE];
-    if (!r || !oid || !action || !auth_roles_scope_canon(resource, canon, sizeof canon))
-        return false;
-    bool ok = false;
-    pthread_rwlock_rdlock(&r->lock);
-    for (size_t i = 0; i < r->n && !ok; i++) {
-        const auth_role_assignment *a = &r->list[i];
-        if (strcasecmp(a->principal_id, oid) != 0 || !scope_covers(a->scope, canon))
-            continue;
-        ok = auth_role_def_grants_data_action(auth_role_def_find(a->role_guid), action);
-    }
-    pthread_rwlock_unlock(&r->lock);
-    return ok;
-}
-
-bool auth_roles_allows_action(roles_t *r, const char *oid, const char *scope, const char *action)
+/* True when some assignment of oid at scope or a parent scope has a role for which
+ * grants(role, arg) holds. The one loop behind every decision below. */
+static bool any_covering(roles_t *r, const char *oid, const char *scope,
+                         bool (*grants)(const auth_role_def *d, const void *arg), const void *arg)
 {
     char canon[ROLES_MAX_SCOPE];
-    if (!r || !oid || !action || !auth_roles_scope_canon(scope, canon, sizeof canon))
+    if (!r || !oid || !auth_roles_scope_canon(scope, canon, sizeof canon))
         return false;
     bool ok = false;
     pthread_rwlock_rdlock(&r->lock);
@@ -763,29 +748,42 @@ bool auth_roles_allows_action(roles_t *r, const char *oid, const char *scope, co
         if (strcasecmp(a->principal_id, oid) != 0 || !scope_covers(a->scope, canon))
             continue;
         const auth_role_def *d = auth_role_def_find(a->role_guid);
-        ok = d && any_glob(d->actions, action) && !any_glob(d->not_actions, action);
+        ok = d && grants(d, arg);
     }
     pthread_rwlock_unlock(&r->lock);
     return ok;
+}
+
+static bool grants_data_action(const auth_role_def *d, const void *action)
+{
+    return auth_role_def_grants_data_action(d, action);
+}
+
+static bool grants_action(const auth_role_def *d, const void *action)
+{
+    return any_glob(d->actions, action) && !any_glob(d->not_actions, action);
+}
+
+static bool grants_role(const auth_role_def *d, const void *want)
+{
+    return role_implies(d, want);
+}
+
+bool auth_roles_allows(roles_t *r, const char *oid, const char *resource, const char *perm)
+{
+    const char *action = auth_roles_key_data_action(perm);
+    return action && any_covering(r, oid, resource, grants_data_action, action);
+}
+
+bool auth_roles_allows_action(roles_t *r, const char *oid, const char *scope, const char *action)
+{
+    return action && any_covering(r, oid, scope, grants_action, action);
 }
 
 bool auth_roles_has_role_at(roles_t *r, const char *oid, const char *scope, const char *role)
 {
     const auth_role_def *want = auth_role_def_find(role);
-    char canon[ROLES_MAX_SCOPE];
-    if (!r || !oid || !want || !auth_roles_scope_canon(scope, canon, sizeof canon))
-        return false;
-    bool ok = false;
-    pthread_rwlock_rdlock(&r->lock);
-    for (size_t i = 0; i < r->n && !ok; i++) {
-        const auth_role_assignment *a = &r->list[i];
-        if (strcasecmp(a->principal_id, oid) != 0 || !scope_covers(a->scope, canon))
-            continue;
-        const auth_role_def *d = auth_role_def_find(a->role_guid);
-        ok = d && role_implies(d, want);
-    }
-    pthread_rwlock_unlock(&r->lock);
-    return ok;
+    return want && any_covering(r, oid, scope, grants_role, want);
 }
 
 bool auth_roles_kv_check(roles_t *r, const auth_principal *p, const char *subscription,

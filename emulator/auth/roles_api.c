@@ -196,15 +196,13 @@ static bool may_write(emu_req *req, auth_roles_api_ctx *c, const char *scope, co
 static void h_ra_put(emu_req *req, void *ud)
 {
     auth_roles_api_ctx *c = ud;
-    char scope[ROLES_MAX_SCOPE], name[64], err[300], msg[600];
+    char scope[ROLES_MAX_SCOPE], name[64], msg[600];
     json_t *body = NULL;
     if (!arm_check_api_version(req) ||
         !split_path(req, RA_WORDS, false, scope, sizeof scope, name, sizeof name))
         return;
-    if (!(body = emu_req_json(req, false, err, sizeof err))) {
-        arm_send_error(req, 400, "InvalidRequestContent", NULL, "%s", err);
+    if (!(body = arm_req_json(req, false)))
         return;
-    }
     json_t *props = json_object_get(body, "properties");
     json_t *rd = json_object_get(props, "roleDefinitionId"),
            *pid = json_object_get(props, "principalId"),

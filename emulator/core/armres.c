@@ -426,7 +426,16 @@ static void rg_not_found(emu_req *req, const char *rg)
                    "Resource group '%s' could not be found.", esc);
 }
 
-static bool valid_tags(emu_req *req, const json_t *tags)
+json_t *arm_req_json(emu_req *req, bool allow_empty)
+{
+    char err[300];
+    json_t *b = emu_req_json(req, allow_empty, err, sizeof err);
+    if (!b)
+        arm_send_error(req, 400, "InvalidRequestContent", NULL, "%s", err);
+    return b;
+}
+
+bool arm_tags_ok(emu_req *req, const json_t *tags)
 {
     if (!tags || json_is_null(tags))
         return true;
@@ -456,12 +465,9 @@ static void h_rg_put(emu_req *req, void *ud)
                        "at end).");
         return;
     }
-    char err[300];
-    json_t *body = emu_req_json(req, false, err, sizeof err);
-    if (!body) {
-        arm_send_error(req, 400, "InvalidRequestContent", NULL, "%s", err);
+    json_t *body = arm_req_json(req, false);
+    if (!body)
         return;
-    }
     const char *loc = json_string_value(json_object_get(body, "location"));
     json_t *tags = json_object_get(body, "tags");
     char existing_loc[64];
@@ -474,7 +480,7 @@ static void h_rg_put(emu_req *req, void *ud)
                        "Invalid resource group location '%s'. The Resource group already exists "
                        "in location '%s'.",
                        loc, existing_loc);
-    } else if (valid_tags(req, tags)) {
+    } else if (arm_tags_ok(req, tags)) {
         bool created = false;
         if (!armres_rg_put(a, sub, rg, loc, json_is_object(tags) ? tags : NULL, &created))
             arm_send_error(req, 500, "InternalServerError", NULL,
@@ -496,14 +502,11 @@ static void h_rg_patch(emu_req *req, void *ud)
         rg_not_found(req, rg);
         return;
     }
-    char err[300];
-    json_t *body = emu_req_json(req, true, err, sizeof err);
-    if (!body) {
-        arm_send_error(req, 400, "InvalidRequestContent", NULL, "%s", err);
+    json_t *body = arm_req_json(req, true);
+    if (!body)
         return;
-    }
     json_t *tags = json_object_get(body, "tags");
-    if (valid_tags(req, tags)) {
+    if (arm_tags_ok(req, tags)) {
         json_t *cur = rg_json_get(a, sub, rg);
         const char *name = json_string_value(json_object_get(cur, "name"));
         json_t *keep = json_object_get(cur, "tags");

@@ -74,6 +74,12 @@ typedef struct {
 /* Precheck: 401 AuthenticationFailed with a WWW-Authenticate challenge when the request
  * carries no bearer token. ud: a struct starting with arm_common. */
 void arm_precheck(emu_req *req, void *ud);
+/* The request body as a JSON object; NULL after answering 400 InvalidRequestContent. */
+json_t *arm_req_json(emu_req *req, bool allow_empty);
+/* ARM tags: absent/null or an object of at most 50 string values (names <= 512, values <= 256
+ * characters); false after answering 400 InvalidTag. */
+bool arm_tags_ok(emu_req *req, const json_t *tags);
+
 /* 400 MissingApiVersionParameter when api-version is absent; false = answered. */
 bool arm_check_api_version(emu_req *req);
 

@@ -1255,6 +1255,19 @@ static kv_status vault_purge_locked(kv_t *kv, kv_vault *v, kv_err *e)
     return KV_OK;
 }
 
+/* Saves a changed copy of a vault's info (same keys, policies and tags) and adopts it once
+ * committed. Write lock held. */
+static kv_status vault_info_commit_locked(kv_t *kv, kv_vault *v, const kv_vault_info *next,
+                                          const char *what, kv_err *e)
+{
+    vault_put_ud ud = vault_ud(v);
+    ud.info = next;
+    if (!db_txn(kv, db_put_vault, &ud))
+        return fail(e, KV_ERR_STORE, "The vault could not be %s.", what);
+    v->info = *next;
+    return KV_OK;
+}
+
 kv_status kv_vault_delete(kv_t *kv, const char *name, kv_err *e)
 {
     char lname[64];
@@ -1271,12 +1284,7 @@ kv_status kv_vault_delete(kv_t *kv, const char *name, kv_err *e)
         next.deleted = true;
         next.deletion_date = emu_clock_now();
         next.scheduled_purge = next.deletion_date + (int64_t)next.retention_days * 86400;
-        vault_put_ud ud = vault_ud(v);
-        ud.info = &next;
-        if (!db_txn(kv, db_put_vault, &ud))
-            st = fail(e, KV_ERR_STORE, "The vault could not be deleted.");
-        else
-            v->info = next;
+        st = vault_info_commit_locked(kv, v, &next, "deleted", e);
     }
     pthread_rwlock_unlock(&kv->lock);
     if (st == KV_OK)
@@ -1298,12 +1306,7 @@ kv_status kv_vault_recover(kv_t *kv, const char *name, kv_err *e)
         next.deleted = false;
         next.deletion_date = next.scheduled_purge = 0;
         next.updated = emu_clock_now();
-        vault_put_ud ud = vault_ud(v);
-        ud.info = &next;
-        if (!db_txn(kv, db_put_vault, &ud))
-            st = fail(e, KV_ERR_STORE, "The vault could not be recovered.");
-        else
-            v->info = next;
+        st = vault_info_commit_locked(kv, v, &next, "recovered", e);
     }
     pthread_rwlock_unlock(&kv->lock);
     if (st == KV_OK)

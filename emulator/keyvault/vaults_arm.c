@@ -184,15 +184,6 @@ static bool valid_vault_name(const char *s)
     return true;
 }
 
-static json_t *body_or_error(emu_req *req, bool allow_empty)
-{
-    char err[300];
-    json_t *b = emu_req_json(req, allow_empty, err, sizeof err);
-    if (!b)
-        arm_send_error(req, 400, "InvalidRequestContent", NULL, "%s", err);
-    return b;
-}
-
 /* ---- access policies (JSON <-> model) ----------------------------------------------------- */
 
 /* A string array with duplicates (case-insensitive) dropped; keys names canonicalised. */
@@ -451,16 +442,8 @@ static bool apply_tags(emu_req *req, const json_t *tags, kv_vault_state *s)
         s->tags = NULL;
         return true;
     }
-    bool ok = json_is_object(tags) && json_object_size(tags) <= 15;
-    const char *k;
-    json_t *v;
-    json_object_foreach((json_t *)tags, k, v) ok = ok && json_is_string(v) && strlen(k) <= 512 &&
-                                                   json_string_length(v) <= 256;
-    if (!ok) {
-        arm_send_error(req, 400, "BadRequest", "tags",
-                       "tags must be an object of at most 15 string values.");
+    if (!arm_tags_ok(req, tags))
         return false;
-    }
     json_decref(s->tags);
     s->tags = json_deep_copy(tags);
     return true;
@@ -525,7 +508,7 @@ static void h_put(emu_req *req, void *ud)
                        "Resource group '%s' could not be found.", er);
         return;
     }
-    json_t *body = body_or_error(req, false);
+    json_t *body = arm_req_json(req, false);
     if (!body)
         return;
     kv_vault_state s;
@@ -616,7 +599,7 @@ static void h_patch(emu_req *req, void *ud)
     kv_arm_ctx *c = ud;
     if (!arm_check_api_version(req))
         return;
-    json_t *body = body_or_error(req, true);
+    json_t *body = arm_req_json(req, true);
     if (!body)
         return;
     kv_vault_state s;
@@ -751,7 +734,7 @@ static void h_access_policies(emu_req *req, void *ud)
                        "The access policy operation must be 'add', 'replace' or 'remove'.");
         return;
     }
-    json_t *body = body_or_error(req, false);
+    json_t *body = arm_req_json(req, false);
     if (!body)
         return;
     kv_vault_state s;
@@ -910,7 +893,7 @@ static void h_check_name(emu_req *req, void *ud)
     kv_arm_ctx *c = ud;
     if (!arm_check_api_version(req))
         return;
-    json_t *body = body_or_error(req, false);
+    json_t *body = arm_req_json(req, false);
     if (!body)
         return;
     const char *name = json_string_value(json_object_get(body, "name"));

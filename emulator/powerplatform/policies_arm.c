@@ -124,32 +124,6 @@ static json_t *policy_json(pp_arm_ctx *c, const pp_policy *pol)
     return j;
 }
 
-static json_t *body_or_error(emu_req *req, bool allow_empty)
-{
-    char err[300];
-    json_t *b = emu_req_json(req, allow_empty, err, sizeof err);
-    if (!b)
-        arm_send_error(req, 400, "InvalidRequestContent", NULL, "%s", err);
-    return b;
-}
-
-static bool tags_ok(emu_req *req, const json_t *tags)
-{
-    if (!tags || json_is_null(tags))
-        return true;
-    bool ok = json_is_object(tags) && json_object_size(tags) <= MAX_TAGS;
-    const char *k;
-    json_t *v;
-    json_object_foreach((json_t *)tags, k, v) ok =
-        ok && json_is_string(v) && strlen(k) <= 512 && json_string_length(v) <= 256;
-    if (!ok)
-        arm_send_error(req, 400, "InvalidTag", "tags",
-                       "tags must be an object of at most %d string values (names up to 512, "
-                       "values up to 256 characters).",
-                       MAX_TAGS);
-    return ok;
-}
-
 /* A string member: absent/null -> *out untouched, true; a string -> *out, true; else 400. */
 static bool opt_string(emu_req *req, const json_t *obj, const char *key, const char *target,
                        const char **out)
@@ -201,7 +175,7 @@ static bool spec_from_body(emu_req *req, const json_t *body, pp_policy_spec *s)
     }
     json_t *tags = json_object_get(body, "tags");
     if (tags) {
-        if (!tags_ok(req, tags))
+        if (!arm_tags_ok(req, tags))
             return false;
         s->set_tags = true;
         s->tags = json_is_null(tags) ? NULL : tags;
@@ -303,7 +277,7 @@ static void h_put(emu_req *req, void *ud)
                *name = emu_req_param(req, 2);
     if (!rg_or_404(req, c, sub, rg))
         return;
-    json_t *body = body_or_error(req, false);
+    json_t *body = arm_req_json(req, false);
     if (!body)
         return;
     pp_policy_spec s = {.subscription = sub, .resource_group = rg, .name = name, .set_tags = true};
@@ -334,7 +308,7 @@ static void h_patch(emu_req *req, void *ud)
         not_found(req, rg, name);
         return;
     }
-    json_t *body = body_or_error(req, true);
+    json_t *body = arm_req_json(req, true);
     if (!body)
         return;
     pp_policy_spec s = {.subscription = cur.subscription,
