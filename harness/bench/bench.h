@@ -1,0 +1,11 @@
+/*
+ * bench: `cmkharness bench` (load generator, latency histogram, PKCS#11 ceiling).
+ * main.c dispatches `cmkharness bench ARGS...` here; argv[0] is "bench".
+ * Returns the process exit code.
+ */
+#ifndef CMKH_BENCH_H
+#define CMKH_BENCH_H
+
+int cmkh_bench_main(int argc, char **argv);
+
+#endif
