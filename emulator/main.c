@@ -249,7 +249,13 @@ static int serve(int argc, char **argv)
         fprintf(stderr, "cmkemu: environments: %s\n", err);
         goto out;
     }
+    pp_envs_set_audit(envs, audit);
+    pp_envs_set_auto_reenable(envs, cfg.auto_reenable);
     pp_envs_set_cmk(envs, &(pp_cmk_deps){.kv = kv, .policies = pp, .roles = roles, .auth = auth});
+    if (!pp_envs_start_runner(envs, (unsigned)cfg.pp_operation_ms)) {
+        emu_log(EMU_LOG_ERROR, "main", "cannot start the operation runner");
+        goto out;
+    }
     pp_bap_ctx bap = {.envs = envs, .auth = auth};
     pp_bap_register(router, &bap);
     auth_api_register(router, &authctx);
@@ -323,9 +329,9 @@ out:
         pthread_join(tick, NULL);
     emu_http_stop(http);
     emu_workers_free(workers);
-    emu_audit_free(audit);
     emu_router_free(router);
-    pp_envs_close(envs);
+    pp_envs_close(envs); /* stops the operation runner, which audits */
+    emu_audit_free(audit);
     pp_policies_close(pp);
     armres_close(arm);
     emu_clock_hooks_clear();

@@ -55,6 +55,12 @@ static const opt_def OPTIONS[] = {
      "allow listening on a non-loopback address"},
     {"tenant", "CMKEMU_TENANT", OPT_STR, OFF(tenant), 0, 0,
      "72f988bf-0000-4000-8000-00000000c0de", {0}, "default tenant id"},
+    {"pp-operation-ms", "CMKEMU_PP_OPERATION_MS", OPT_INT, OFF(pp_operation_ms), 0, 3600000,
+     "300", {0},
+     "how long a Power Platform link/unlink operation takes (NotStarted, then Running), in ms"},
+    {"auto-reenable", "CMKEMU_AUTO_REENABLE", OPT_BOOL, OFF(auto_reenable), 0, 0, "false", {0},
+     "re-enable a locked environment as soon as its customer-managed key is usable again "
+     "(demos; the real service waits for an admin)"},
 };
 #define N_OPTIONS (sizeof OPTIONS / sizeof OPTIONS[0])
 

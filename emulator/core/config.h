@@ -31,6 +31,8 @@ typedef struct {
     long max_json_depth;
     bool allow_remote;   /* listening on a non-loopback address needs this */
     char *tenant;        /* default tenant id */
+    long pp_operation_ms; /* duration of a Power Platform link/unlink operation */
+    bool auto_reenable;   /* re-enable locked environments once their key is usable again */
 } emu_config;
 
 /* Parses argv (after the subcommand) and the environment. On error returns false and writes

@@ -4,6 +4,9 @@
 #include <string.h>
 #include <strings.h>
 
+#include "clock.h"
+#include "util.h"
+
 static const struct {
     const char *name;
     uint32_t bit;
@@ -193,4 +196,77 @@ kv_status kv_vault_cmk_check(kv_t *kv, const char *vault, kv_err *e)
         return KV_ERR_BAD_PARAM;
     }
     return KV_OK;
+}
+
+kv_status kv_key_cmk_check(kv_t *kv, const char *vault, const char *name, const char *version,
+                           kv_key_view *out, kv_err *e)
+{
+    kv_key_view v;
+    memset(&v, 0, sizeof v);
+    kv_status st = kv_key_get(kv, vault, name, version ? version : "", &v, e);
+    if (st != KV_OK)
+        return st;
+    char what[200];
+    snprintf(what, sizeof what, "Key '%.64s'%s%.32s in vault '%.64s'", v.name,
+             version && *version ? " version " : "", version && *version ? v.version : "", vault);
+    int64_t now = emu_clock_now();
+    if (strncmp(v.kty, "RSA", 3)) {
+        snprintf(e->msg, sizeof e->msg, "%s is of type %s; a customer-managed key must be RSA or "
+                 "RSA-HSM.", what, v.kty);
+        st = KV_ERR_BAD_PARAM;
+    } else if (v.bits < 2048) {
+        snprintf(e->msg, sizeof e->msg, "%s has %u bits; a customer-managed key needs at least "
+                 "2048.", what, v.bits);
+        st = KV_ERR_BAD_PARAM;
+    } else if (!v.enabled) {
+        snprintf(e->msg, sizeof e->msg, "%s is disabled.", what);
+        st = KV_ERR_DISABLED;
+    } else if (v.exp && now >= v.exp) {
+        char t[40];
+        emu_time_rfc3339(v.exp, t, sizeof t);
+        snprintf(e->msg, sizeof e->msg, "%s expired at %s.", what, t);
+        st = KV_ERR_EXPIRED;
+    } else if (v.nbf && now < v.nbf) {
+        char t[40];
+        emu_time_rfc3339(v.nbf, t, sizeof t);
+        snprintf(e->msg, sizeof e->msg, "%s is not valid before %s.", what, t);
+        st = KV_ERR_NOT_YET_VALID;
+    } else if (!(v.ops & KV_OP_WRAP) || !(v.ops & KV_OP_UNWRAP)) {
+        snprintf(e->msg, sizeof e->msg, "%s does not allow wrapKey and unwrapKey (key_ops).",
+                 what);
+        st = KV_ERR_OP_NOT_ALLOWED;
+    }
+    if (st == KV_OK && out)
+        *out = v;
+    else
+        kv_key_view_cleanup(&v);
+    return st;
+}
+
+kv_status kv_key_cmk_probe_as(kv_t *kv, const auth_principal *p, const char *vault,
+                              const char *name, const char *version, kv_key_view *out,
+                              kv_err *e)
+{
+    if (!p) {
+        snprintf(e->msg, sizeof e->msg, "No principal to act as.");
+        return KV_ERR_FORBIDDEN;
+    }
+    auth_principal as = *p;
+    as.from_token = true;
+    static const char *const need[] = {"get", "wrapKey", "unwrapKey"};
+    for (size_t i = 0; i < 3; i++) {
+        kv_status st = access_check(kv, vault, name, &as, need[i], e);
+        if (st == KV_ERR_FORBIDDEN || st == KV_ERR_FORBIDDEN_RBAC) {
+            snprintf(e->msg, sizeof e->msg,
+                     "Principal %s lacks the %s key permission on vault '%.64s' (%s); grant "
+                     "get, wrapKey and unwrapKey (or the Key Vault Crypto Service Encryption "
+                     "User role).",
+                     p->oid, need[i], vault,
+                     st == KV_ERR_FORBIDDEN ? "access policy" : "RBAC role assignment");
+            return st;
+        }
+        if (st != KV_OK)
+            return st;
+    }
+    return kv_key_cmk_check(kv, vault, name, version, out, e);
 }

@@ -47,6 +47,21 @@ kv_status kv_key_crypt_as(kv_t *kv, const auth_principal *p, const char *vault, 
  * KV_ERR_BAD_PARAM when soft delete or purge protection is off (message says which). */
 kv_status kv_vault_cmk_check(kv_t *kv, const char *vault, kv_err *e);
 
+/* Whether a key version can be a customer-managed key, judged by attributes only (no access
+ * check: what an admin sees): exists (version ""/NULL = latest), RSA or RSA-HSM, at least
+ * 2048 bits, enabled, inside nbf/exp by the emulator clock, wrapKey and unwrapKey in its
+ * key_ops. KV_OK or the kv status with a message that says which. *out (may be NULL) gets
+ * the version; release with kv_key_view_cleanup. */
+kv_status kv_key_cmk_check(kv_t *kv, const char *vault, const char *name, const char *version,
+                           kv_key_view *out, kv_err *e);
+
+/* The same check made as principal p (a policy's managed identity): p must hold get, wrapKey
+ * and unwrapKey (access policies or RBAC; the message names the first one missing), then
+ * kv_key_cmk_check. */
+kv_status kv_key_cmk_probe_as(kv_t *kv, const auth_principal *p, const char *vault,
+                              const char *name, const char *version, kv_key_view *out,
+                              kv_err *e);
+
 /* kv_authorize_fn adapter (kv_api.h): ud is the kv_t; the principal is req->principal. */
 kv_status kv_access_authorize(emu_req *req, const char *vault, const char *key,
                               const char *permission, kv_err *e, void *ud);

@@ -88,15 +88,43 @@ static json_t *env_json(emu_req *req, const pp_environment *e)
         "protectionLevel", e->managed ? "Standard" : "Basic");
 }
 
+/* enterprisePolicies.customerManagedKeys (linkStatus Linked, or Linking/Unlinking while an
+ * operation runs) and, while locked, the emulator's cmkLock block (when it began, when the
+ * environment will be deleted, why). */
 static json_t *env_json_cmk(emu_req *req, const pp_environment *e)
 {
     json_t *j = env_json(req, e);
-    if (e->key_managed_by == PP_KEY_CUSTOMER && e->cmk_system_id[0]) {
-        json_t *props = json_object_get(j, "properties");
+    json_t *props = json_object_get(j, "properties");
+    const char *status = NULL, *sid = NULL, *pid = e->cmk_policy_id, *loc = e->cmk_location;
+    if (e->op_id[0] && !strcmp(e->op_kind, "Link")) {
+        status = "Linking";
+        sid = e->op_system_id;
+        pid = "";
+        loc = e->location;
+    } else if (e->key_managed_by == PP_KEY_CUSTOMER && e->cmk_system_id[0]) {
+        status = e->op_id[0] ? "Unlinking" : "Linked";
+        sid = e->cmk_system_id;
+    }
+    if (status) {
+        json_t *cmk = json_pack("{s:s,s:s,s:s,s:s}", "policyId", pid, "systemId", sid,
+                                "location", loc, "linkStatus", status);
+        if (e->cmk_version[0] && e->key_managed_by == PP_KEY_CUSTOMER)
+            json_object_set_new(cmk, "keyVersion", json_string(e->cmk_version));
         json_object_set_new(props, "enterprisePolicies",
-                            json_pack("{s:{s:s,s:s,s:s,s:s}}", "customerManagedKeys", "policyId",
-                                      e->cmk_policy_id, "systemId", e->cmk_system_id,
-                                      "location", e->cmk_location, "linkStatus", "Linked"));
+                            json_pack("{s:o}", "customerManagedKeys", cmk));
+    }
+    if (e->op_id[0])
+        json_object_set_new(props, "lifecycleOperation",
+                            json_pack("{s:s,s:s}", "id", e->op_id, "type", e->op_kind));
+    if (!strcmp(e->reason, PP_REASON_CMK_LOCKED) && e->locked_since) {
+        char since[40], del[40];
+        emu_time_rfc3339(e->locked_since, since, sizeof since);
+        emu_time_rfc3339(e->locked_since + pp_env_lock_expiry(e), del, sizeof del);
+        json_object_set_new(props, "cmkLock",
+                            json_pack("{s:s,s:s,s:I,s:s}", "lockedSince", since,
+                                      "scheduledDeletionTime", del, "retentionDays",
+                                      (json_int_t)(pp_env_lock_expiry(e) / 86400), "reason",
+                                      e->lock_msg));
     }
     return j;
 }
@@ -118,6 +146,9 @@ static void send_env_error(emu_req *req, pp_env_status st, const pp_env_err *e)
         break;
     case PP_ENV_ERR_CONFLICT:
         emu_send_error(req, 409, "Conflict", "%s", e->msg);
+        break;
+    case PP_ENV_ERR_BUSY:
+        emu_send_error(req, 409, "OperationInProgress", "%s", e->msg);
         break;
     case PP_ENV_ERR_DISABLED:
         emu_send_error(req, 423, "EnvironmentDisabled", "%s", e->msg);
@@ -229,7 +260,10 @@ static void set_enabled(emu_req *req, pp_bap_ctx *c, bool enabled)
     if (!check_version(req))
         return;
     pp_env_err e = {{0}};
-    pp_env_status st = pp_env_set_enabled(c->envs, emu_req_param(req, 0), enabled, NULL, &e);
+    pp_env_status st = enabled ? pp_env_reenable(c->envs, emu_req_param(req, 0), req->principal,
+                                                 &e)
+                               : pp_env_set_enabled(c->envs, emu_req_param(req, 0), false, NULL,
+                                                    &e);
     pp_environment env;
     if (st == PP_ENV_OK)
         st = pp_env_get(c->envs, emu_req_param(req, 0), &env);

@@ -2,6 +2,7 @@
  * environments: Power Platform environments and encrypted records; see environments.h.
  */
 #include "environments.h"
+#include "env_internal.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -34,26 +35,8 @@ static const emu_migration PP_ENV_MIGRATIONS[] = {
      "ALTER TABLE pp_environments ADD COLUMN cmk_location TEXT NOT NULL DEFAULT '';"
      "ALTER TABLE pp_environments ADD COLUMN cmk_version TEXT NOT NULL DEFAULT '';"
      "ALTER TABLE pp_environments ADD COLUMN lock_msg TEXT NOT NULL DEFAULT '';"},
-};
-
-typedef struct {
-    pp_environment env;
-    uint8_t wrapped[PP_WRAPPED_MAX];
-    size_t wrapped_len;
-    pp_dek dek; /* loaded while enabled */
-} env_rec;
-
-struct pp_envs {
-    pthread_mutex_t lock;
-    emu_store *store;
-    hsm_t *hsm;
-    pp_platform_key platform;
-    pp_key_wrapper platform_wrapper;
-    env_rec **recs;
-    size_t nrecs, caprecs;
-    pp_cmk_deps cmk;
-    bool has_cmk;
-    int64_t last_tick_check; /* emulated time of the last clock-driven re-check (hook thread) */
+    {"pp_env", 3,
+     "ALTER TABLE pp_environments ADD COLUMN locked_since INTEGER NOT NULL DEFAULT 0;"},
 };
 
 const char *pp_env_status_str(pp_env_status st)
@@ -77,6 +60,8 @@ const char *pp_env_status_str(pp_env_status st)
         return "forbidden";
     case PP_ENV_ERR_LOCKED:
         return "environment locked";
+    case PP_ENV_ERR_BUSY:
+        return "operation in progress";
     }
     return "unknown";
 }
@@ -134,7 +119,7 @@ static const char *azure_region_of(const char *loc)
 
 /* ---- helpers (pp lock held) --------------------------------------------------------------- */
 
-static env_rec *find_inlock(pp_envs_t *p, const char *id)
+env_rec *envi_find(pp_envs_t *p, const char *id)
 {
     for (size_t i = 0; i < p->nrecs; i++)
         if (!strcasecmp(p->recs[i]->env.id, id))
@@ -151,7 +136,7 @@ static void rec_free(env_rec *r)
     free(r);
 }
 
-static bool op_insert(sqlite3 *db, const char *id, const char *env, const char *kind,
+bool envi_op_insert(sqlite3 *db, const char *id, const char *env, const char *kind,
                       const char *state, const char *error, int64_t now)
 {
     sqlite3_stmt *st = NULL;
@@ -172,7 +157,22 @@ static bool op_insert(sqlite3 *db, const char *id, const char *env, const char *
     return ok;
 }
 
-static void op_fill(pp_env_operation *op, const char *id, const char *env, const char *kind,
+bool envi_op_update(sqlite3 *db, const char *id, const char *state, const char *error)
+{
+    sqlite3_stmt *st = NULL;
+    bool ok = sqlite3_prepare_v2(db, "UPDATE pp_env_operations SET state=?, error=? WHERE id=?",
+                                 -1, &st, NULL) == SQLITE_OK;
+    if (ok) {
+        sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, error, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
+        ok = sqlite3_step(st) == SQLITE_DONE && sqlite3_changes(db) == 1;
+    }
+    sqlite3_finalize(st);
+    return ok;
+}
+
+void envi_op_fill(pp_env_operation *op, const char *id, const char *env, const char *kind,
                     int64_t now)
 {
     if (!op)
@@ -185,7 +185,7 @@ static void op_fill(pp_env_operation *op, const char *id, const char *env, const
     op->created = now;
 }
 
-static bool env_write(sqlite3 *db, const env_rec *r)
+bool envi_write(sqlite3 *db, const env_rec *r)
 {
     sqlite3_stmt *st = NULL;
     const pp_environment *e = &r->env;
@@ -193,8 +193,8 @@ static bool env_write(sqlite3 *db, const env_rec *r)
                   db,
                   "INSERT OR REPLACE INTO pp_environments(id,display_name,location,azure_region,"
                   "sku,managed,key_managed_by,wrapped_dek,enabled,reason,created,cmk_system_id,"
-                  "cmk_policy_id,cmk_location,cmk_version,lock_msg) "
-                  "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                  "cmk_policy_id,cmk_location,cmk_version,lock_msg,locked_since) "
+                  "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                   -1, &st, NULL) == SQLITE_OK;
     if (ok) {
         sqlite3_bind_text(st, 1, e->id, -1, SQLITE_STATIC);
@@ -213,101 +213,11 @@ static bool env_write(sqlite3 *db, const env_rec *r)
         sqlite3_bind_text(st, 14, e->cmk_location, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 15, e->cmk_version, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 16, e->lock_msg, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 17, e->locked_since);
         ok = sqlite3_step(st) == SQLITE_DONE;
     }
     sqlite3_finalize(st);
     return ok;
-}
-
-/* ---- the customer key ------------------------------------------------------------------- */
-
-typedef struct {
-    pp_envs_t *p;
-    const char *system_id;
-    const char *version; /* unwrap: the version that wrapped; wrap: "" = the policy's */
-    char version_out[33];
-} cmk_ud;
-
-/* The policy of system_id, its identity as a principal and its vault name. */
-static bool cmk_resolve(pp_envs_t *p, const char *system_id, pp_policy *pol, auth_principal *who,
-                        char *vault, size_t vlen, char *err, size_t errlen)
-{
-    if (!p->has_cmk) {
-        snprintf(err, errlen, "customer-managed keys are not configured");
-        return false;
-    }
-    if (pp_policy_get_by_system_id(p->cmk.policies, system_id, pol) != PP_OK) {
-        snprintf(err, errlen, "the enterprise policy '%.160s' no longer exists", system_id);
-        return false;
-    }
-    if (!pol->has_identity || !auth_principal_get(p->cmk.auth, pol->identity_oid, who)) {
-        snprintf(err, errlen, "the managed identity of enterprise policy '%.100s' does not exist",
-                 pol->name);
-        return false;
-    }
-    const char *v = NULL;
-    for (const char *q = pol->vault_id; *q; q++)
-        if (!strncasecmp(q, "/vaults/", 8))
-            v = q + 8;
-    if (!v || !*v) {
-        snprintf(err, errlen, "enterprise policy '%.100s' names no key vault", pol->name);
-        return false;
-    }
-    snprintf(vault, vlen, "%s", v);
-    return true;
-}
-
-static bool cmk_crypt(cmk_ud *u, kv_crypt_op op, const uint8_t *in, size_t in_len, uint8_t *out,
-                      size_t *out_len, char *err, size_t errlen)
-{
-    pp_policy pol;
-    auth_principal who;
-    char vault[64];
-    if (!cmk_resolve(u->p, u->system_id, &pol, &who, vault, sizeof vault, err, errlen))
-        return false;
-    const char *ver = u->version && *u->version ? u->version : pol.key_version;
-    kv_err ke = {{0}};
-    kv_status st = kv_key_crypt_as(u->p->cmk.kv, &who, vault, pol.key_name, ver, op,
-                                   HSM_RSA_OAEP_SHA256, in, in_len, out, out_len, u->version_out,
-                                   &ke);
-    if (st != KV_OK) {
-        snprintf(err, errlen, "key '%.100s' in vault '%.64s' (%s as identity %s of policy "
-                 "'%.100s'): %s: %.300s",
-                 pol.key_name, vault, op == KV_CRYPT_WRAP ? "wrapKey" : "unwrapKey", who.oid,
-                 pol.name, kv_status_str(st), ke.msg);
-        return false;
-    }
-    return true;
-}
-
-static bool cmk_wrap(void *ud, const uint8_t *dek, size_t dek_len, uint8_t *out, size_t *out_len,
-                     char *err, size_t errlen)
-{
-    return cmk_crypt(ud, KV_CRYPT_WRAP, dek, dek_len, out, out_len, err, errlen);
-}
-
-static bool cmk_unwrap(void *ud, const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len,
-                       char *err, size_t errlen)
-{
-    return cmk_crypt(ud, KV_CRYPT_UNWRAP, in, in_len, out, out_len, err, errlen);
-}
-
-static pp_key_wrapper cmk_wrapper(cmk_ud *u, pp_envs_t *p, const char *system_id,
-                                  const char *version)
-{
-    memset(u, 0, sizeof *u);
-    u->p = p;
-    u->system_id = system_id;
-    u->version = version;
-    return (pp_key_wrapper){.wrap = cmk_wrap, .unwrap = cmk_unwrap, .ud = u};
-}
-
-/* The wrapper that holds an environment's data key; u is the storage of a customer wrapper. */
-static pp_key_wrapper wrapper_for(pp_envs_t *p, const env_rec *r, cmk_ud *u)
-{
-    if (r->env.key_managed_by == PP_KEY_CUSTOMER)
-        return cmk_wrapper(u, p, r->env.cmk_system_id, r->env.cmk_version);
-    return p->platform_wrapper;
 }
 
 /* ---- open / close ------------------------------------------------------------------------- */
@@ -319,8 +229,8 @@ static bool load_inlock(pp_envs_t *p, char *err, size_t errlen)
     bool ok = sqlite3_prepare_v2(db,
                                  "SELECT id,display_name,location,azure_region,sku,managed,"
                                  "key_managed_by,wrapped_dek,enabled,reason,created,"
-                                 "cmk_system_id,cmk_policy_id,cmk_location,cmk_version,lock_msg "
-                                 "FROM pp_environments ORDER BY created, rowid",
+                                 "cmk_system_id,cmk_policy_id,cmk_location,cmk_version,lock_msg,"
+                                 "locked_since FROM pp_environments ORDER BY created, rowid",
                                  -1, &st, NULL) == SQLITE_OK;
     while (ok && sqlite3_step(st) == SQLITE_ROW) {
         env_rec *r = emu_xcalloc(1, sizeof *r);
@@ -351,6 +261,7 @@ static bool load_inlock(pp_envs_t *p, char *err, size_t errlen)
         snprintf(e->cmk_version, sizeof e->cmk_version, "%s",
                  (const char *)sqlite3_column_text(st, 14));
         snprintf(e->lock_msg, sizeof e->lock_msg, "%s", (const char *)sqlite3_column_text(st, 15));
+        e->locked_since = sqlite3_column_int64(st, 16);
         if (p->nrecs == p->caprecs) {
             p->caprecs = p->caprecs ? 2 * p->caprecs : 8;
             p->recs = emu_xrealloc(p->recs, p->caprecs * sizeof *p->recs);
@@ -363,6 +274,7 @@ static bool load_inlock(pp_envs_t *p, char *err, size_t errlen)
         snprintf(err, errlen, "cannot load environments");
         return false;
     }
+    envi_ops_recover_inlock(p);
     for (size_t i = 0; i < p->nrecs; i++) {
         env_rec *r = p->recs[i];
         /* customer keys are unwrapped at pp_envs_set_cmk (Key Vault is not wired yet) */
@@ -382,6 +294,7 @@ pp_envs_t *pp_envs_open(emu_store *store, hsm_t *hsm, char *err, size_t errlen)
 {
     pp_envs_t *p = emu_xcalloc(1, sizeof *p);
     pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->cv, NULL);
     p->store = store;
     p->hsm = hsm;
     if (!emu_store_migrate(store, PP_ENV_MIGRATIONS,
@@ -402,9 +315,11 @@ void pp_envs_close(pp_envs_t *p)
 {
     if (!p)
         return;
+    envi_runner_stop(p);
     for (size_t i = 0; i < p->nrecs; i++)
         rec_free(p->recs[i]);
     free(p->recs);
+    pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->lock);
     free(p);
 }
@@ -488,7 +403,7 @@ pp_env_status pp_env_create(pp_envs_t *p, const pp_env_spec *spec, pp_environmen
 
     pthread_mutex_lock(&p->lock);
     pp_env_status rs = PP_ENV_OK;
-    if (find_inlock(p, en->id)) {
+    if (envi_find(p, en->id)) {
         snprintf(e->msg, sizeof e->msg, "Environment '%s' already exists.", en->id);
         rs = PP_ENV_ERR_BAD_PARAM;
         goto out;
@@ -501,8 +416,8 @@ pp_env_status pp_env_create(pp_envs_t *p, const pp_env_spec *spec, pp_environmen
     char opid[37];
     emu_guid(opid);
     sqlite3 *db = emu_store_lock(p->store);
-    bool ok = emu_store_begin(db) && env_write(db, r) &&
-              op_insert(db, opid, en->id, "Create", "Succeeded", "", en->created) &&
+    bool ok = emu_store_begin(db) && envi_write(db, r) &&
+              envi_op_insert(db, opid, en->id, "Create", "Succeeded", "", en->created) &&
               emu_store_commit(db);
     if (!ok)
         emu_store_rollback(db);
@@ -519,7 +434,7 @@ pp_env_status pp_env_create(pp_envs_t *p, const pp_env_spec *spec, pp_environmen
     p->recs[p->nrecs++] = r;
     if (out)
         *out = r->env;
-    op_fill(op, opid, en->id, "Create", en->created);
+    envi_op_fill(op, opid, en->id, "Create", en->created);
     r = NULL;
 out:
     pthread_mutex_unlock(&p->lock);
@@ -530,7 +445,7 @@ out:
 pp_env_status pp_env_get(pp_envs_t *p, const char *id, pp_environment *out)
 {
     pthread_mutex_lock(&p->lock);
-    env_rec *r = find_inlock(p, id);
+    env_rec *r = envi_find(p, id);
     if (r && out)
         *out = r->env;
     pthread_mutex_unlock(&p->lock);
@@ -548,12 +463,18 @@ size_t pp_env_list(pp_envs_t *p, pp_environment **out)
     return n;
 }
 
-static void not_found_msg(pp_env_err *e, const char *id)
+void envi_not_found(pp_env_err *e, const char *id)
 {
     snprintf(e->msg, sizeof e->msg, "Environment '%.40s' does not exist.", id);
 }
 
 pp_env_status pp_env_delete(pp_envs_t *p, const char *id, pp_env_operation *op, pp_env_err *e)
+{
+    return envi_delete(p, id, op, e, "deleted on request", NULL);
+}
+
+pp_env_status envi_delete(pp_envs_t *p, const char *id, pp_env_operation *op, pp_env_err *e,
+                          const char *cause, const auth_principal *caller)
 {
     pthread_mutex_lock(&p->lock);
     pp_env_status rs = PP_ENV_OK;
@@ -561,7 +482,7 @@ pp_env_status pp_env_delete(pp_envs_t *p, const char *id, pp_env_operation *op, 
     for (; i < p->nrecs && strcasecmp(p->recs[i]->env.id, id); i++)
         ;
     if (i == p->nrecs) {
-        not_found_msg(e, id);
+        envi_not_found(e, id);
         rs = PP_ENV_ERR_NOT_FOUND;
         goto out;
     }
@@ -583,7 +504,7 @@ pp_env_status pp_env_delete(pp_envs_t *p, const char *id, pp_env_operation *op, 
         sqlite3_finalize(st);
         st = NULL;
     }
-    ok = ok && op_insert(db, opid, r->env.id, "Delete", "Succeeded", "", now) &&
+    ok = ok && envi_op_insert(db, opid, r->env.id, "Delete", "Succeeded", "", now) &&
          emu_store_commit(db);
     if (!ok)
         emu_store_rollback(db);
@@ -593,7 +514,10 @@ pp_env_status pp_env_delete(pp_envs_t *p, const char *id, pp_env_operation *op, 
         rs = PP_ENV_ERR_STORE;
         goto out;
     }
-    op_fill(op, opid, r->env.id, "Delete", now);
+    envi_op_fill(op, opid, r->env.id, "Delete", now);
+    envi_audit(p, "Delete", r->env.id, "Succeeded", caller ? caller->oid : NULL,
+               caller ? caller->appid : NULL, caller ? caller->name : NULL, cause);
+    emu_log(EMU_LOG_INFO, "pp-env", "environment %s deleted: %s", r->env.id, cause);
     memmove(&p->recs[i], &p->recs[i + 1], (p->nrecs - i - 1) * sizeof *p->recs);
     p->nrecs--;
     rec_free(r);
@@ -607,25 +531,38 @@ pp_env_status pp_env_set_enabled(pp_envs_t *p, const char *id, bool enabled, con
 {
     pthread_mutex_lock(&p->lock);
     pp_env_status rs = PP_ENV_OK;
-    env_rec *r = find_inlock(p, id);
+    env_rec *r = envi_find(p, id);
     if (!r) {
-        not_found_msg(e, id);
+        envi_not_found(e, id);
         rs = PP_ENV_ERR_NOT_FOUND;
+        goto out;
+    }
+    if (r->env.op_id[0]) {
+        snprintf(e->msg, sizeof e->msg,
+                 "Environment '%s' has a %s operation in progress (%s); retry when it ends.",
+                 r->env.id, r->env.op_kind, r->env.op_id);
+        rs = PP_ENV_ERR_BUSY;
         goto out;
     }
     pp_dek fresh = {0};
     cmk_ud u;
-    pp_key_wrapper w = wrapper_for(p, r, &u);
+    pp_key_wrapper w = envi_wrapper_for(p, r, &u);
     char why[sizeof e->msg] = "";
     if (enabled && !r->dek.loaded &&
         pp_dek_unwrap(&w, r->wrapped, r->wrapped_len, &fresh, why, sizeof why) !=
             PP_ENVELOPE_OK) {
         if (r->env.key_managed_by == PP_KEY_CUSTOMER) {
-            snprintf(e->msg, sizeof e->msg,
-                     "Environment '%s' cannot be enabled: its customer-managed key is still not "
-                     "usable (%.250s). Restore the policy identity's access to the key "
-                     "(get, wrapKey, unwrapKey) and enable the key, then retry.",
-                     r->env.id, why);
+            if (r->env.lock_msg[0])
+                snprintf(e->msg, sizeof e->msg,
+                         "Environment '%s' cannot be enabled while its customer-managed key is "
+                         "not usable. %.330s (now: %.120s)",
+                         r->env.id, r->env.lock_msg, why);
+            else
+                snprintf(e->msg, sizeof e->msg,
+                         "Environment '%s' cannot be enabled: its customer-managed key is not "
+                         "usable (%.250s). Restore the policy identity's access to the original "
+                         "key (get, wrapKey, unwrapKey) and enable the key, then retry.",
+                         r->env.id, why);
             rs = PP_ENV_ERR_LOCKED;
         } else {
             snprintf(e->msg, sizeof e->msg, "%s", why);
@@ -634,15 +571,17 @@ pp_env_status pp_env_set_enabled(pp_envs_t *p, const char *id, bool enabled, con
         goto out;
     }
     env_rec next = *r;
-    if (enabled)
+    if (enabled) {
         next.env.lock_msg[0] = '\0';
+        next.env.locked_since = 0;
+    }
     next.env.enabled = enabled;
     snprintf(next.env.reason, sizeof next.env.reason, "%s",
              enabled  ? "NotSpecified"
              : reason ? reason
                       : "AdminDisabled");
     sqlite3 *db = emu_store_lock(p->store);
-    bool ok = env_write(db, &next);
+    bool ok = envi_write(db, &next);
     emu_store_unlock(p->store);
     OPENSSL_cleanse(&next.dek, sizeof next.dek);
     if (!ok) {
@@ -652,6 +591,9 @@ pp_env_status pp_env_set_enabled(pp_envs_t *p, const char *id, bool enabled, con
         goto out;
     }
     r->env.enabled = enabled;
+    r->env.locked_since = next.env.locked_since;
+    if (enabled)
+        r->restore_noted = false;
     snprintf(r->env.reason, sizeof r->env.reason, "%s", next.env.reason);
     snprintf(r->env.lock_msg, sizeof r->env.lock_msg, "%s", next.env.lock_msg);
     if (enabled) {
@@ -722,9 +664,9 @@ bool pp_entity_singular(const char *set, char *out, size_t outlen)
 static pp_env_status usable_inlock(pp_envs_t *p, const char *env, const char *set, char *singular,
                                    size_t slen, env_rec **out, pp_env_err *e)
 {
-    env_rec *r = find_inlock(p, env);
+    env_rec *r = envi_find(p, env);
     if (!r) {
-        not_found_msg(e, env);
+        envi_not_found(e, env);
         return PP_ENV_ERR_NOT_FOUND;
     }
     if (!strcmp(r->env.reason, PP_REASON_CMK_LOCKED)) {
@@ -1120,376 +1062,4 @@ bool pp_envs_world_apply(pp_envs_t *p, json_t *world, char *err, size_t errlen)
         }
     }
     return true;
-}
-
-/* ---- link / unlink / lock watch ------------------------------------------------------------ */
-
-bool pp_env_is_linked(pp_envs_t *p, const char *system_id)
-{
-    pthread_mutex_lock(&p->lock);
-    bool any = false;
-    for (size_t i = 0; i < p->nrecs && !any; i++)
-        any = p->recs[i]->env.cmk_system_id[0] &&
-              !strcasecmp(p->recs[i]->env.cmk_system_id, system_id);
-    pthread_mutex_unlock(&p->lock);
-    return any;
-}
-
-static bool link_check_cb(const char *system_id, void *ud)
-{
-    return pp_env_is_linked(ud, system_id);
-}
-
-static void kv_change_cb(const char *vault, const char *key, void *ud)
-{
-    (void)vault;
-    (void)key;
-    pp_envs_recheck(ud);
-}
-
-static void roles_change_cb(const char *scope, void *ud)
-{
-    (void)scope;
-    pp_envs_recheck(ud);
-}
-
-/* Changes re-check at once (kv and role hooks). The clock only matters for nbf/exp and
- * deadlines: re-check when the emulated time moved 30 s or more since the last time (a clock
- * advance always does), not on every 1 s tick, so linked environments do not cost one HSM
- * unwrap each per second. */
-#define PP_TICK_RECHECK_SECONDS 30
-static void clock_cb(int64_t now, void *ud)
-{
-    pp_envs_t *p = ud;
-    if (now - p->last_tick_check < PP_TICK_RECHECK_SECONDS && now >= p->last_tick_check)
-        return;
-    p->last_tick_check = now;
-    pp_envs_recheck(p);
-}
-
-void pp_envs_set_cmk(pp_envs_t *p, const pp_cmk_deps *d)
-{
-    p->cmk = *d;
-    p->has_cmk = true;
-    pp_policies_set_link_check(d->policies, link_check_cb, p);
-    kv_set_change_hook(d->kv, kv_change_cb, p);
-    if (d->roles)
-        auth_roles_set_change_hook(d->roles, roles_change_cb, p);
-    emu_clock_hook_add(clock_cb, p);
-    /* enabled environments on a customer key: unwrap now (failures surface at the recheck) */
-    pthread_mutex_lock(&p->lock);
-    for (size_t i = 0; i < p->nrecs; i++) {
-        env_rec *r = p->recs[i];
-        if (!r->env.enabled || r->env.key_managed_by != PP_KEY_CUSTOMER || r->dek.loaded)
-            continue;
-        cmk_ud u;
-        pp_key_wrapper w = wrapper_for(p, r, &u);
-        char why[256] = "";
-        if (pp_dek_unwrap(&w, r->wrapped, r->wrapped_len, &r->dek, why, sizeof why) !=
-            PP_ENVELOPE_OK)
-            emu_log(EMU_LOG_ERROR, "pp-env", "environment %s: data key unavailable: %s", r->env.id,
-                    why);
-    }
-    pthread_mutex_unlock(&p->lock);
-    pp_envs_recheck(p);
-}
-
-/* The policy for a link/unlink and the caller's Reader on it. */
-static pp_env_status policy_for(pp_envs_t *p, const char *system_id, const auth_principal *caller,
-                                pp_policy *pol, char **arm_id, pp_env_err *e)
-{
-    *arm_id = NULL;
-    if (!p->has_cmk) {
-        snprintf(e->msg, sizeof e->msg, "Customer-managed keys are not configured.");
-        return PP_ENV_ERR_BAD_PARAM;
-    }
-    if (!system_id || !*system_id) {
-        snprintf(e->msg, sizeof e->msg, "The request body must name the policy: {\"SystemId\": "
-                                        "\"/regions/{location}/providers/Microsoft.PowerPlatform/"
-                                        "enterprisePolicies/{guid}\"}.");
-        return PP_ENV_ERR_BAD_PARAM;
-    }
-    if (pp_policy_get_by_system_id(p->cmk.policies, system_id, pol) != PP_OK) {
-        snprintf(e->msg, sizeof e->msg, "Enterprise policy with SystemId '%.160s' does not exist.",
-                 system_id);
-        return PP_ENV_ERR_BAD_PARAM;
-    }
-    if (pol->kind != PP_KIND_ENCRYPTION) {
-        snprintf(e->msg, sizeof e->msg,
-                 "Enterprise policy '%.100s' is of kind %s; only an Encryption policy can be "
-                 "linked here.",
-                 pol->name, pp_kind_str(pol->kind));
-        return PP_ENV_ERR_BAD_PARAM;
-    }
-    *arm_id = pp_policy_arm_id(pol);
-    if (caller && caller->from_token && p->cmk.roles &&
-        !auth_roles_has_role_at(p->cmk.roles, caller->oid, *arm_id, "Reader")) {
-        snprintf(e->msg, sizeof e->msg,
-                 "The caller (object id %s) does not have Reader (or Contributor/Owner) on the "
-                 "enterprise policy '%.300s'; assign the Reader role on the policy and retry.",
-                 caller->oid, *arm_id);
-        free(*arm_id);
-        *arm_id = NULL;
-        return PP_ENV_ERR_FORBIDDEN;
-    }
-    return PP_ENV_OK;
-}
-
-/* Runs a re-wrap of r's data key under `to` (pp lock held); records the operation. */
-static pp_env_status rewrap_inlock(pp_envs_t *p, env_rec *r, const char *kind,
-                                   pp_key_wrapper *to, cmk_ud *to_u, const pp_environment *after,
-                                   pp_env_operation *op, pp_env_err *e)
-{
-    char why[256] = "";
-    pp_dek dek = {0};
-    uint8_t wrapped[PP_WRAPPED_MAX];
-    size_t wlen = 0;
-    bool ok = true;
-    if (r->dek.loaded) {
-        dek = r->dek;
-    } else {
-        cmk_ud u;
-        pp_key_wrapper from = wrapper_for(p, r, &u);
-        ok = pp_dek_unwrap(&from, r->wrapped, r->wrapped_len, &dek, why, sizeof why) ==
-             PP_ENVELOPE_OK;
-        if (!ok) {
-            char tmp[sizeof why];
-            snprintf(tmp, sizeof tmp, "the current data key cannot be unwrapped: %s", why);
-            snprintf(why, sizeof why, "%s", tmp);
-        }
-    }
-    if (ok) {
-        size_t n = PP_WRAPPED_MAX;
-        char werr[256] = "";
-        ok = to->wrap(to->ud, dek.bytes, PP_DEK_LEN, wrapped, &n, werr, sizeof werr);
-        wlen = n;
-        if (ok) { /* the identity must be able to unwrap too (unwrapKey) */
-            if (to_u)
-                to_u->version = to_u->version_out;
-            pp_dek check = {0};
-            ok = pp_dek_unwrap(to, wrapped, wlen, &check, werr, sizeof werr) == PP_ENVELOPE_OK &&
-                 !CRYPTO_memcmp(check.bytes, dek.bytes, PP_DEK_LEN);
-            pp_dek_wipe(&check);
-        }
-        if (!ok)
-            snprintf(why, sizeof why, "%s", werr[0] ? werr : "the unwrapped key does not match");
-    }
-    char opid[37];
-    emu_guid(opid);
-    int64_t now = emu_clock_now();
-    env_rec next = *r;
-    if (ok) {
-        next.env = *after;
-        if (to_u)
-            snprintf(next.env.cmk_version, sizeof next.env.cmk_version, "%s", to_u->version_out);
-        memcpy(next.wrapped, wrapped, wlen);
-        next.wrapped_len = wlen;
-        next.env.enabled = true;
-        snprintf(next.env.reason, sizeof next.env.reason, "NotSpecified");
-        next.env.lock_msg[0] = '\0';
-    }
-    char msg[256];
-    snprintf(msg, sizeof msg, "%s failed: %.230s", kind, why);
-    sqlite3 *db = emu_store_lock(p->store);
-    bool stored = emu_store_begin(db) && (!ok || env_write(db, &next)) &&
-                  op_insert(db, opid, r->env.id, kind, ok ? "Succeeded" : "Failed", ok ? "" : msg,
-                            now) &&
-                  emu_store_commit(db);
-    if (!stored)
-        emu_store_rollback(db);
-    emu_store_unlock(p->store);
-    pp_env_status rs = PP_ENV_OK;
-    if (!stored) {
-        snprintf(e->msg, sizeof e->msg, "cannot store the environment");
-        rs = PP_ENV_ERR_STORE;
-    } else {
-        if (ok) {
-            r->env = next.env;
-            memcpy(r->wrapped, wrapped, wlen);
-            r->wrapped_len = wlen;
-            r->dek = dek;
-        }
-        op_fill(op, opid, r->env.id, kind, now);
-        if (op && !ok) {
-            snprintf(op->state, sizeof op->state, "Failed");
-            snprintf(op->error, sizeof op->error, "%s", msg);
-        }
-    }
-    OPENSSL_cleanse(&next, sizeof next);
-    OPENSSL_cleanse(wrapped, sizeof wrapped);
-    pp_dek_wipe(&dek);
-    return rs;
-}
-
-pp_env_status pp_env_link(pp_envs_t *p, const char *id, const char *system_id,
-                          const auth_principal *caller, pp_env_operation *op, pp_env_err *e)
-{
-    pp_policy pol;
-    char *arm_id = NULL;
-    pp_env_status rs = policy_for(p, system_id, caller, &pol, &arm_id, e);
-    if (rs != PP_ENV_OK)
-        return rs;
-    char vault[64] = "";
-    const char *v = NULL;
-    for (const char *q = pol.vault_id; *q; q++)
-        if (!strncasecmp(q, "/vaults/", 8))
-            v = q + 8;
-    snprintf(vault, sizeof vault, "%s", v ? v : "");
-    kv_err ke = {{0}};
-    pthread_mutex_lock(&p->lock);
-    env_rec *r = find_inlock(p, id);
-    if (!r) {
-        not_found_msg(e, id);
-        rs = PP_ENV_ERR_NOT_FOUND;
-    } else if (strcasecmp(r->env.location, pol.location)) {
-        snprintf(e->msg, sizeof e->msg,
-                 "The environment is in region '%s' but the enterprise policy '%.100s' is in "
-                 "'%s'; an environment can only be linked to a policy of its own region.",
-                 r->env.location, pol.name, pol.location);
-        rs = PP_ENV_ERR_BAD_PARAM;
-    } else if (!r->env.managed) {
-        snprintf(e->msg, sizeof e->msg,
-                 "Environment '%s' is not a Managed Environment (governanceConfiguration."
-                 "protectionLevel is Basic); enable Managed Environments first.",
-                 r->env.id);
-        rs = PP_ENV_ERR_BAD_PARAM;
-    } else if (r->env.sku == PP_SKU_TRIAL || r->env.sku == PP_SKU_TEAMS) {
-        snprintf(e->msg, sizeof e->msg,
-                 "Environment '%s' is of type %s; customer-managed keys are not supported for "
-                 "Trial and Teams environments.",
-                 r->env.id, pp_env_sku_str(r->env.sku));
-        rs = PP_ENV_ERR_BAD_PARAM;
-    } else if (kv_vault_cmk_check(p->cmk.kv, vault, &ke) != KV_OK) {
-        snprintf(e->msg, sizeof e->msg, "%.500s", ke.msg);
-        rs = PP_ENV_ERR_BAD_PARAM;
-    } else {
-        pp_environment after = r->env;
-        after.key_managed_by = PP_KEY_CUSTOMER;
-        snprintf(after.cmk_system_id, sizeof after.cmk_system_id, "%s", pol.system_id);
-        snprintf(after.cmk_policy_id, sizeof after.cmk_policy_id, "%s", arm_id);
-        snprintf(after.cmk_location, sizeof after.cmk_location, "%s", pol.location);
-        cmk_ud u;
-        pp_key_wrapper to = cmk_wrapper(&u, p, pol.system_id, "");
-        rs = rewrap_inlock(p, r, "Link", &to, &u, &after, op, e);
-    }
-    pthread_mutex_unlock(&p->lock);
-    free(arm_id);
-    if (rs == PP_ENV_OK && op && !strcmp(op->state, "Succeeded"))
-        pp_policy_set_health(p->cmk.policies, pol.system_id, PP_HEALTH_HEALTHY);
-    return rs;
-}
-
-pp_env_status pp_env_unlink(pp_envs_t *p, const char *id, const char *system_id,
-                            const auth_principal *caller, pp_env_operation *op, pp_env_err *e)
-{
-    pp_environment cur;
-    if (pp_env_get(p, id, &cur) != PP_ENV_OK) {
-        not_found_msg(e, id);
-        return PP_ENV_ERR_NOT_FOUND;
-    }
-    if (cur.key_managed_by != PP_KEY_CUSTOMER) {
-        snprintf(e->msg, sizeof e->msg,
-                 "Environment '%s' is not linked to an Encryption enterprise policy.", id);
-        return PP_ENV_ERR_BAD_PARAM;
-    }
-    if (system_id && *system_id && strcasecmp(system_id, cur.cmk_system_id)) {
-        snprintf(e->msg, sizeof e->msg,
-                 "Environment '%s' is linked to '%.160s', not to '%.160s'.", id,
-                 cur.cmk_system_id, system_id);
-        return PP_ENV_ERR_BAD_PARAM;
-    }
-    pp_policy pol;
-    char *arm_id = NULL;
-    pp_env_status rs = policy_for(p, cur.cmk_system_id, caller, &pol, &arm_id, e);
-    free(arm_id);
-    if (rs == PP_ENV_ERR_FORBIDDEN)
-        return rs;
-    pthread_mutex_lock(&p->lock);
-    env_rec *r = find_inlock(p, id);
-    if (!r) {
-        not_found_msg(e, id);
-        rs = PP_ENV_ERR_NOT_FOUND;
-    } else {
-        pp_environment after = r->env;
-        after.key_managed_by = PP_KEY_MICROSOFT;
-        after.cmk_system_id[0] = after.cmk_policy_id[0] = after.cmk_location[0] = '\0';
-        after.cmk_version[0] = '\0';
-        pp_key_wrapper to = p->platform_wrapper;
-        rs = rewrap_inlock(p, r, "Unlink", &to, NULL, &after, op, e);
-    }
-    pthread_mutex_unlock(&p->lock);
-    return rs;
-}
-
-typedef struct {
-    char id[40];
-    char system_id[160];
-    char version[40];
-    uint8_t wrapped[PP_WRAPPED_MAX];
-    size_t wrapped_len;
-} recheck_item;
-
-void pp_envs_recheck(pp_envs_t *p)
-{
-    if (!p->has_cmk)
-        return;
-    pthread_mutex_lock(&p->lock);
-    size_t n = 0;
-    recheck_item *items = p->nrecs ? emu_xcalloc(p->nrecs, sizeof *items) : NULL;
-    for (size_t i = 0; i < p->nrecs; i++) {
-        env_rec *r = p->recs[i];
-        if (r->env.key_managed_by != PP_KEY_CUSTOMER)
-            continue;
-        recheck_item *it = &items[n++];
-        snprintf(it->id, sizeof it->id, "%s", r->env.id);
-        snprintf(it->system_id, sizeof it->system_id, "%s", r->env.cmk_system_id);
-        snprintf(it->version, sizeof it->version, "%s", r->env.cmk_version);
-        memcpy(it->wrapped, r->wrapped, r->wrapped_len);
-        it->wrapped_len = r->wrapped_len;
-    }
-    pthread_mutex_unlock(&p->lock);
-    for (size_t i = 0; i < n; i++) {
-        recheck_item *it = &items[i];
-        cmk_ud u;
-        pp_key_wrapper w = cmk_wrapper(&u, p, it->system_id, it->version);
-        pp_dek probe = {0};
-        char why[256] = "";
-        bool ok = pp_dek_unwrap(&w, it->wrapped, it->wrapped_len, &probe, why, sizeof why) ==
-                  PP_ENVELOPE_OK;
-        pp_dek_wipe(&probe);
-        pp_policy pol;
-        if (pp_policy_get_by_system_id(p->cmk.policies, it->system_id, &pol) == PP_OK) {
-            pp_health h = ok ? PP_HEALTH_HEALTHY : PP_HEALTH_UNHEALTHY;
-            if (pol.health != h)
-                pp_policy_set_health(p->cmk.policies, it->system_id, h);
-        }
-        if (ok)
-            continue;
-        pthread_mutex_lock(&p->lock);
-        env_rec *r = find_inlock(p, it->id);
-        if (r && r->env.key_managed_by == PP_KEY_CUSTOMER &&
-            !strcasecmp(r->env.cmk_system_id, it->system_id) &&
-            strcmp(r->env.reason, PP_REASON_CMK_LOCKED)) {
-            env_rec next = *r;
-            next.env.enabled = false;
-            snprintf(next.env.reason, sizeof next.env.reason, PP_REASON_CMK_LOCKED);
-            snprintf(next.env.lock_msg, sizeof next.env.lock_msg,
-                     "Environment '%s' is locked: its customer-managed key is not usable (%.200s). "
-                     "Restore the access, then an admin re-enables the environment.",
-                     r->env.id, why);
-            sqlite3 *db = emu_store_lock(p->store);
-            bool stored = env_write(db, &next);
-            emu_store_unlock(p->store);
-            if (stored) {
-                r->env = next.env;
-                pp_dek_wipe(&r->dek);
-                emu_log(EMU_LOG_WARN, "pp-env", "environment %s locked: %s", r->env.id, why);
-            }
-            OPENSSL_cleanse(&next, sizeof next);
-        }
-        pthread_mutex_unlock(&p->lock);
-    }
-    if (items)
-        OPENSSL_cleanse(items, n * sizeof *items);
-    free(items);
 }

@@ -24,6 +24,7 @@
 
 #include <jansson.h>
 
+#include "audit.h"
 #include "auth/roles.h"
 #include "hsm.h"
 #include "keyvault/kv.h"
@@ -40,6 +41,7 @@ typedef enum {
     PP_ENV_ERR_STORE,     /* 500 */
     PP_ENV_ERR_FORBIDDEN, /* 403 caller lacks Reader on the policy */
     PP_ENV_ERR_LOCKED,    /* 423 EnvironmentLocked: the customer key is out of reach */
+    PP_ENV_ERR_BUSY,      /* 409 an operation (link/unlink) is in progress */
 } pp_env_status;
 
 const char *pp_env_status_str(pp_env_status st);
@@ -79,9 +81,20 @@ typedef struct {
     char cmk_location[32];
     char cmk_version[40]; /* the key version that wraps the data key */
     char lock_msg[400];   /* why the environment is locked (reason CustomerManagedKeyLocked) */
+    int64_t locked_since; /* emulated time the lock began, 0 = not locked */
+    /* a link/unlink in flight (memory only; a restart fails it): "" = none */
+    char op_id[37];
+    char op_kind[8];        /* "Link" | "Unlink" */
+    char op_system_id[160]; /* the policy being linked (Link) */
 } pp_environment;
 
 #define PP_REASON_CMK_LOCKED "CustomerManagedKeyLocked"
+#define PP_REASON_CMK_OPERATION "CustomerManagedKeyOperationInProgress"
+/* Lock expiry: a locked environment is deleted after this long (emulated time). */
+#define PP_LOCK_EXPIRY_SANDBOX_SECONDS (7 * 86400)
+#define PP_LOCK_EXPIRY_PRODUCTION_SECONDS (30 * 86400)
+/* Seconds until a locked environment is deleted (sku rule), from locked_since. */
+int64_t pp_env_lock_expiry(const pp_environment *e);
 
 typedef struct {
     const char *id; /* NULL = new GUID (world files fix it) */
@@ -93,8 +106,8 @@ typedef struct {
 typedef struct {
     char id[40];
     char env[40];
-    char kind[16];  /* "Create" | "Delete" */
-    char state[16]; /* "Succeeded" | "Failed" */
+    char kind[16];  /* "Create" | "Delete" | "Link" | "Unlink" */
+    char state[16]; /* "NotStarted" | "Running" | "Succeeded" | "Failed" */
     char error[256];
     int64_t created;
 } pp_env_operation;
@@ -136,22 +149,50 @@ void pp_envs_set_cmk(pp_envs_t *p, const pp_cmk_deps *d);
 
 /* Link an environment to an Encryption policy (by systemId). Immediate refusals:
  * PP_ENV_ERR_BAD_PARAM (unknown policy, region mismatch, not managed, Trial/Teams, vault
- * missing or without soft delete/purge protection), PP_ENV_ERR_FORBIDDEN (caller lacks
- * Reader on the policy; caller NULL or not from a token = allowed), PP_ENV_ERR_NOT_FOUND.
- * Otherwise PP_ENV_OK and *op: the operation runs synchronously (the environment is disabled
- * while it runs) and ends Succeeded (data key re-wrapped under the customer key through
- * kv_key_crypt_as as the policy identity) or Failed (error says why; the environment is back
- * on its previous key, enabled). Linking to another policy swaps keys. */
+ * missing or without soft delete/purge protection, key missing, disabled, expired, not yet
+ * valid, not RSA, under 2048 bits or without wrapKey/unwrapKey in key_ops),
+ * PP_ENV_ERR_FORBIDDEN (caller lacks Reader on the policy; caller NULL or not from a token =
+ * allowed), PP_ENV_ERR_NOT_FOUND, PP_ENV_ERR_BUSY (an operation is already in flight).
+ * Otherwise PP_ENV_OK and *op. With the runner on (pp_envs_start_runner) the operation is
+ * queued (NotStarted -> Running -> Succeeded|Failed, the environment disabled meanwhile) and
+ * *op is its NotStarted state; without it the operation runs before the call returns. It ends
+ * Succeeded (data key re-wrapped under the customer key through kv_key_crypt_as as the policy
+ * identity, which must hold get/wrapKey/unwrapKey) or Failed (error says why; the environment
+ * is back on its previous key and state). Linking to another policy swaps keys. */
 pp_env_status pp_env_link(pp_envs_t *p, const char *id, const char *system_id,
                           const auth_principal *caller, pp_env_operation *op, pp_env_err *e);
 /* Re-wraps under the platform key (Microsoft-managed). BAD_PARAM when not linked. */
 pp_env_status pp_env_unlink(pp_envs_t *p, const char *id, const char *system_id,
                             const auth_principal *caller, pp_env_operation *op, pp_env_err *e);
-/* The lock watch: every linked environment unwraps its stored data key as the policy
- * identity. Failure: policy Unhealthy, environment Disabled (CustomerManagedKeyLocked), data
- * key wiped. Success: policy Healthy (the environment stays as it is). Takes the pp_env lock
- * only around reading and writing the state; the key checks run without it. */
+/* The lock watch: every linked environment (not in an operation) checks its key as the policy
+ * identity: get/wrapKey/unwrapKey granted, the wrapping version enabled and inside nbf/exp,
+ * and the stored data key unwraps. Failure: policy Unhealthy, environment Disabled
+ * (CustomerManagedKeyLocked, locked_since set), data key wiped, audited with the cause.
+ * Success: policy Healthy; a locked environment stays disabled until re-enabled (audited once
+ * as "access restored"), or is re-enabled at once with auto re-enable; a policy without a
+ * key version follows the key's current version (the data key is re-wrapped, no downtime).
+ * vault (may be NULL) limits the check to policies on that vault. Takes the pp_env lock only
+ * around reading and writing the state; the key checks run without it. */
 void pp_envs_recheck(pp_envs_t *p);
+void pp_envs_recheck_vault(pp_envs_t *p, const char *vault);
+/* Deletes locked environments whose lock is older than the expiry (7 d sandbox and other
+ * non-production SKUs, 30 d production) at emulated time now. Returns how many. */
+size_t pp_envs_expire_locks(pp_envs_t *p, int64_t now);
+
+/* Re-enable (or enable) an environment as caller: Reader on the linked policy required
+ * (caller NULL or not from a token = allowed). PP_ENV_ERR_LOCKED while the key is still out of
+ * reach; PP_ENV_ERR_BUSY during an operation. Audited. */
+pp_env_status pp_env_reenable(pp_envs_t *p, const char *id, const auth_principal *caller,
+                              pp_env_err *e);
+
+/* Options: the audit sink (may be NULL), auto re-enable once access is restored (demos). */
+void pp_envs_set_audit(pp_envs_t *p, emu_audit *audit);
+void pp_envs_set_auto_reenable(pp_envs_t *p, bool on);
+/* Starts the operation runner: link/unlink become asynchronous; each spends op_ms
+ * milliseconds (half NotStarted, half Running) before it runs. Stopped by pp_envs_close. */
+bool pp_envs_start_runner(pp_envs_t *p, unsigned op_ms);
+/* Waits until no operation is queued or running (tests), at most timeout_ms. */
+bool pp_envs_wait_idle(pp_envs_t *p, unsigned timeout_ms);
 bool pp_env_is_linked(pp_envs_t *p, const char *system_id);
 
 /* ---- records ----------------------------------------------------------------------------- */

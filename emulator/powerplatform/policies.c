@@ -34,6 +34,8 @@ struct pp_policies {
     void *linked_ud;
     pp_link_count_fn count;
     void *count_ud;
+    pp_deleted_fn deleted;
+    void *deleted_ud;
 };
 
 static const emu_migration PP_MIGRATIONS[] = {
@@ -489,6 +491,12 @@ void pp_policies_set_link_count(pp_policies_t *p, pp_link_count_fn count, void *
     p->count_ud = ud;
 }
 
+void pp_policies_set_deleted_hook(pp_policies_t *p, pp_deleted_fn fn, void *ud)
+{
+    p->deleted = fn;
+    p->deleted_ud = ud;
+}
+
 /* ---- lookups -------------------------------------------------------------------------------- */
 
 static rec *find_inlock(pp_policies_t *p, const char *sub, const char *rg, const char *name)
@@ -823,6 +831,8 @@ pp_status pp_policy_delete(pp_policies_t *p, const char *sub, const char *rg, co
         emu_log(EMU_LOG_INFO, "pp", "enterprise policy %s deleted (%s)", cur.name, cur.system_id);
     }
     pthread_mutex_unlock(&p->lock);
+    if (st == PP_OK && p->deleted)
+        p->deleted(cur.system_id, p->deleted_ud);
     return st;
 }
 

@@ -142,6 +142,11 @@ void pp_policies_set_link_check(pp_policies_t *p, pp_link_check_fn linked, void 
 typedef size_t (*pp_link_count_fn)(const char *system_id, void *ud);
 void pp_policies_set_link_count(pp_policies_t *p, pp_link_count_fn count, void *ud);
 
+/* Optional: called (without the domain lock) after a policy was deleted, so the environments
+ * module can lock what was linked to it at once. Set once at start-up. */
+typedef void (*pp_deleted_fn)(const char *system_id, void *ud);
+void pp_policies_set_deleted_hook(pp_policies_t *p, pp_deleted_fn fn, void *ud);
+
 /* Validates a spec by itself (names, location, kind, identity, encryption fields). */
 pp_status pp_policy_spec_check(const pp_policy_spec *spec, pp_err *e);
 
