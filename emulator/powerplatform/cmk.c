@@ -723,6 +723,17 @@ pp_env_status pp_env_unlink(pp_envs_t *p, const char *id, const char *system_id,
     return rs;
 }
 
+typedef struct {
+    char id[40];
+    char system_id[160];
+    char version[40];
+    bool locked;
+    uint8_t wrapped[PP_WRAPPED_MAX];
+    size_t wrapped_len;
+} recheck_item;
+static bool probe(pp_envs_t *p, const recheck_item *it, pp_policy *pol, pp_dek *dek,
+                  char *why, size_t whylen, char *latest, size_t latestlen);
+
 pp_env_status pp_env_reenable(pp_envs_t *p, const char *id, const auth_principal *caller,
                               pp_env_err *e)
 {
@@ -743,7 +754,44 @@ pp_env_status pp_env_reenable(pp_envs_t *p, const char *id, const auth_principal
         }
     }
     bool was_locked = !strcmp(cur.reason, PP_REASON_CMK_LOCKED);
-    pp_env_status rs = pp_env_set_enabled(p, id, true, NULL, e);
+    pp_env_status rs = PP_ENV_OK;
+    if (cur.key_managed_by == PP_KEY_CUSTOMER && cur.cmk_system_id[0] && !cur.op_id[0]) {
+        /* the same check as the lock watch: every permission, the key's state, the unwrap */
+        recheck_item it;
+        memset(&it, 0, sizeof it);
+        snprintf(it.id, sizeof it.id, "%s", cur.id);
+        snprintf(it.system_id, sizeof it.system_id, "%s", cur.cmk_system_id);
+        snprintf(it.version, sizeof it.version, "%s", cur.cmk_version);
+        pthread_mutex_lock(&p->lock);
+        env_rec *r = envi_find(p, id);
+        if (r) {
+            memcpy(it.wrapped, r->wrapped, r->wrapped_len);
+            it.wrapped_len = r->wrapped_len;
+        }
+        pthread_mutex_unlock(&p->lock);
+        pp_policy pol;
+        memset(&pol, 0, sizeof pol);
+        pp_dek dek = {0};
+        char why[400] = "", latest[40] = "";
+        bool ok = probe(p, &it, &pol, &dek, why, sizeof why, latest, sizeof latest);
+        pp_dek_wipe(&dek);
+        OPENSSL_cleanse(&it, sizeof it);
+        if (!ok) {
+            if (was_locked)
+                snprintf(e->msg, sizeof e->msg,
+                         "Environment '%s' cannot be enabled while its customer-managed key is "
+                         "not usable: %.300s",
+                         id, why);
+            else
+                snprintf(e->msg, sizeof e->msg,
+                         "Environment '%s' cannot be enabled: its customer-managed key is not "
+                         "usable: %.300s",
+                         id, why);
+            rs = PP_ENV_ERR_LOCKED;
+        }
+    }
+    if (rs == PP_ENV_OK)
+        rs = pp_env_set_enabled(p, id, true, NULL, e);
     if (was_locked || rs != PP_ENV_OK)
         envi_audit(p, "Reenable", id, rs == PP_ENV_OK ? "Succeeded" : "Failed",
                    caller ? caller->oid : NULL, caller ? caller->appid : NULL,
@@ -755,19 +803,11 @@ pp_env_status pp_env_reenable(pp_envs_t *p, const char *id, const auth_principal
 
 /* ---- the lock watch ---------------------------------------------------------------------- */
 
-typedef struct {
-    char id[40];
-    char system_id[160];
-    char version[40];
-    bool locked;
-    uint8_t wrapped[PP_WRAPPED_MAX];
-    size_t wrapped_len;
-} recheck_item;
-
 /* Why a probe failed, in words for the lock message and the audit: the purge case says the
  * data is gone for good. */
-static void lock_cause(pp_envs_t *p, const char *vault, const pp_policy *pol, kv_status st,
-                       const char *kvmsg, char *out, size_t outlen)
+static void lock_cause(pp_envs_t *p, const char *vault, const pp_policy *pol,
+                       const char *version, kv_status st, const char *kvmsg, char *out,
+                       size_t outlen)
 {
     if (st == KV_ERR_KEY_NOT_FOUND) {
         kv_key_view dv;
@@ -783,18 +823,17 @@ static void lock_cause(pp_envs_t *p, const char *vault, const pp_policy *pol, kv
             kv_key_view_cleanup(&dv);
             return;
         }
+        /* Key Vault never drops a single version: a wrapping version that is neither live
+         * nor soft-deleted was purged with its key */
         kv_key_view lv;
         memset(&lv, 0, sizeof lv);
-        if (kv_key_get(p->cmk.kv, vault, pol->key_name, "", &lv, &de) == KV_OK) {
-            kv_key_view_cleanup(&lv);
-            snprintf(out, outlen, "the key version that wraps the data key no longer exists in "
-                     "vault '%.64s': %.200s", vault, kvmsg);
-            return;
-        }
+        bool newer = kv_key_get(p->cmk.kv, vault, pol->key_name, "", &lv, &de) == KV_OK;
+        kv_key_view_cleanup(&lv);
         snprintf(out, outlen,
-                 "key '%.64s' no longer exists in vault '%.64s' (purged): the data key can never "
-                 "be unwrapped again, the environment's data is permanently unrecoverable",
-                 pol->key_name, vault);
+                 "key '%.64s' version %.32s was purged from vault '%.64s'%s: the data key can "
+                 "never be unwrapped again, the environment's data is permanently unrecoverable",
+                 pol->key_name, version, vault,
+                 newer ? " (a key of that name exists now, but it is a different key)" : "");
         return;
     }
     if (st == KV_ERR_VAULT_NOT_FOUND) {
@@ -816,7 +855,7 @@ static bool probe(pp_envs_t *p, const recheck_item *it, pp_policy *pol, pp_dek *
     kv_status st = kv_key_cmk_probe_as(p->cmk.kv, &who, vault, pol->key_name, it->version, NULL,
                                        &ke);
     if (st != KV_OK) {
-        lock_cause(p, vault, pol, st, ke.msg, why, whylen);
+        lock_cause(p, vault, pol, it->version, st, ke.msg, why, whylen);
         return false;
     }
     cmk_ud u;

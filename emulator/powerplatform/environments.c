@@ -555,7 +555,7 @@ pp_env_status pp_env_set_enabled(pp_envs_t *p, const char *id, bool enabled, con
             if (r->env.lock_msg[0])
                 snprintf(e->msg, sizeof e->msg,
                          "Environment '%s' cannot be enabled while its customer-managed key is "
-                         "not usable. %.330s (now: %.120s)",
+                         "not usable. %.300s (now: %.60s)",
                          r->env.id, r->env.lock_msg, why);
             else
                 snprintf(e->msg, sizeof e->msg,
