@@ -26,5 +26,8 @@ test-asan: deps
 	@cmake --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure --timeout 900
 
+bench: build
+	@BUILD=$(BUILD) bash harness/bench-table.sh
+
 clean:
 	rm -rf $(BUILD) build-asan

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# bench_smoke (ctest): `cmkharness bench` runs a short load against a fresh emulator and prints
+# sane output. Shape and sanity only (ops > 0, ordered percentiles, no errors, a ceiling and a
+# ratio); never timing thresholds: this is a benchmark run, not a timed test.
+# Needs CMKEMU_BIN and CMKHARNESS_BIN (set by tests/CMakeLists.txt) and node.
+set -euo pipefail
+
+: "${CMKEMU_BIN:?CMKEMU_BIN must point at the cmkemu binary}"
+: "${CMKHARNESS_BIN:?CMKHARNESS_BIN must point at the cmkharness binary}"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench-smoke.XXXXXX")
+emu_pid=
+cleanup() {
+    if [[ -n "$emu_pid" ]]; then
+        kill "$emu_pid" 2>/dev/null || true
+        wait "$emu_pid" 2>/dev/null || true
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# The emulator prints "cmkemu VERSION serving https://localhost:PORT/" once it listens.
+"$CMKEMU_BIN" serve --listen 127.0.0.1:0 --data-dir "$tmp/data" --log-level warn \
+    >"$tmp/serve.out" 2>"$tmp/serve.err" &
+emu_pid=$!
+port=
+for _ in $(seq 1 300); do
+    port=$(sed -n 's|.*serving https://localhost:\([0-9][0-9]*\)/.*|\1|p' "$tmp/serve.out" | head -n1)
+    [[ -n "$port" ]] && break
+    if ! kill -0 "$emu_pid" 2>/dev/null; then
+        echo "bench_smoke: cmkemu exited early:" >&2
+        cat "$tmp/serve.err" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+if [[ -z "$port" ]]; then
+    echo "bench_smoke: cmkemu did not print its URL" >&2
+    exit 1
+fi
+url="https://localhost:$port"
+ca="$tmp/data/tls/cert.pem"
+
+run() { # NAME ARGS...: runs the bench, keeps its JSON in $tmp/NAME.json
+    local name=$1
+    shift
+    echo "bench_smoke: cmkharness bench $*"
+    if ! "$CMKHARNESS_BIN" bench --url "$url" --ca "$ca" --json "$@" >"$tmp/$name.json" \
+        2>"$tmp/$name.err"; then
+        echo "bench_smoke: $name failed:" >&2
+        cat "$tmp/$name.err" "$tmp/$name.json" >&2
+        exit 1
+    fi
+    cat "$tmp/$name.json"
+}
+
+run unwrap --op unwrap --concurrency 4 --duration 2 --ceiling
+run get --op get --concurrency 2 --duration 2 --versus health
+
+# Human output too: the result block names the operation and the ratio.
+"$CMKHARNESS_BIN" bench --url "$url" --ca "$ca" --op wrap --concurrency 2 --duration 1 \
+    >"$tmp/wrap.txt" 2>"$tmp/wrap.err" || { cat "$tmp/wrap.err" "$tmp/wrap.txt" >&2; exit 1; }
+cat "$tmp/wrap.txt"
+grep -q '^wrap RSA-OAEP-256 .* ok, 0 errors, .* ops/s' "$tmp/wrap.txt"
+grep -q 'latency  p50 .* p99.9 ' "$tmp/wrap.txt"
+
+node - "$tmp/unwrap.json" "$tmp/get.json" <<'EOF'
+const fs = require('fs');
+const fail = (m) => { console.error('bench_smoke: ' + m); process.exit(1); };
+const load = (f) => { try { return JSON.parse(fs.readFileSync(f, 'utf8')); } catch (e) { fail(f + ': not JSON: ' + e.message); } };
+const num = (v) => typeof v === 'number' && Number.isFinite(v);
+function common(j, op, conc) {
+  if (j.op !== op) fail(`op is ${j.op}, want ${op}`);
+  if (j.concurrency !== conc) fail(`${op}: concurrency ${j.concurrency}`);
+  if (!(num(j.ops) && j.ops > 0)) fail(`${op}: no operations`);
+  if (j.errors !== 0) fail(`${op}: ${j.errors} errors, first: ${JSON.stringify(j.first_error)}`);
+  if (!(num(j.ops_per_s) && j.ops_per_s > 0)) fail(`${op}: ops_per_s ${j.ops_per_s}`);
+  const l = j.latency_us || {};
+  for (const k of ['min', 'p50', 'p90', 'p99', 'p999', 'max'])
+    if (!num(l[k])) fail(`${op}: latency_us.${k} missing`);
+  if (!(l.min <= l.p50 && l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.max))
+    fail(`${op}: percentiles out of order: ${JSON.stringify(l)}`);
+  if (!(l.p50 > 0)) fail(`${op}: p50 is 0`);
+  if (j.first_error !== null) fail(`${op}: first_error set`);
+  if (!(j.client && num(j.client.cores))) fail(`${op}: client CPU missing`);
+}
+const u = load(process.argv[2]);
+common(u, 'unwrap', 4);
+if (u.alg !== 'RSA-OAEP-256') fail('unwrap: alg ' + u.alg);
+if (!u.ceiling || u.ceiling.kind !== 'pkcs11') fail('unwrap: no pkcs11 ceiling');
+if (!(num(u.ceiling.ops_per_s) && u.ceiling.ops_per_s > 0)) fail('unwrap: ceiling ops_per_s');
+if (u.ceiling.threads !== 4) fail('unwrap: ceiling threads ' + u.ceiling.threads);
+if (u.ceiling.errors !== 0) fail('unwrap: ceiling errors');
+if (!(num(u.ratio) && u.ratio > 0)) fail('unwrap: ratio ' + u.ratio);
+const g = load(process.argv[3]);
+common(g, 'get', 2);
+if (g.ceiling !== null || g.ratio !== null) fail('get: unexpected ceiling');
+if (!g.reference || g.reference.op !== 'health' || !(g.reference.ops > 0) || g.reference.errors !== 0)
+  fail('get: reference health run missing or failed: ' + JSON.stringify(g.reference));
+if (!(num(g.reference_ratio) && g.reference_ratio > 0)) fail('get: reference_ratio');
+console.log('bench_smoke: ok');
+EOF

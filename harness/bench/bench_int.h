@@ -1,0 +1,117 @@
+/*
+ * bench_int: what bench.c (driver, output) and bench_ops.c (the operation table) share.
+ *
+ * Threads: one hx_bench per run, read-only while workers run except `stop` (atomic) and the
+ * first-error slot (under err_lock). One hx_bench_worker per connection, owned by its thread;
+ * the driver reads only its atomic counters until the thread is joined.
+ */
+#ifndef CMKH_BENCH_INT_H
+#define CMKH_BENCH_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <curl/curl.h>
+
+#include "histo.h"
+
+#define HX_BENCH_API "api-version=7.5"
+#define HX_BENCH_MAX_OPS 16      /* size of the operation table */
+#define HX_BENCH_BODY_MAX 65536  /* response bytes kept per request (more are dropped) */
+#define HX_BENCH_ERRBODY_MAX 600 /* bytes of the first error body printed */
+#define HX_BENCH_PAYLOAD 32      /* bytes wrapped/unwrapped: a data key */
+
+typedef struct hx_bench hx_bench;
+typedef struct hx_bench_worker hx_bench_worker;
+
+/* One keep-alive HTTPS connection (a reused libcurl easy handle). */
+typedef struct {
+    CURL *curl;
+    struct curl_slist *headers;
+    char *body; /* response body, NUL-terminated, at most HX_BENCH_BODY_MAX bytes */
+    size_t len, cap;
+    char errbuf[CURL_ERROR_SIZE];
+    long new_connections; /* connections opened by requests on this handle */
+} hx_bconn;
+
+/* One request as built by an operation. */
+typedef struct {
+    const char *method; /* "GET", "POST", "DELETE" */
+    char path[512];     /* appended to the base URL; includes the query */
+    char body[2048];    /* "" = no body */
+    int op;             /* index in the table of the operation actually done (mixed picks) */
+} hx_bench_req;
+
+typedef enum {
+    HX_NEED_KEY = 1,     /* the run creates (or is given) an RSA key */
+    HX_NEED_WRAPPED = 2, /* ... and wraps a value under it once, for unwrap */
+} hx_bench_needs;
+
+typedef enum { HX_CEIL_NONE = 0, HX_CEIL_UNWRAP, HX_CEIL_WRAP, HX_CEIL_CREATE } hx_ceil_kind;
+
+/* One row of the operation table. build fills a request; check (optional) validates a 2xx
+ * body (1 = fine); cleanup (optional) runs once after all phases on the driver's connection. */
+typedef struct {
+    const char *name;
+    const char *help;
+    unsigned needs;
+    hx_ceil_kind ceiling;
+    int (*build)(hx_bench_worker *w, hx_bench_req *rq);
+    int (*check)(hx_bench_worker *w, const hx_bench_req *rq, const char *body, size_t len);
+    void (*cleanup)(hx_bench *b, hx_bconn *c, hx_bench_worker *workers, unsigned n);
+} hx_bench_op;
+
+struct hx_bench_worker {
+    hx_bench *b;
+    const hx_bench_op *op;
+    unsigned index;
+    pthread_t tid;
+    int started;
+    hx_bconn conn;
+    hx_histo histo;
+    atomic_ulong ops, errors;                /* read by the progress line */
+    unsigned long sub_ops[HX_BENCH_MAX_OPS]; /* per table row (mixed) */
+    unsigned long created;                   /* create: names cmkbench-RUN-cI-0..created-1 */
+    uint64_t rng;
+    double t0, t1; /* active interval, monotonic seconds */
+    long connections;
+};
+
+struct hx_bench {
+    /* options, fixed before workers start */
+    const char *base_url; /* without trailing '/' */
+    const char *ca;
+    const char *alg;   /* "RSA-OAEP" or "RSA-OAEP-256" */
+    char *auth_header; /* "Authorization: Bearer ..." (malloc'd) */
+    char key[128];
+    char run_id[17];
+    char plain_b64[64]; /* base64url of the value wrapped at set-up */
+    char wrapped[1100]; /* its wrapKey result, base64url */
+    atomic_int stop;
+    /* first failed request of the run */
+    pthread_mutex_t err_lock;
+    int have_error;
+    long err_status; /* 0 = transport error */
+    char err_what[1024];
+    char err_body[HX_BENCH_ERRBODY_MAX + 1];
+};
+
+/* The table (bench_ops.c). */
+const hx_bench_op *hx_bench_op_find(const char *name);
+const hx_bench_op *hx_bench_op_at(size_t i); /* NULL past the end */
+size_t hx_bench_op_index(const hx_bench_op *op);
+
+/* Connections (bench_ops.c). init: 0 on success, else -1 with c->errbuf set. */
+int hx_bconn_init(hx_bconn *c, const hx_bench *b);
+void hx_bconn_cleanup(hx_bconn *c);
+/* Sends one request; returns the HTTP status, 0 on a transport error (c->errbuf says why).
+ * body NULL or "" = none. The response body is in c->body / c->len. */
+long hx_bconn_do(hx_bconn *c, const char *base_url, const char *method, const char *path,
+                 const char *body);
+
+/* base64url without padding of len bytes into out (cap >= 4 * len / 3 + 4). */
+void hx_b64url(const uint8_t *in, size_t len, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,52 @@
+/*
+ * cmkharness: the test harness of cmkemu.
+ *   conformance  the API conformance suite (fixtures/conformance/), also against real Azure
+ *   bench        load generator (harness/bench/)
+ *   scenario     trainer scenarios (not yet)
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "bench/bench.h"
+#include "conformance.h"
+
+#ifndef CMKH_VERSION
+#define CMKH_VERSION "0.1.0"
+#endif
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: cmkharness COMMAND [ARGS]\n"
+               "  conformance --url URL ...   run the conformance cases (--help for options)\n"
+               "  bench ...                   load generator\n"
+               "  scenario ...                trainer scenarios (not yet)\n"
+               "  --help, --version\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "--version")) {
+        printf("cmkharness %s\n", CMKH_VERSION);
+        return 0;
+    }
+    if (!strcmp(cmd, "conformance"))
+        return hx_conformance_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench"))
+        return cmkh_bench_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "scenario")) {
+        fprintf(stderr, "cmkharness scenario: not yet\n");
+        return 2;
+    }
+    fprintf(stderr, "cmkharness: unknown command %s\n", cmd);
+    usage(stderr);
+    return 2;
+}
