@@ -2,13 +2,14 @@
  * cmkharness: the test harness of cmkemu.
  *   conformance  the API conformance suite (fixtures/conformance/), also against real Azure
  *   bench        load generator (harness/bench/)
- *   scenario     trainer scenarios (not yet)
+ *   scenario     narrated trainer scenarios (fixtures/scenarios/)
  */
 #include <stdio.h>
 #include <string.h>
 
 #include "bench/bench.h"
 #include "conformance.h"
+#include "scenario.h"
 
 #ifndef CMKH_VERSION
 #define CMKH_VERSION "0.1.0"
@@ -19,7 +20,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: cmkharness COMMAND [ARGS]\n"
                "  conformance --url URL ...   run the conformance cases (--help for options)\n"
                "  bench ...                   load generator\n"
-               "  scenario ...                trainer scenarios (not yet)\n"
+               "  scenario list | run NAME   narrated trainer scenarios (--help for options)\n"
                "  --help, --version\n");
 }
 
@@ -42,10 +43,8 @@ int main(int argc, char **argv)
         return hx_conformance_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench"))
         return cmkh_bench_main(argc - 1, argv + 1);
-    if (!strcmp(cmd, "scenario")) {
-        fprintf(stderr, "cmkharness scenario: not yet\n");
-        return 2;
-    }
+    if (!strcmp(cmd, "scenario"))
+        return hx_scenario_main(argc - 1, argv + 1);
     fprintf(stderr, "cmkharness: unknown command %s\n", cmd);
     usage(stderr);
     return 2;

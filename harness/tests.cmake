@@ -3,3 +3,10 @@ add_test(NAME conformance
   COMMAND ${CMAKE_SOURCE_DIR}/harness/run-conformance.sh $<TARGET_FILE:cmkemu> $<TARGET_FILE:cmkharness>
           ${CMAKE_BINARY_DIR}/conformance-junit.xml)
 set_tests_properties(conformance PROPERTIES TIMEOUT 900)
+
+# Every trainer scenario (fixtures/scenarios/) against one fresh emulator; each must behave as
+# narrated (cmkharness exits 1 otherwise). Plus a check that a scenario that disagrees fails.
+add_test(NAME scenarios
+  COMMAND ${CMAKE_SOURCE_DIR}/harness/with-emulator.sh $<TARGET_FILE:cmkemu>
+          ${CMAKE_SOURCE_DIR}/harness/run-scenarios.sh $<TARGET_FILE:cmkharness>)
+set_tests_properties(scenarios PROPERTIES TIMEOUT 900)

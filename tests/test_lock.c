@@ -800,7 +800,10 @@ static void test_purge_and_lock_expiry(void **state)
     assert_int_equal(enable_as(f, prod, NULL, &j), 423);
     assert_contains(err_msg(j), "unrecoverable");
     json_decref(j);
-    assert_int_equal(read_record(f, prod, rid, NULL), 423);
+    assert_int_equal(read_record(f, prod, rid, &j), 423);
+    assert_contains(err_msg(j), "permanently unrecoverable");
+    assert_contains(err_msg(j), "different key");
+    json_decref(j);
 
     /* day 30 + 1 h: production goes too */
     emu_clock_set_offset(offset + 30 * 86400 + 3600);

@@ -830,8 +830,8 @@ static void lock_cause(pp_envs_t *p, const char *vault, const pp_policy *pol,
         bool newer = kv_key_get(p->cmk.kv, vault, pol->key_name, "", &lv, &de) == KV_OK;
         kv_key_view_cleanup(&lv);
         snprintf(out, outlen,
-                 "key '%.64s' version %.32s was purged from vault '%.64s'%s: the data key can "
-                 "never be unwrapped again, the environment's data is permanently unrecoverable",
+                 "the data is permanently unrecoverable: key '%.64s' version %.32s was purged "
+                 "from vault '%.64s', so the data key can never be unwrapped again%s",
                  pol->key_name, version, vault,
                  newer ? " (a key of that name exists now, but it is a different key)" : "");
         return;
@@ -919,7 +919,7 @@ static void follow_rotation_inlock(pp_envs_t *p, env_rec *r, const pp_dek *dek,
 static void lock_message(const env_rec *r, const char *why, char *out, size_t outlen)
 {
     snprintf(out, outlen,
-             "Environment '%s' is locked: its customer-managed key is not usable (%.200s). "
+             "Environment '%s' is locked: its customer-managed key is not usable (%.400s). "
              "Restore the access, then an admin re-enables the environment.",
              r->env.id, why);
 }

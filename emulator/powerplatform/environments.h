@@ -47,7 +47,7 @@ typedef enum {
 const char *pp_env_status_str(pp_env_status st);
 
 typedef struct {
-    char msg[512];
+    char msg[768];
 } pp_env_err;
 
 typedef enum {
@@ -80,7 +80,7 @@ typedef struct {
     char cmk_policy_id[512]; /* the policy's ARM id */
     char cmk_location[32];
     char cmk_version[40]; /* the key version that wraps the data key */
-    char lock_msg[400];   /* why the environment is locked (reason CustomerManagedKeyLocked) */
+    char lock_msg[640];   /* why the environment is locked (reason CustomerManagedKeyLocked) */
     int64_t locked_since; /* emulated time the lock began, 0 = not locked */
     /* a link/unlink in flight (memory only; a restart fails it): "" = none */
     char op_id[37];
