@@ -8,38 +8,14 @@ set -euo pipefail
 : "${CMKEMU_BIN:?CMKEMU_BIN must point at the cmkemu binary}"
 : "${CMKHARNESS_BIN:?CMKHARNESS_BIN must point at the cmkharness binary}"
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench-smoke.XXXXXX")
-emu_pid=
-cleanup() {
-    if [[ -n "$emu_pid" ]]; then
-        kill "$emu_pid" 2>/dev/null || true
-        wait "$emu_pid" 2>/dev/null || true
-    fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-# The emulator prints "cmkemu VERSION serving https://localhost:PORT/" once it listens.
-"$CMKEMU_BIN" serve --listen 127.0.0.1:0 --data-dir "$tmp/data" --log-level warn \
-    >"$tmp/serve.out" 2>"$tmp/serve.err" &
-emu_pid=$!
-port=
-for _ in $(seq 1 300); do
-    port=$(sed -n 's|.*serving https://localhost:\([0-9][0-9]*\)/.*|\1|p' "$tmp/serve.out" | head -n1)
-    [[ -n "$port" ]] && break
-    if ! kill -0 "$emu_pid" 2>/dev/null; then
-        echo "bench_smoke: cmkemu exited early:" >&2
-        cat "$tmp/serve.err" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-if [[ -z "$port" ]]; then
-    echo "bench_smoke: cmkemu did not print its URL" >&2
-    exit 1
+# A fresh emulator on a free port (harness/with-emulator.sh runs this script again inside it).
+if [[ -z "${CMKH_URL:-}" ]]; then
+    exec "$(dirname "$0")/with-emulator.sh" "$CMKEMU_BIN" "$0" "$@"
 fi
-url="https://localhost:$port"
-ca="$tmp/data/tls/cert.pem"
+url="$CMKH_URL"
+ca="$CMKH_CA"
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/bench-smoke.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
 
 run() { # NAME ARGS...: runs the bench, keeps its JSON in $tmp/NAME.json
     local name=$1
