@@ -9,6 +9,7 @@
  * handles are found once, before the clock starts.
  */
 #include "ceiling.h"
+#include "hsm_openssl.h"
 
 #include <p11-kit/pkcs11.h>
 
@@ -114,37 +115,6 @@ static void run_fail(ceil_run *r, const char *what, unsigned long rv)
 
 /* ---------------------------------------------------------------------------------------- */
 /* OpenSSL helpers                                                                            */
-
-static EVP_PKEY *pub_from_ne(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len)
-{
-    EVP_PKEY *pkey = NULL;
-    EVP_PKEY_CTX *pctx = NULL;
-    OSSL_PARAM_BLD *bld = NULL;
-    OSSL_PARAM *params = NULL;
-    BIGNUM *bn = NULL, *be = NULL;
-
-    bn = BN_bin2bn(n, (int)n_len, NULL);
-    be = BN_bin2bn(e, (int)e_len, NULL);
-    bld = OSSL_PARAM_BLD_new();
-    if (!bn || !be || !bld || !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn) ||
-        !OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, be))
-        goto out;
-    params = OSSL_PARAM_BLD_to_param(bld);
-    pctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
-    if (!params || !pctx || EVP_PKEY_fromdata_init(pctx) <= 0 ||
-        EVP_PKEY_fromdata(pctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) <= 0) {
-        EVP_PKEY_free(pkey);
-        pkey = NULL;
-    }
-out:
-    EVP_PKEY_CTX_free(pctx);
-    OSSL_PARAM_free(params);
-    OSSL_PARAM_BLD_free(bld);
-    BN_free(bn);
-    BN_free(be);
-    ERR_clear_error();
-    return pkey;
-}
 
 /* OAEP encryption exactly as hsm_rsa_encrypt does it (a fresh EVP_PKEY_CTX per operation). */
 static int oaep_encrypt(EVP_PKEY *pub, hsm_rsa_enc_alg alg, const uint8_t *in, size_t in_len,
@@ -407,7 +377,7 @@ static hsm_status key_setup(ceil_run *r, hsm_t *h, char *err, size_t errlen)
         err_set(err, errlen, "ceiling key generation: %s", hsm_status_str(st));
         goto out;
     }
-    r->pub = pub_from_ne(n, n_len, e, e_len);
+    r->pub = hsm_pkey_from_ne(n, n_len, e, e_len);
     if (!r->pub || RAND_bytes(r->plain, sizeof(r->plain)) != 1 ||
         !oaep_encrypt(r->pub, r->alg, r->plain, sizeof(r->plain), r->cipher, &r->cipher_len)) {
         err_set(err, errlen, "ceiling: OpenSSL set-up failed");

@@ -21,6 +21,7 @@
  * call and never together with another lock. pool_lock is never held across a PKCS#11 call.
  */
 #include "hsm.h"
+#include "hsm_openssl.h"
 #include "hsm_testing.h"
 
 #include <libp11.h>
@@ -772,8 +773,8 @@ static size_t be_strip(const uint8_t **p, size_t len)
     return len;
 }
 
-/* Builds an OpenSSL public key from big-endian n and e. NULL on failure. */
-static EVP_PKEY *pkey_from_ne(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len)
+/* hsm_openssl.h */
+EVP_PKEY *hsm_pkey_from_ne(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len)
 {
     EVP_PKEY *pkey = NULL;
     EVP_PKEY_CTX *pctx = NULL;
@@ -856,7 +857,7 @@ static CK_RV obj_read(hsm_t *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, obj_inf
     el = be_strip(&ep, a[4].ulValueLen);
     if (nl == 0 || el == 0)
         return CKR_OK;
-    oi->pkey = pkey_from_ne(np, nl, ep, el);
+    oi->pkey = hsm_pkey_from_ne(np, nl, ep, el);
     if (!oi->pkey)
         return CKR_OK;
     memcpy(oi->id, id, HSM_ID_LEN);
@@ -1730,7 +1731,7 @@ hsm_status hsm_rsa_import(hsm_t *h, const hsm_rsa_components *c, const char *lab
         }
         BN_bn2bin(b[i], buf[i]);
     }
-    pkey = pkey_from_ne(buf[N], len[N], buf[E], len[E]);
+    pkey = hsm_pkey_from_ne(buf[N], len[N], buf[E], len[E]);
     if (!pkey || RAND_bytes(id, sizeof(id)) != 1) {
         st = HSM_ERR_TOKEN;
         goto out;
@@ -2557,7 +2558,7 @@ hsm_status hsm_key_import_wrapped(hsm_t *h, const uint8_t *blob, size_t blob_len
         return HSM_ERR_DECRYPT;
     bp.n_len = be_strip(&bp.n, bp.n_len);
     bp.e_len = be_strip(&bp.e, bp.e_len);
-    blob_pkey = bp.n_len && bp.e_len ? pkey_from_ne(bp.n, bp.n_len, bp.e, bp.e_len) : NULL;
+    blob_pkey = bp.n_len && bp.e_len ? hsm_pkey_from_ne(bp.n, bp.n_len, bp.e, bp.e_len) : NULL;
     if (!blob_pkey)
         return HSM_ERR_DECRYPT;
     st = backup_key_get(h, &wrap_key);
