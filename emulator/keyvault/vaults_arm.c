@@ -158,6 +158,16 @@ static void vault_not_found(emu_req *req, const char *rg, const char *name)
 }
 
 /* The live vault named in the path, in the path's subscription and resource group. */
+static void rg_not_found(emu_req *req, const char *rg)
+{
+    char er[200];
+    emu_log_escape(rg, 90, er, sizeof er);
+    arm_send_error(req, 404, "ResourceGroupNotFound", NULL, "Resource group '%s' could not be found.",
+                   er);
+}
+
+/* The live vault of the route, else 404: ResourceGroupNotFound when the group does not exist
+ * (as ARM answers before looking at the resource), else ResourceNotFound. */
 static bool load_vault(emu_req *req, kv_arm_ctx *c, kv_vault_state *s)
 {
     const char *sub = emu_req_param(req, 0), *rg = emu_req_param(req, 1),
@@ -166,7 +176,10 @@ static bool load_vault(emu_req *req, kv_arm_ctx *c, kv_vault_state *s)
         !strcasecmp(s->info.subscription, sub) && !strcasecmp(s->info.resource_group, rg))
         return true;
     kv_vault_state_cleanup(s);
-    vault_not_found(req, rg, name);
+    if (c->arm && !armres_rg_exists(c->arm, sub, rg, NULL, 0))
+        rg_not_found(req, rg);
+    else
+        vault_not_found(req, rg, name);
     return false;
 }
 
@@ -502,10 +515,7 @@ static void h_put(emu_req *req, void *ud)
     }
     char rgloc[64];
     if (!armres_rg_exists(c->arm, sub, rg, rgloc, sizeof rgloc)) {
-        char er[200];
-        emu_log_escape(rg, 90, er, sizeof er);
-        arm_send_error(req, 404, "ResourceGroupNotFound", NULL,
-                       "Resource group '%s' could not be found.", er);
+        rg_not_found(req, rg);
         return;
     }
     json_t *body = arm_req_json(req, false);
@@ -706,10 +716,7 @@ static void h_list_rg(emu_req *req, void *ud)
         }
         free(names);
         if (!any) {
-            char er[200];
-            emu_log_escape(rg, 90, er, sizeof er);
-            arm_send_error(req, 404, "ResourceGroupNotFound", NULL,
-                           "Resource group '%s' could not be found.", er);
+            rg_not_found(req, rg);
             return;
         }
     }
