@@ -273,6 +273,8 @@ static void test_auth_token_endpoint(void **state)
         {"client_id=" SP_APP "&client_secret=s3cret&scope=x%2F.default", 400, "invalid_request"},
         {"grant_type=authorization_code&scope=https%3A%2F%2Fvault.localhost%2F.default", 400,
          "unsupported_grant_type"},
+        /* an unknown grant type is named before a missing scope, as Entra does */
+        {"grant_type=foo&client_id=x", 400, "unsupported_grant_type"},
         {"grant_type=password&username=u%40contoso.local&password=pw&scope=https%3A%2F%2Fmanagement.azure.com%2F%2F.default",
          200, "access_token"},
         {"grant_type=password&username=u%40contoso.local&password=nope&scope=https%3A%2F%2Fvault.localhost%2F.default",

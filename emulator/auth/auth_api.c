@@ -180,6 +180,12 @@ static void token_common(emu_req *req, void *ud, bool v1)
     if (!grant) {
         oauth_error(req, 400, "invalid_request", 900144,
                     "The request body must contain the following parameter: 'grant_type'.");
+    } else if (strcmp(grant, "client_credentials") && strcmp(grant, "password")) {
+        /* Entra names an unknown grant type before it looks at the scope */
+        oauth_error(req, 400, "unsupported_grant_type", 70003,
+                    "The grant type '%.40s' is not supported by cmkemu; use client_credentials "
+                    "or password.",
+                    grant);
     } else if (!scope || !scope_audience(scope, aud, sizeof aud)) {
         oauth_error(req, 400, "invalid_scope", 70011,
                     "The provided value for the input parameter '%s' is not valid; ask for "
@@ -197,7 +203,7 @@ static void token_common(emu_req *req, void *ud, bool v1)
         } else {
             send_token(req, ctx, &p, aud, v1);
         }
-    } else if (!strcmp(grant, "password")) {
+    } else { /* password */
         const char *user = json_string_value(json_object_get(f, "username"));
         const char *pw = json_string_value(json_object_get(f, "password"));
         if (!user || !pw || !auth_check_secret(ctx->auth, user, true, pw, &p))
@@ -205,11 +211,6 @@ static void token_common(emu_req *req, void *ud, bool v1)
                         "Error validating credentials due to invalid username or password.");
         else
             send_token(req, ctx, &p, aud, v1);
-    } else {
-        oauth_error(req, 400, "unsupported_grant_type", 70003,
-                    "The grant type '%.40s' is not supported by cmkemu; use client_credentials "
-                    "or password.",
-                    grant);
     }
     if (secret)
         memset((char *)secret, 0, strlen(secret));
