@@ -122,6 +122,54 @@ static void test_auth_issue_verify(void **state)
     free(tok);
 }
 
+/* The signature cache answers repeated verifications, and a hit still runs every other check:
+ * audience family, expiry, the principal's existence. */
+static void test_auth_token_cache(void **state)
+{
+    fixture *f = *state;
+    auth_principal p = sp(f), out;
+    char *tok = NULL, err[256];
+    int64_t exp;
+    /* a lifetime no other test uses: tokens minted in the same second are otherwise equal */
+    assert_true(auth_token_issue(f->auth, &p, "https://vault.localhost", 613, 0, &tok, &exp));
+    uint64_t h0 = auth_token_cache_hits(f->auth);
+    assert_true(auth_token_verify(f->auth, tok, AUTH_AUD_KEYVAULT, NULL, &out, err, sizeof err));
+    assert_int_equal(auth_token_cache_hits(f->auth), h0); /* first time: verified */
+    assert_true(auth_token_verify(f->auth, tok, AUTH_AUD_KEYVAULT, NULL, &out, err, sizeof err));
+    assert_int_equal(auth_token_cache_hits(f->auth), h0 + 1);
+    assert_string_equal(out.oid, SP_OID);
+    assert_true(out.from_token);
+    assert_false(auth_token_verify(f->auth, tok, AUTH_AUD_ARM, "https://localhost:8443", &out,
+                                   err, sizeof err));
+    assert_int_equal(auth_token_cache_hits(f->auth), h0 + 2);
+    assert_non_null(strstr(err, "audience"));
+    /* one character changed: not a hit, and the signature fails */
+    size_t n = strlen(tok);
+    tok[n - 2] = tok[n - 2] == 'A' ? 'B' : 'A';
+    assert_false(auth_token_verify(f->auth, tok, AUTH_AUD_KEYVAULT, NULL, &out, err, sizeof err));
+    assert_int_equal(auth_token_cache_hits(f->auth), h0 + 2);
+    free(tok);
+    /* expired at issue: the signature is cached, the expiry still refuses on the hit */
+    assert_true(auth_token_issue(f->auth, &p, "https://vault.localhost", 60, -3600, &tok, &exp));
+    assert_false(auth_token_verify(f->auth, tok, AUTH_AUD_KEYVAULT, NULL, &out, err, sizeof err));
+    assert_false(auth_token_verify(f->auth, tok, AUTH_AUD_KEYVAULT, NULL, &out, err, sizeof err));
+    assert_non_null(strstr(err, "expired"));
+    assert_int_equal(auth_token_cache_hits(f->auth), h0 + 3);
+    free(tok);
+    /* a principal removed after its token was cached */
+    auth_principal tmp;
+    assert_true(auth_principal_add(f->auth,
+                                   &(auth_principal_spec){.kind = AUTH_KIND_SERVICE_PRINCIPAL,
+                                                          .name = "short-lived"},
+                                   &tmp, err, sizeof err));
+    assert_true(auth_token_issue(f->auth, &tmp, "https://vault.localhost", 600, 0, &tok, &exp));
+    assert_true(auth_token_verify(f->auth, tok, AUTH_AUD_KEYVAULT, NULL, &out, err, sizeof err));
+    assert_true(auth_principal_remove(f->auth, tmp.oid));
+    assert_false(auth_token_verify(f->auth, tok, AUTH_AUD_KEYVAULT, NULL, &out, err, sizeof err));
+    assert_non_null(strstr(err, "no longer exists"));
+    free(tok);
+}
+
 /* Builds a token from raw header/claims JSON, signed with a given function. */
 static char *b64(const char *s)
 {
@@ -415,6 +463,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_auth_issue_verify),
         cmocka_unit_test(test_auth_negative_list),
+        cmocka_unit_test(test_auth_token_cache),
         cmocka_unit_test(test_auth_token_endpoint),
         cmocka_unit_test(test_auth_managed_identity),
         cmocka_unit_test(test_auth_authenticate_modes),

@@ -26,8 +26,27 @@ typedef struct {
     bool is_default;
 } principal_rec;
 
+/* A token whose signature, alg and kid were verified, with the claims the per-request checks
+ * need. Keyed by SHA-256 of the token text; direct-mapped (a collision replaces). Only valid
+ * signatures are cached; every hit still checks issuer, audience, exp/nbf (against now) and
+ * that the principal exists. Hashes, not tokens, are kept. */
+#define TOKEN_CACHE_SLOTS 1024
+typedef struct {
+    bool used;
+    uint8_t hash[32];
+    char oid[40], tid[40], appid[40];
+    char iss[128];
+    char aud[256];
+    int64_t exp;
+    bool has_exp, has_nbf;
+    int64_t nbf;
+} token_claims;
+
 struct auth {
     pthread_mutex_t lock; /* protects recs */
+    pthread_mutex_t tlock; /* protects tcache, tcache_hits */
+    token_claims *tcache;
+    uint64_t tcache_hits;
     emu_store *store;
     hsm_t *hsm;
     auth_mode mode;
@@ -162,6 +181,8 @@ auth_t *auth_open(emu_store *store, hsm_t *hsm, auth_mode mode, const char *defa
         return NULL;
     auth_t *a = emu_xcalloc(1, sizeof *a);
     pthread_mutex_init(&a->lock, NULL);
+    pthread_mutex_init(&a->tlock, NULL);
+    a->tcache = emu_xcalloc(TOKEN_CACHE_SLOTS, sizeof *a->tcache);
     a->store = store;
     a->hsm = hsm;
     a->mode = mode;
@@ -183,6 +204,8 @@ void auth_close(auth_t *a)
     if (a->recs)
         OPENSSL_cleanse(a->recs, a->caprecs * sizeof *a->recs);
     free(a->recs);
+    free(a->tcache);
+    pthread_mutex_destroy(&a->tlock);
     pthread_mutex_destroy(&a->lock);
     free(a);
 }
@@ -580,8 +603,21 @@ static bool claims_ours(auth_t *a, json_t *hdr, json_t *claims)
     return iss && !strcasecmp(iss, mine);
 }
 
-bool auth_token_verify(auth_t *a, const char *token, auth_audience_family fam,
-                       const char *base_url, auth_principal *out, char *err, size_t errlen)
+static void copy_claim(char *out, size_t outlen, json_t *claims, const char *k)
+{
+    const char *v = json_string_value(json_object_get(claims, k));
+    snprintf(out, outlen, "%s", v ? v : "");
+}
+
+static bool claim_fits(json_t *claims, const char *k, size_t room)
+{
+    const char *v = json_string_value(json_object_get(claims, k));
+    return !v || strlen(v) < room;
+}
+
+/* Parses token and verifies alg, kid and the signature; fills c. false + err otherwise. */
+static bool token_verify_signature(auth_t *a, const char *token, token_claims *c, char *err,
+                                   size_t errlen)
 {
     json_t *hdr = NULL, *claims = NULL;
     uint8_t *sig = NULL;
@@ -611,56 +647,156 @@ bool auth_token_verify(auth_t *a, const char *token, auth_audience_family fam,
         snprintf(err, errlen, "The token's signature is invalid.");
         goto out;
     }
-    const char *iss = json_string_value(json_object_get(claims, "iss"));
-    const char *tid = json_string_value(json_object_get(claims, "tid"));
-    const char *oid = json_string_value(json_object_get(claims, "oid"));
-    const char *aud = json_string_value(json_object_get(claims, "aud"));
-    char want_iss[128];
-    snprintf(want_iss, sizeof want_iss, "https://sts.windows.net/%s/", tid ? tid : "");
-    if (!tid || !iss || strcmp(iss, want_iss)) {
-        snprintf(err, errlen, "The token's issuer is not this emulator's (%s).", want_iss);
-        goto out;
-    }
-    if (!oid) {
-        snprintf(err, errlen, "The token has no oid claim.");
-        goto out;
-    }
-    if (!aud || !aud_ok(aud, fam, base_url)) {
-        snprintf(err, errlen, "The token's audience '%.100s' is not accepted here; expected %s.",
-                 aud ? aud : "(none)", fam_names(fam));
-        goto out;
-    }
-    int64_t now = emu_wall_now();
+    memset(c, 0, sizeof *c);
+    copy_claim(c->oid, sizeof c->oid, claims, "oid");
+    copy_claim(c->tid, sizeof c->tid, claims, "tid");
+    copy_claim(c->appid, sizeof c->appid, claims, "appid");
+    copy_claim(c->iss, sizeof c->iss, claims, "iss");
+    copy_claim(c->aud, sizeof c->aud, claims, "aud");
     json_t *exp = json_object_get(claims, "exp"), *nbf = json_object_get(claims, "nbf");
-    if (!json_is_integer(exp) || now >= json_integer_value(exp)) {
-        snprintf(err, errlen, "The token has expired.");
-        goto out;
-    }
-    if (json_is_integer(nbf) && now + 60 < json_integer_value(nbf)) {
-        snprintf(err, errlen, "The token is not valid yet (nbf).");
-        goto out;
-    }
-    memset(out, 0, sizeof *out);
-    if (!auth_principal_get(a, oid, out)) {
-        /* a principal that was removed since the token was minted */
-        snprintf(err, errlen, "The token's principal %.40s no longer exists.", oid);
-        goto out;
-    }
-    if (strcasecmp(out->tid, tid)) {
-        snprintf(err, errlen, "The token's tenant does not match its principal's.");
-        goto out;
-    }
-    snprintf(out->iss, sizeof out->iss, "%s", iss);
-    const char *appid = json_string_value(json_object_get(claims, "appid"));
-    if (appid)
-        snprintf(out->appid, sizeof out->appid, "%s", appid);
-    out->from_token = true;
+    c->has_exp = json_is_integer(exp);
+    c->exp = c->has_exp ? json_integer_value(exp) : 0;
+    c->has_nbf = json_is_integer(nbf);
+    c->nbf = c->has_nbf ? json_integer_value(nbf) : 0;
+    /* a claim longer than its field cannot be checked from the copy: do not cache it */
+    c->used = claim_fits(claims, "aud", sizeof c->aud) &&
+              claim_fits(claims, "iss", sizeof c->iss) &&
+              claim_fits(claims, "oid", sizeof c->oid) &&
+              claim_fits(claims, "tid", sizeof c->tid) &&
+              claim_fits(claims, "appid", sizeof c->appid);
     ok = true;
 out:
     json_decref(hdr);
     json_decref(claims);
     free(sig);
     return ok;
+}
+
+static size_t tcache_slot(const uint8_t h[32])
+{
+    return ((size_t)h[0] | (size_t)h[1] << 8) % TOKEN_CACHE_SLOTS;
+}
+
+static bool tcache_get(auth_t *a, const uint8_t h[32], token_claims *out)
+{
+    pthread_mutex_lock(&a->tlock);
+    const token_claims *e = &a->tcache[tcache_slot(h)];
+    bool hit = e->used && !CRYPTO_memcmp(e->hash, h, 32);
+    if (hit) {
+        *out = *e;
+        a->tcache_hits++;
+    }
+    pthread_mutex_unlock(&a->tlock);
+    return hit;
+}
+
+static void tcache_put(auth_t *a, const uint8_t h[32], const token_claims *c)
+{
+    if (!c->used)
+        return;
+    pthread_mutex_lock(&a->tlock);
+    token_claims *e = &a->tcache[tcache_slot(h)];
+    *e = *c;
+    memcpy(e->hash, h, 32);
+    pthread_mutex_unlock(&a->tlock);
+}
+
+/* The claims of a token with a valid signature: from the cache, or verified and cached. */
+static bool token_claims_of(auth_t *a, const char *token, token_claims *c, char *err,
+                            size_t errlen)
+{
+    uint8_t h[32];
+    unsigned int hl = 32;
+    size_t len = strlen(token);
+    if (len > MAX_TOKEN) {
+        snprintf(err, errlen, "The bearer token is not a well-formed JWT.");
+        return false;
+    }
+    EVP_Digest(token, len, h, &hl, EVP_sha256(), NULL);
+    if (tcache_get(a, h, c))
+        return true;
+    if (!token_verify_signature(a, token, c, err, errlen))
+        return false;
+    tcache_put(a, h, c);
+    return true;
+}
+
+bool auth_token_verify(auth_t *a, const char *token, auth_audience_family fam,
+                       const char *base_url, auth_principal *out, char *err, size_t errlen)
+{
+    token_claims c;
+    if (!token_claims_of(a, token, &c, err, errlen))
+        return false;
+    char want_iss[128];
+    snprintf(want_iss, sizeof want_iss, "https://sts.windows.net/%s/", c.tid);
+    if (!c.tid[0] || !c.iss[0] || strcmp(c.iss, want_iss)) {
+        snprintf(err, errlen, "The token's issuer is not this emulator's (%s).", want_iss);
+        return false;
+    }
+    if (!c.oid[0]) {
+        snprintf(err, errlen, "The token has no oid claim.");
+        return false;
+    }
+    if (!c.aud[0] || !aud_ok(c.aud, fam, base_url)) {
+        snprintf(err, errlen, "The token's audience '%.100s' is not accepted here; expected %s.",
+                 c.aud[0] ? c.aud : "(none)", fam_names(fam));
+        return false;
+    }
+    int64_t now = emu_wall_now();
+    if (!c.has_exp || now >= c.exp) {
+        snprintf(err, errlen, "The token has expired.");
+        return false;
+    }
+    if (c.has_nbf && now + 60 < c.nbf) {
+        snprintf(err, errlen, "The token is not valid yet (nbf).");
+        return false;
+    }
+    memset(out, 0, sizeof *out);
+    if (!auth_principal_get(a, c.oid, out)) {
+        /* a principal that was removed since the token was minted */
+        snprintf(err, errlen, "The token's principal %.40s no longer exists.", c.oid);
+        return false;
+    }
+    if (strcasecmp(out->tid, c.tid)) {
+        snprintf(err, errlen, "The token's tenant does not match its principal's.");
+        return false;
+    }
+    snprintf(out->iss, sizeof out->iss, "%s", c.iss);
+    if (c.appid[0])
+        snprintf(out->appid, sizeof out->appid, "%s", c.appid);
+    out->from_token = true;
+    return true;
+}
+
+uint64_t auth_token_cache_hits(auth_t *a)
+{
+    pthread_mutex_lock(&a->tlock);
+    uint64_t n = a->tcache_hits;
+    pthread_mutex_unlock(&a->tlock);
+    return n;
+}
+
+/* Whether a token was minted here: cached as verified, or its kid / issuer say so. */
+static bool token_ours(auth_t *a, const char *token)
+{
+    uint8_t h[32];
+    unsigned int hl = 32;
+    size_t len = strlen(token);
+    if (len > MAX_TOKEN)
+        return false;
+    EVP_Digest(token, len, h, &hl, EVP_sha256(), NULL);
+    token_claims c;
+    if (tcache_get(a, h, &c))
+        return true;
+    json_t *hdr = NULL, *claims = NULL;
+    uint8_t *sig = NULL;
+    size_t sl = 0, signed_len = 0;
+    bool ours = jwt_split(token, &hdr, &claims, &sig, &sl, &signed_len) &&
+                claims_ours(a, hdr, claims);
+    json_decref(hdr);
+    json_decref(claims);
+    free(sig);
+    return ours;
 }
 
 bool auth_authenticate(auth_t *a, emu_req *req, auth_audience_family fam, bool *missing,
@@ -678,17 +814,8 @@ bool auth_authenticate(auth_t *a, emu_req *req, auth_audience_family fam, bool *
         token++;
     auth_principal p;
     bool ours = true;
-    if (a->mode == AUTH_PERMISSIVE) {
-        json_t *hdr = NULL, *claims = NULL;
-        uint8_t *sig = NULL;
-        size_t sl = 0, signed_len = 0;
-        ours = strlen(token) <= MAX_TOKEN &&
-               jwt_split(token, &hdr, &claims, &sig, &sl, &signed_len) &&
-               claims_ours(a, hdr, claims);
-        json_decref(hdr);
-        json_decref(claims);
-        free(sig);
-    }
+    if (a->mode == AUTH_PERMISSIVE)
+        ours = token_ours(a, token);
     if (ours) {
         if (!auth_token_verify(a, token, fam, emu_req_base_url(req), &p, err, errlen))
             return false;

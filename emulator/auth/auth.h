@@ -77,9 +77,13 @@ typedef enum {
 
 /* Verifies a JWT of this issuer: alg RS256 only, our kid, signature, issuer, audience of the
  * family (base_url = "https://host:port" the client used, accepted for ARM/BAP), exp/nbf on
- * the wall clock. On success fills out; else false + a message naming what was wrong. */
+ * the wall clock. On success fills out; else false + a message naming what was wrong.
+ * Tokens whose signature verified are remembered (by SHA-256 of the text, 1024 slots) so a
+ * client's next request skips parsing and the RSA verify; every other check runs each time. */
 bool auth_token_verify(auth_t *a, const char *token, auth_audience_family fam,
                        const char *base_url, auth_principal *out, char *err, size_t errlen);
+/* How many verifications the signature cache answered (tests, metrics). */
+uint64_t auth_token_cache_hits(auth_t *a);
 
 /* Resolves the caller of a request for an API family. Sets req->principal (arena memory) and
  * returns true; on failure returns false with a message (the caller answers 401 in its own
