@@ -1,6 +1,8 @@
 /* runner: case engine; see runner.h and fixtures/conformance/README.md. */
 #include "runner.h"
 
+#include "util.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <regex.h>
@@ -82,12 +84,10 @@ static void msg_add(char *msg, const char *fmt, ...)
     va_end(ap);
 }
 
+/* emu_xstrdup with NULL read as "" */
 static char *xstrdup(const char *s)
 {
-    char *d = strdup(s ? s : "");
-    if (!d)
-        abort();
-    return d;
+    return emu_xstrdup(s ? s : "");
 }
 
 /* Compact text of a JSON value for messages (caller frees). */
@@ -106,76 +106,11 @@ static const char *str_field(const json_t *o, const char *k)
 
 /* ------------------------------------------------------------------ base64url */
 
-static char *b64url_encode(const unsigned char *p, size_t n)
-{
-    static const char T[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    char *o = malloc(n * 4 / 3 + 4);
-    if (!o)
-        abort();
-    size_t j = 0, i = 0;
-    for (; i + 2 < n; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
-        o[j++] = T[v >> 18];
-        o[j++] = T[(v >> 12) & 63];
-        o[j++] = T[(v >> 6) & 63];
-        o[j++] = T[v & 63];
-    }
-    if (n - i == 1) {
-        uint32_t v = (uint32_t)p[i] << 16;
-        o[j++] = T[v >> 18];
-        o[j++] = T[(v >> 12) & 63];
-    } else if (n - i == 2) {
-        uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8;
-        o[j++] = T[v >> 18];
-        o[j++] = T[(v >> 12) & 63];
-        o[j++] = T[(v >> 6) & 63];
-    }
-    o[j] = 0;
-    return o;
-}
-
-static int b64_val(int c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-' || c == '+')
-        return 62;
-    if (c == '_' || c == '/')
-        return 63;
-    return -1;
-}
-
-/* Decodes base64url (or base64, padding optional). Returns malloc'd bytes or NULL. */
+/* emu_b64url_decode over a whole string (base64 or base64url, padding optional). */
 static unsigned char *b64url_decode(const char *s, size_t *outlen)
 {
     size_t n = strlen(s);
-    unsigned char *o = malloc(n * 3 / 4 + 3);
-    if (!o)
-        abort();
-    uint32_t acc = 0;
-    int bits = 0;
-    size_t j = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '=')
-            break;
-        int v = b64_val((unsigned char)s[i]);
-        if (v < 0) {
-            free(o);
-            return NULL;
-        }
-        acc = acc << 6 | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            o[j++] = (unsigned char)(acc >> bits);
-        }
-    }
-    *outlen = j;
-    return o;
+    return emu_b64url_decode(s, n, n, outlen);
 }
 
 static json_t *path_get(json_t *doc, const char *path);
@@ -220,23 +155,12 @@ json_t *hx_ctx_get(const hx_ctx *ctx, const char *name)
 
 /* ------------------------------------------------------------------ substitution */
 
-static void new_uuid(char out[37])
-{
-    unsigned char b[16];
-    RAND_bytes(b, sizeof b);
-    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
-    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-             b[14], b[15]);
-}
-
 /* The value of ${name}: a variable, or the dynamic ${uuid}. New reference or NULL. */
 static json_t *var_value(hx_ctx *ctx, const char *name)
 {
     if (!strcmp(name, "uuid")) {
         char u[37];
-        new_uuid(u);
+        emu_guid(u);
         return json_string(u);
     }
     json_t *v = json_object_get(ctx->vars, name);
@@ -804,7 +728,7 @@ static int builtin_local_wrap(hx_ctx *ctx, const json_t *p, char *msg)
         const json_t *cap = json_object_get(p, "capture");
         const char *pv = cap ? str_field(cap, "plain") : NULL;
         const char *wv = cap ? str_field(cap, "wrapped") : NULL;
-        char *ps = b64url_encode(plain, sizeof plain), *ws = b64url_encode(ct, ctlen);
+        char *ps = emu_b64url_encode(plain, sizeof plain), *ws = emu_b64url_encode(ct, ctlen);
         hx_ctx_set_str(ctx, pv ? pv : "plain", ps);
         hx_ctx_set_str(ctx, wv ? wv : "wrapped", ws);
         free(ps);
@@ -897,7 +821,7 @@ static int builtin_sha256(hx_ctx *ctx, const json_t *p, char *msg)
     unsigned char md[32];
     unsigned int ml = 0;
     EVP_Digest(s, strlen(s), md, &ml, EVP_sha256(), NULL);
-    char *b = b64url_encode(md, ml);
+    char *b = emu_b64url_encode(md, ml);
     hx_ctx_set_str(ctx, cap, b);
     free(b);
     free(s);
