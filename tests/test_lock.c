@@ -666,9 +666,15 @@ static void test_rotation(void **state)
     int64_t since = 0;
     free(audit_since(f, &since, NULL));
 
+    /* another key in the same vault is none of the environment's business: no key check */
+    unsigned long probes = pp_envs_probe_count(f->envs);
+    new_key(f, "rotvault", "unrelated", NULL);
+    assert_int_equal(pp_envs_probe_count(f->envs), probes);
+
     kv_key_view nv;
     kv_err ke = {{0}};
     assert_int_equal(kv_key_rotate(f->fx->kv, "rotvault", "cmk", &nv, &ke), KV_OK);
+    assert_true(pp_envs_probe_count(f->envs) > probes);
     char v2[40];
     snprintf(v2, sizeof v2, "%s", nv.version);
     kv_key_view_cleanup(&nv);

@@ -171,8 +171,7 @@ static bool link_check_cb(const char *system_id, void *ud)
 
 static void kv_change_cb(const char *vault, const char *key, void *ud)
 {
-    (void)key;
-    pp_envs_recheck_vault(ud, vault);
+    pp_envs_recheck_key(ud, vault, key);
 }
 
 static void roles_change_cb(const char *scope, void *ud)
@@ -514,19 +513,6 @@ void envi_runner_stop(pp_envs_t *p)
     p->runner_on = false;
 }
 
-bool pp_envs_wait_idle(pp_envs_t *p, unsigned timeout_ms)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += timeout_ms / 1000 + 1;
-    pthread_mutex_lock(&p->lock);
-    while (p->qhead && pthread_cond_timedwait(&p->cv, &p->lock, &ts) != ETIMEDOUT)
-        ;
-    bool idle = p->qhead == NULL;
-    pthread_mutex_unlock(&p->lock);
-    return idle;
-}
-
 void envi_ops_recover_inlock(pp_envs_t *p)
 {
     sqlite3 *db = emu_store_lock(p->store);
@@ -727,7 +713,6 @@ typedef struct {
     char id[40];
     char system_id[160];
     char version[40];
-    bool locked;
     uint8_t wrapped[PP_WRAPPED_MAX];
     size_t wrapped_len;
 } recheck_item;
@@ -849,6 +834,7 @@ static bool probe(pp_envs_t *p, const recheck_item *it, pp_policy *pol, pp_dek *
 {
     auth_principal who;
     char vault[64];
+    __atomic_fetch_add(&p->probes, 1, __ATOMIC_RELAXED);
     if (!cmk_resolve(p, it->system_id, pol, &who, vault, sizeof vault, why, whylen))
         return false;
     kv_err ke = {{0}};
@@ -957,7 +943,8 @@ static void lock_inlock(pp_envs_t *p, env_rec *r, const char *why)
     OPENSSL_cleanse(&next, sizeof next);
 }
 
-static void recheck(pp_envs_t *p, const char *vault_filter)
+/* vault_filter / key_filter NULL = any. */
+static void recheck(pp_envs_t *p, const char *vault_filter, const char *key_filter)
 {
     if (!p->has_cmk)
         return;
@@ -968,19 +955,19 @@ static void recheck(pp_envs_t *p, const char *vault_filter)
         env_rec *r = p->recs[i];
         if (r->env.key_managed_by != PP_KEY_CUSTOMER || r->env.op_id[0])
             continue;
-        if (vault_filter) {
+        if (vault_filter) { /* a Key Vault change: only environments on that vault/key */
             pp_policy pol;
             const char *v;
-            if (pp_policy_get_by_system_id(p->cmk.policies, r->env.cmk_system_id, &pol) ==
-                    PP_OK &&
-                (v = vault_of(&pol)) && strcasecmp(v, vault_filter))
+            if (pp_policy_get_by_system_id(p->cmk.policies, r->env.cmk_system_id, &pol) !=
+                    PP_OK ||
+                !(v = vault_of(&pol)) || strcasecmp(v, vault_filter) ||
+                (key_filter && strcasecmp(pol.key_name, key_filter)))
                 continue;
         }
         recheck_item *it = &items[n++];
         snprintf(it->id, sizeof it->id, "%s", r->env.id);
         snprintf(it->system_id, sizeof it->system_id, "%s", r->env.cmk_system_id);
         snprintf(it->version, sizeof it->version, "%s", r->env.cmk_version);
-        it->locked = !strcmp(r->env.reason, PP_REASON_CMK_LOCKED);
         memcpy(it->wrapped, r->wrapped, r->wrapped_len);
         it->wrapped_len = r->wrapped_len;
     }
@@ -1034,14 +1021,19 @@ static void recheck(pp_envs_t *p, const char *vault_filter)
     free(items);
 }
 
-void pp_envs_recheck(pp_envs_t *p)
+unsigned long pp_envs_probe_count(pp_envs_t *p)
 {
-    recheck(p, NULL);
+    return __atomic_load_n(&p->probes, __ATOMIC_RELAXED);
 }
 
-void pp_envs_recheck_vault(pp_envs_t *p, const char *vault)
+void pp_envs_recheck(pp_envs_t *p)
 {
-    recheck(p, vault);
+    recheck(p, NULL, NULL);
+}
+
+void pp_envs_recheck_key(pp_envs_t *p, const char *vault, const char *key)
+{
+    recheck(p, vault, key);
 }
 
 size_t pp_envs_expire_locks(pp_envs_t *p, int64_t now)

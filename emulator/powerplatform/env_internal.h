@@ -54,6 +54,7 @@ struct pp_envs {
     pthread_t runner;
     pthread_cond_t cv;
     envi_op *qhead, *qtail;
+    unsigned long probes; /* lock-watch key checks made (atomic; pp_envs_probe_count) */
 };
 
 /* pp lock held */

@@ -171,10 +171,13 @@ pp_env_status pp_env_unlink(pp_envs_t *p, const char *id, const char *system_id,
  * Success: policy Healthy; a locked environment stays disabled until re-enabled (audited once
  * as "access restored"), or is re-enabled at once with auto re-enable; a policy without a
  * key version follows the key's current version (the data key is re-wrapped, no downtime).
- * vault (may be NULL) limits the check to policies on that vault. Takes the pp_env lock only
- * around reading and writing the state; the key checks run without it. */
+ * pp_envs_recheck_key limits the check to policies on that vault and (key non-NULL) that key,
+ * which is what a Key Vault change can affect. Takes the pp_env lock only around reading and
+ * writing the state; the key checks run without it. */
 void pp_envs_recheck(pp_envs_t *p);
-void pp_envs_recheck_vault(pp_envs_t *p, const char *vault);
+void pp_envs_recheck_key(pp_envs_t *p, const char *vault, const char *key);
+/* How many key checks the lock watch and re-enable made (tests, metrics). */
+unsigned long pp_envs_probe_count(pp_envs_t *p);
 /* Deletes locked environments whose lock is older than the expiry (7 d sandbox and other
  * non-production SKUs, 30 d production) at emulated time now. Returns how many. */
 size_t pp_envs_expire_locks(pp_envs_t *p, int64_t now);
@@ -191,8 +194,7 @@ void pp_envs_set_auto_reenable(pp_envs_t *p, bool on);
 /* Starts the operation runner: link/unlink become asynchronous; each spends op_ms
  * milliseconds (half NotStarted, half Running) before it runs. Stopped by pp_envs_close. */
 bool pp_envs_start_runner(pp_envs_t *p, unsigned op_ms);
-/* Waits until no operation is queued or running (tests), at most timeout_ms. */
-bool pp_envs_wait_idle(pp_envs_t *p, unsigned timeout_ms);
+
 bool pp_env_is_linked(pp_envs_t *p, const char *system_id);
 
 /* ---- records ----------------------------------------------------------------------------- */
