@@ -1227,13 +1227,13 @@ pp_comp_status pp_comp_fno_enable(pp_comps_t *c, const char *env, pp_comp_err *e
     pp_comp_status rs = env_lookup(c, env, &ev, e);
     if (rs != PP_COMP_OK)
         return rs;
+    if (pp_comp_fno_enabled(c, ev.id)) /* already on (before CMK, as it must be) */
+        return PP_COMP_OK;
     char what[200];
     if (has_cmk(&ev, what, sizeof what)) {
         snprintf(e->msg, sizeof e->msg, SEQUENCE_MSG, ev.id, what);
         return PP_COMP_ERR_SEQUENCE;
     }
-    if (pp_comp_fno_enabled(c, ev.id))
-        return PP_COMP_OK;
     /* the row must exist for the UPDATE: make the platform key (and row) first */
     pthread_mutex_lock(&c->lock);
     pp_dek pdek = {0};
