@@ -73,8 +73,7 @@ static const rule_case RULE_CASES[] = {
     {"ratingsAndReviews", false, false, true, false, "asia", "commerce-other-geo", false},
     {"commerceScaleUnit", false, false, true, false, "unitedstates", "commerce-same-geo", true},
     {"ecommerce", false, false, true, false, NULL, "commerce-same-geo", true},
-    {"commerceScaleUnit", false, false, false, false, "unitedstates", "fno-not-integrated",
-     false},
+    {"commerceScaleUnit", false, false, false, false, "unitedstates", "fno-not-integrated", false},
     {"taxCalculation", false, false, true, false, NULL, "rcs-addin", false},
     {"electronicInvoicing", false, false, true, false, NULL, "rcs-addin", false},
     {"electronicInvoicing", false, true, true, false, NULL, "rcs-platform-addin", true},
@@ -207,8 +206,10 @@ static void cmk_setup(fixture *f, const char *vault, const char *policy, pp_poli
 
 static void make_env(fixture *f, char id[40])
 {
-    pp_env_spec spec = {.display_name = "Contoso Retail", .location = "unitedstates",
-                        .sku = "Production", .managed = true};
+    pp_env_spec spec = {.display_name = "Contoso Retail",
+                        .location = "unitedstates",
+                        .sku = "Production",
+                        .managed = true};
     pp_environment env;
     pp_env_err e = {{0}};
     assert_int_equal(pp_env_create(f->envs, &spec, &env, NULL, &e), PP_ENV_OK);
@@ -267,9 +268,8 @@ static json_t *coverage_of(json_t *report, const char *id)
 {
     size_t i;
     json_t *c;
-    json_array_foreach(json_object_get(report, "components"), i, c)
-    if (!strcmp(json_string_value(json_object_get(c, "id")), id))
-        return c;
+    json_array_foreach(json_object_get(report, "components"), i,
+                       c) if (!strcmp(json_string_value(json_object_get(c, "id")), id)) return c;
     fail_msg("component %s not in the report", id);
     return NULL;
 }
@@ -280,8 +280,8 @@ static int plaintext_rows(fixture *f, const char *text)
     sqlite3 *db = emu_store_lock(f->fx->store);
     sqlite3_stmt *st = NULL;
     int n = -1;
-    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM pp_comp_records WHERE instr(blob, ?) > 0",
-                           -1, &st, NULL) == SQLITE_OK) {
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM pp_comp_records WHERE instr(blob, ?) > 0", -1,
+                           &st, NULL) == SQLITE_OK) {
         sqlite3_bind_blob(st, 1, text, (int)strlen(text), SQLITE_STATIC);
         if (sqlite3_step(st) == SQLITE_ROW)
             n = sqlite3_column_int(st, 0);
@@ -371,20 +371,20 @@ static void test_lock_mixed(void **state)
     cmk_setup(f, "covvault", "covpolicy", &pol);
     char env[40], uri[300];
     make_env(f, env);
-    snprintf(uri, sizeof uri, BAP "/environments/%s/financeOperationsIntegration/enable"
-                              "?api-version=1", env);
+    snprintf(uri, sizeof uri,
+             BAP "/environments/%s/financeOperationsIntegration/enable"
+                 "?api-version=1",
+             env);
     assert_int_equal(call(f, "POST", uri, NULL, NULL), 200);
     comp_case cs[] = {
         {"{\"kind\":\"finance\",\"name\":\"Finance\"}", true, ""},
         {"{\"kind\":\"sales\",\"name\":\"Sales\"}", true, ""},
-        {"{\"kind\":\"commerceScaleUnit\",\"name\":\"CSU US\",\"geo\":\"unitedstates\"}", true,
-         ""},
+        {"{\"kind\":\"commerceScaleUnit\",\"name\":\"CSU US\",\"geo\":\"unitedstates\"}", true, ""},
         {"{\"kind\":\"commerceScaleUnit\",\"name\":\"CSU EU\",\"geo\":\"europe\"}", false, ""},
         {"{\"kind\":\"commerceCms\",\"name\":\"CMS\"}", false, ""},
         {"{\"kind\":\"taxCalculation\",\"name\":\"Tax\"}", false, ""},
         {"{\"kind\":\"addin\",\"name\":\"Other add-in\"}", true, ""},
-        {"{\"kind\":\"humanResources\",\"name\":\"HR standalone\",\"standalone\":true}", false,
-         ""},
+        {"{\"kind\":\"humanResources\",\"name\":\"HR standalone\",\"standalone\":true}", false, ""},
         {"{\"kind\":\"powerAutomateFlow\",\"name\":\"Old flow\"}", false, ""},
         {"{\"kind\":\"connectionSettings\",\"name\":\"Connections\"}", false, ""},
         {"{\"kind\":\"environmentSettings\",\"name\":\"Settings\"}", false, ""},
@@ -406,13 +406,15 @@ static void test_lock_mixed(void **state)
     char env2[40];
     make_env(f, env2);
     link_env(f, env2, pol.system_id, "link");
-    snprintf(uri, sizeof uri, BAP "/environments/%s/financeOperationsIntegration/enable"
-                              "?api-version=1", env2);
+    snprintf(uri, sizeof uri,
+             BAP "/environments/%s/financeOperationsIntegration/enable"
+                 "?api-version=1",
+             env2);
     assert_int_equal(call(f, "POST", uri, NULL, &j), 400);
     assert_string_equal(err_code(j), "CustomerManagedKeyEnabledBeforeIntegration");
-    assert_non_null(strstr(json_string_value(json_object_get(json_object_get(j, "error"),
-                                                             "message")),
-                           "shouldn't be enabled in that environment before integration"));
+    assert_non_null(
+        strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")),
+               "shouldn't be enabled in that environment before integration"));
     json_decref(j);
     assert_false(pp_comp_fno_enabled(f->comps, env2));
 
@@ -447,8 +449,8 @@ static void test_lock_mixed(void **state)
                 fail_msg("%s: covered component answered %d during the lock", cs[i].body, st);
             assert_string_equal(err_code(row), "EnvironmentLocked");
             assert_false(json_is_true(json_object_get(c, "readable")));
-            assert_non_null(strstr(json_string_value(json_object_get(c, "unreadableReason")),
-                                   "locked"));
+            assert_non_null(
+                strstr(json_string_value(json_object_get(c, "unreadableReason")), "locked"));
         } else {
             if (st != 200)
                 fail_msg("%s: uncovered component answered %d during the lock", cs[i].body, st);
@@ -500,10 +502,9 @@ static void test_lock_mixed(void **state)
     json_decref(row);
     assert_int_equal(read_comp(f, env, cs[0].id, NULL), 423);
     rep = coverage(f, env);
-    assert_string_equal(
-        json_string_value(json_object_get(json_object_get(coverage_of(rep, cs[n - 1].id), "rule"),
-                                          "id")),
-        "flow-before-cmk");
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(coverage_of(rep, cs[n - 1].id), "rule"), "id")),
+                        "flow-before-cmk");
     json_decref(rep);
     set_access(f, "covvault", pol.identity_oid, ALL_PERMS);
     assert_int_equal(pp_env_reenable(f->envs, env, NULL, &ee), PP_ENV_OK);
@@ -523,9 +524,9 @@ static void test_fno_integration_moves(void **state)
     assert_int_equal(pp_comp_get(f->comps, env, fin, &k, &ce), PP_COMP_OK);
     assert_int_equal(k.slot, PP_COMP_SLOT_PLATFORM);
     json_t *rep = coverage(f, env);
-    assert_string_equal(json_string_value(json_object_get(
-                            json_object_get(coverage_of(rep, fin), "rule"), "id")),
-                        "fno-not-integrated");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(coverage_of(rep, fin), "rule"), "id")),
+        "fno-not-integrated");
     json_decref(rep);
     assert_int_equal(pp_comp_fno_enable(f->comps, env, &ce), PP_COMP_OK);
     assert_int_equal(pp_comp_get(f->comps, env, fin, &k, &ce), PP_COMP_OK);
@@ -566,14 +567,14 @@ static int group_setup(void **state)
     f->audit = emu_audit_new();
     if (!(f->pol = pp_policies_open(f->fx->store, f->fx->auth, err, sizeof err)) ||
         !(f->envs = pp_envs_open(f->fx->store, f->fx->hsm, err, sizeof err)) ||
-        !(f->comps = pp_comps_open(f->fx->store, f->fx->hsm, f->envs, f->audit, err,
-                                   sizeof err))) {
+        !(f->comps = pp_comps_open(f->fx->store, f->fx->hsm, f->envs, f->audit, err, sizeof err))) {
         fprintf(stderr, "open: %s\n", err);
         return -1;
     }
     pp_envs_set_audit(f->envs, f->audit);
-    pp_envs_set_cmk(f->envs, &(pp_cmk_deps){.kv = f->fx->kv, .policies = f->pol,
-                                            .roles = NULL, .auth = f->fx->auth});
+    pp_envs_set_cmk(
+        f->envs,
+        &(pp_cmk_deps){.kv = f->fx->kv, .policies = f->pol, .roles = NULL, .auth = f->fx->auth});
     f->ctx = (pp_bap_ctx){.envs = f->envs, .auth = f->fx->auth, .comps = f->comps};
     pp_bap_register(f->fx->router, &f->ctx);
     return 0;

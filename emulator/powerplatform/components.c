@@ -183,21 +183,21 @@ static const pp_comp_rule RULES[R_COUNT] = {
                        "continues to be encrypted with Microsoft-managed key.",
                        false},
     [R_CONNECTOR] = {"connector-settings", false,
-                     "Connector and connection settings are never under the customer key.",
-                     S004, T004,
+                     "Connector and connection settings are never under the customer key.", S004,
+                     T004,
                      "the connection settings for connectors will continue to be encrypted with "
                      "a Microsoft-managed key",
                      false},
     [R_ENV_SETTINGS] = {"environment-settings", false,
                         "Power Platform environment settings are never under the customer key.",
-                        S003, T003, "Connector / connection settings and Power Platform "
-                                    "environment settings.",
+                        S003, T003,
+                        "Connector / connection settings and Power Platform "
+                        "environment settings.",
                         false},
     [R_DISPLAY_NAMES] = {"display-names", false,
                          "App display names and descriptions are never under the customer key.",
                          S003, T003,
-                         "Power Apps display names, descriptions, and connection metadata.",
-                         false},
+                         "Power Apps display names, descriptions, and connection metadata.", false},
     [R_LCS] = {"lcs-metadata", false,
                "Lifecycle Services data (file assets, methodologies, task recordings, project "
                "metadata) is never under the customer key.",
@@ -385,8 +385,7 @@ pp_comps_t *pp_comps_open(emu_store *store, hsm_t *hsm, pp_envs_t *envs, emu_aud
     c->envs = envs;
     c->audit = audit;
     if (!emu_store_migrate(store, PP_COMP_MIGRATIONS,
-                           sizeof PP_COMP_MIGRATIONS / sizeof PP_COMP_MIGRATIONS[0], err,
-                           errlen) ||
+                           sizeof PP_COMP_MIGRATIONS / sizeof PP_COMP_MIGRATIONS[0], err, errlen) ||
         !pp_platform_key_ensure(store, hsm, &c->platform, err, errlen)) {
         pthread_mutex_destroy(&c->lock);
         free(c);
@@ -548,8 +547,8 @@ static bool platform_dek_inlock(pp_comps_t *c, const char *env, pp_dek *out, cha
     sqlite3_finalize(st);
     bool ok = true;
     if (wlen) {
-        ok = pp_dek_unwrap(&c->platform_wrapper, wrapped, wlen, &dek, err, errlen) ==
-             PP_ENVELOPE_OK;
+        ok =
+            pp_dek_unwrap(&c->platform_wrapper, wrapped, wlen, &dek, err, errlen) == PP_ENVELOPE_OK;
     } else {
         ok = pp_dek_create(c->hsm, &c->platform_wrapper, &dek, wrapped, &wlen, err, errlen) ==
              PP_ENVELOPE_OK;
@@ -599,8 +598,8 @@ static bool reseal(sqlite3 *db, const char *env, const char *comp, const pp_dek 
     sqlite3_stmt *st = NULL, *up = NULL;
     bool ok = sqlite3_prepare_v2(db, "SELECT id, blob FROM pp_comp_records WHERE comp=?", -1, &st,
                                  NULL) == SQLITE_OK &&
-              sqlite3_prepare_v2(db, "UPDATE pp_comp_records SET blob=? WHERE comp=? AND id=?",
-                                 -1, &up, NULL) == SQLITE_OK;
+              sqlite3_prepare_v2(db, "UPDATE pp_comp_records SET blob=? WHERE comp=? AND id=?", -1,
+                                 &up, NULL) == SQLITE_OK;
     int src = SQLITE_DONE;
     if (ok) {
         sqlite3_bind_text(st, 1, comp, -1, SQLITE_STATIC);
@@ -676,8 +675,7 @@ static void lower_copy(char *out, size_t outlen, const char *in)
     out[i] = '\0';
 }
 
-static pp_comp_status env_lookup(pp_comps_t *c, const char *env, pp_environment *ev,
-                                 pp_comp_err *e)
+static pp_comp_status env_lookup(pp_comps_t *c, const char *env, pp_environment *ev, pp_comp_err *e)
 {
     if (pp_env_get(c->envs, env, ev) != PP_ENV_OK) {
         snprintf(e->msg, sizeof e->msg, "Environment '%.40s' does not exist.", env);
@@ -740,8 +738,8 @@ pp_comp_status pp_comp_add(pp_comps_t *c, const char *env, const pp_comp_spec *s
         if (!strcasecmp(spec->rcs, "platform"))
             k.rcs_platform = true;
         else if (strcasecmp(spec->rcs, "standalone")) {
-            snprintf(e->msg, sizeof e->msg,
-                     "rcs '%.40s' is not valid; use standalone or platform.", spec->rcs);
+            snprintf(e->msg, sizeof e->msg, "rcs '%.40s' is not valid; use standalone or platform.",
+                     spec->rcs);
             return PP_COMP_ERR_BAD_PARAM;
         }
     }
@@ -808,8 +806,8 @@ pp_comp_status pp_comp_add(pp_comps_t *c, const char *env, const pp_comp_spec *s
 
 static void comp_not_found(pp_comp_err *e, const char *env, const char *id)
 {
-    snprintf(e->msg, sizeof e->msg, "Component '%.40s' does not exist in environment '%.40s'.",
-             id, env);
+    snprintf(e->msg, sizeof e->msg, "Component '%.40s' does not exist in environment '%.40s'.", id,
+             env);
 }
 
 pp_comp_status pp_comp_get(pp_comps_t *c, const char *env, const char *id, pp_component *out,
@@ -1010,9 +1008,8 @@ static pp_env_status rec_env_cb(const pp_environment *ev, const pp_dek *dek, voi
     return PP_ENV_OK;
 }
 
-static pp_comp_status rec_access(pp_comps_t *c, const char *env, const char *comp,
-                                 const char *rid, const json_t *row, json_t **out,
-                                 pp_comp_err *e)
+static pp_comp_status rec_access(pp_comps_t *c, const char *env, const char *comp, const char *rid,
+                                 const json_t *row, json_t **out, pp_comp_err *e)
 {
     if (out)
         *out = NULL;
@@ -1093,8 +1090,8 @@ static pp_comp_status rec_access(pp_comps_t *c, const char *env, const char *com
     return PP_COMP_ERR_BUSY;
 }
 
-pp_comp_status pp_comp_record_put(pp_comps_t *c, const char *env, const char *comp,
-                                  const char *rid, const json_t *row, pp_comp_err *e)
+pp_comp_status pp_comp_record_put(pp_comps_t *c, const char *env, const char *comp, const char *rid,
+                                  const json_t *row, pp_comp_err *e)
 {
     if (!json_is_object(row)) {
         snprintf(e->msg, sizeof e->msg, "A component record is a JSON object.");
@@ -1103,20 +1100,20 @@ pp_comp_status pp_comp_record_put(pp_comps_t *c, const char *env, const char *co
     return rec_access(c, env, comp, rid, row, NULL, e);
 }
 
-pp_comp_status pp_comp_record_get(pp_comps_t *c, const char *env, const char *comp,
-                                  const char *rid, json_t **out, pp_comp_err *e)
+pp_comp_status pp_comp_record_get(pp_comps_t *c, const char *env, const char *comp, const char *rid,
+                                  json_t **out, pp_comp_err *e)
 {
     return rec_access(c, env, comp, rid, NULL, out, e);
 }
 
 /* ---- F&O integration ------------------------------------------------------------------------ */
 
-#define SEQUENCE_MSG                                                                             \
-    "Power Platform integration for finance and operations cannot be enabled on environment "  \
-    "'%s': it already has a customer-managed key (%s). The documentation says: \"If you set up " \
-    "integration with an existing Power Platform environment, CMKs shouldn't be enabled in "    \
-    "that environment before integration. (Support for that scenario will be enabled in "       \
-    "future.)\" (seeds/000_010c8081dab9dbd9.txt). Enable the integration first, then link the " \
+#define SEQUENCE_MSG                                                                               \
+    "Power Platform integration for finance and operations cannot be enabled on environment "      \
+    "'%s': it already has a customer-managed key (%s). The documentation says: \"If you set up "   \
+    "integration with an existing Power Platform environment, CMKs shouldn't be enabled in "       \
+    "that environment before integration. (Support for that scenario will be enabled in "          \
+    "future.)\" (seeds/000_010c8081dab9dbd9.txt). Enable the integration first, then link the "    \
     "environment to the enterprise policy; or unlink it, enable the integration and link again."
 
 static bool has_cmk(const pp_environment *ev, char *what, size_t wlen)
@@ -1138,8 +1135,7 @@ typedef struct {
     pp_comp_err *e;
 } fno_ctx;
 
-static pp_env_status fno_cb(const pp_environment *ev, const pp_dek *dek, void *ud,
-                            pp_env_err *err)
+static pp_env_status fno_cb(const pp_environment *ev, const pp_dek *dek, void *ud, pp_env_err *err)
 {
     (void)err;
     fno_ctx *x = ud;
@@ -1210,12 +1206,11 @@ static pp_env_status fno_cb(const pp_environment *ev, const pp_dek *dek, void *u
                  "finance and operations Power Platform integration enabled; %zu component(s) "
                  "moved onto the environment's data key",
                  moved);
-        emu_audit_add(c->audit,
-                      &(emu_audit_event){.operation = "PowerPlatform/environments/"
-                                                      "FinanceOperationsIntegration",
-                                         .target = target,
-                                         .outcome = "Succeeded",
-                                         .detail = detail});
+        emu_audit_add(c->audit, &(emu_audit_event){.operation = "PowerPlatform/environments/"
+                                                                "FinanceOperationsIntegration",
+                                                   .target = target,
+                                                   .outcome = "Succeeded",
+                                                   .detail = detail});
     }
     x->st = PP_COMP_OK;
     return PP_ENV_OK;
@@ -1282,8 +1277,7 @@ static void hook_deleted(const char *env, void *ud)
         if (sqlite3_prepare_v2(db, sqls[i], -1, &st, NULL) == SQLITE_OK) {
             sqlite3_bind_text(st, 1, env, -1, SQLITE_STATIC);
             if (sqlite3_step(st) != SQLITE_DONE)
-                emu_log(EMU_LOG_ERROR, "pp-comp", "environment %s: cannot delete components",
-                        env);
+                emu_log(EMU_LOG_ERROR, "pp-comp", "environment %s: cannot delete components", env);
         }
         sqlite3_finalize(st);
     }
@@ -1384,8 +1378,8 @@ static void hook_unlinked(const pp_environment *ev, const pp_dek *dek, void *ud)
                 ev->id);
     } else if (moved) {
         emu_log(EMU_LOG_INFO, "pp-comp",
-                "environment %s: %zu flow(s) created under CMK moved onto the platform key",
-                ev->id, moved);
+                "environment %s: %zu flow(s) created under CMK moved onto the platform key", ev->id,
+                moved);
     }
     emu_store_unlock(c->store);
     pthread_mutex_unlock(&c->lock);
@@ -1398,8 +1392,7 @@ static void hook_unlinked(const pp_environment *ev, const pp_dek *dek, void *ud)
 static json_t *rule_json(const pp_comp_rule *r)
 {
     json_t *j = json_pack("{s:s,s:b,s:s,s:s,s:s,s:s}", "id", r->id, "cmkApplies", r->cmk, "text",
-                          r->text, "seed", r->seed, "seedTitle", r->seed_title, "quote",
-                          r->quote);
+                          r->text, "seed", r->seed, "seedTitle", r->seed_title, "quote", r->quote);
     if (r->decision)
         json_object_set_new(j, "decision", json_true());
     return j;
@@ -1452,17 +1445,18 @@ pp_comp_status pp_comp_coverage(pp_comps_t *c, const char *env, json_t **out, pp
         json_t *j = json_pack(
             "{s:s,s:s,s:s,s:s,s:s,s:s,s:b,s:b,s:o,s:{s:s,s:b},s:s}", "id", k->id, "kind", k->kind,
             "label", pp_comp_kind_label(k->kind), "name", k->name, "keyManagedBy",
-            by_customer ? "Customer" : "Microsoft", "dataKey",
-            on_env ? "environment" : "platform", "cmkApplies", r->cmk, "readable", readable,
-            "rule", rule_json(r), "residency", "geo", geo, "sameGeoAsEnvironment",
-            !strcasecmp(geo, ev.location), "createdTime", created);
+            by_customer ? "Customer" : "Microsoft", "dataKey", on_env ? "environment" : "platform",
+            "cmkApplies", r->cmk, "readable", readable, "rule", rule_json(r), "residency", "geo",
+            geo, "sameGeoAsEnvironment", !strcasecmp(geo, ev.location), "createdTime", created);
         if (!readable)
-            json_object_set_new(j, "unreadableReason",
-                                json_string(on_env ? why_dark : "an admin disabled the environment"));
+            json_object_set_new(
+                j, "unreadableReason",
+                json_string(on_env ? why_dark : "an admin disabled the environment"));
         if (r->cmk && !customer)
-            json_object_set_new(j, "note", json_string("CMK applies, but the environment is not "
-                                                       "linked to an enterprise policy: Microsoft "
-                                                       "holds the key until it is."));
+            json_object_set_new(j, "note",
+                                json_string("CMK applies, but the environment is not "
+                                            "linked to an enterprise policy: Microsoft "
+                                            "holds the key until it is."));
         if (r->cmk != on_env) /* cannot happen by construction; say so if it ever does */
             json_object_set_new(j, "inconsistent", json_true());
         if (k->standalone)
@@ -1486,13 +1480,14 @@ pp_comp_status pp_comp_coverage(pp_comps_t *c, const char *env, json_t **out, pp
         "s:{s:I,s:I,s:I,s:I}}",
         "environment", "id", ev.id, "displayName", ev.display_name, "keyManagedBy", env_key,
         "runtime", ev.enabled ? "Enabled" : "Disabled", "runtimeReasonCode", ev.reason, "locked",
-        locked, "dataverseRecords", "keyManagedBy", env_key, "dataKey", "environment",
-        "readable", ev.enabled, "rule", rule_json(dv), "financeOperationsIntegration", fnoj,
-        "residency", "region", ev.azure_region, "geo", ev.location, "statement",
+        locked, "dataverseRecords", "keyManagedBy", env_key, "dataKey", "environment", "readable",
+        ev.enabled, "rule", rule_json(dv), "financeOperationsIntegration", fnoj, "residency",
+        "region", ev.azure_region, "geo", ev.location, "statement",
         "CMK controls who can read the data, not where it lives: the region and geo above do "
         "not change when a customer-managed key is applied, linked, rotated or locked.",
-        "seed", S003, "quote", "Bring your own key controls who can read the data not where it "
-                               "lives.",
+        "seed", S003, "quote",
+        "Bring your own key controls who can read the data not where it "
+        "lives.",
         "components", comps, "summary", "customerKey", (json_int_t)n_customer, "microsoftKey",
         (json_int_t)n_microsoft, "readable", (json_int_t)n_lit, "unreadable", (json_int_t)n_dark);
     if (customer && ev.cmk_system_id[0])
@@ -1514,8 +1509,7 @@ static bool world_env_id(pp_comps_t *c, json_t *v, char id[40], char *err, size_
     pp_environment *all = NULL;
     size_t n = pp_env_list(c->envs, &all), hits = 0;
     for (size_t i = 0; i < n; i++) {
-        bool match = want ? !strcasecmp(all[i].id, want)
-                          : (dn && !strcmp(all[i].display_name, dn));
+        bool match = want ? !strcasecmp(all[i].id, want) : (dn && !strcmp(all[i].display_name, dn));
         if (match) {
             snprintf(id, 40, "%s", all[i].id);
             hits++;
@@ -1579,8 +1573,8 @@ bool pp_comps_world_apply(pp_comps_t *c, json_t *world, char *err, size_t errlen
             json_object_foreach(recs, rid, row)
             {
                 if (pp_comp_record_put(c, env, k.id, rid, row, &e) != PP_COMP_OK) {
-                    snprintf(err, errlen, "environments[%zu].components[%zu].records.%s: %s", i,
-                             j, rid, e.msg);
+                    snprintf(err, errlen, "environments[%zu].components[%zu].records.%s: %s", i, j,
+                             rid, e.msg);
                     return false;
                 }
             }

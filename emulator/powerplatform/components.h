@@ -137,10 +137,10 @@ pp_comp_status pp_comp_delete(pp_comps_t *c, const char *env, const char *id, pp
  * environment is locked (the lock message) and DISABLED while disabled; one on the platform
  * key answers unless an admin disabled the environment. */
 #define PP_COMP_RECORD_MAX (64 * 1024)
-pp_comp_status pp_comp_record_put(pp_comps_t *c, const char *env, const char *comp,
-                                  const char *rid, const json_t *row, pp_comp_err *e);
-pp_comp_status pp_comp_record_get(pp_comps_t *c, const char *env, const char *comp,
-                                  const char *rid, json_t **out, pp_comp_err *e);
+pp_comp_status pp_comp_record_put(pp_comps_t *c, const char *env, const char *comp, const char *rid,
+                                  const json_t *row, pp_comp_err *e);
+pp_comp_status pp_comp_record_get(pp_comps_t *c, const char *env, const char *comp, const char *rid,
+                                  json_t **out, pp_comp_err *e);
 
 /* F&O Power Platform integration. Enabling is refused with PP_COMP_ERR_SEQUENCE when the
  * environment already has a customer-managed key (or a link is running); it moves the F&O

@@ -45,9 +45,9 @@ static void send_comp_error(emu_req *req, pp_comp_status st, const pp_comp_err *
         emu_send_error(req, 400, "CustomerManagedKeyEnabledBeforeIntegration", "%s", e->msg);
         break;
     case PP_COMP_ERR_NOT_FOUND:
-        emu_send_error(req, 404, strstr(e->msg, "Environment '") == e->msg
-                                     ? "EnvironmentNotFound"
-                                     : "NotFound",
+        emu_send_error(req, 404,
+                       strstr(e->msg, "Environment '") == e->msg ? "EnvironmentNotFound"
+                                                                 : "NotFound",
                        "%s", e->msg);
         break;
     case PP_COMP_ERR_LOCKED:
@@ -69,8 +69,8 @@ static json_t *comp_json(const pp_component *k)
 {
     char created[40];
     emu_time_rfc3339(k->created, created, sizeof created);
-    json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "id", k->id, "environment", k->env,
-                          "kind", k->kind, "name", k->name, "dataKey",
+    json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "id", k->id, "environment", k->env, "kind",
+                          k->kind, "name", k->name, "dataKey",
                           k->slot == PP_COMP_SLOT_ENVIRONMENT ? "environment" : "platform",
                           "createdTime", created);
     if (k->geo[0])
@@ -159,8 +159,7 @@ static void h_comp_get(emu_req *req, void *ud)
         return;
     pp_component k;
     pp_comp_err e = {{0}};
-    pp_comp_status st = pp_comp_get(c->comps, emu_req_param(req, 0), emu_req_param(req, 1), &k,
-                                    &e);
+    pp_comp_status st = pp_comp_get(c->comps, emu_req_param(req, 0), emu_req_param(req, 1), &k, &e);
     if (st != PP_COMP_OK) {
         send_comp_error(req, st, &e);
         return;
@@ -174,8 +173,7 @@ static void h_comp_delete(emu_req *req, void *ud)
     if (!check_version(req))
         return;
     pp_comp_err e = {{0}};
-    pp_comp_status st = pp_comp_delete(c->comps, emu_req_param(req, 0), emu_req_param(req, 1),
-                                       &e);
+    pp_comp_status st = pp_comp_delete(c->comps, emu_req_param(req, 0), emu_req_param(req, 1), &e);
     if (st != PP_COMP_OK) {
         send_comp_error(req, st, &e);
         return;
@@ -195,8 +193,8 @@ static void h_rec_put(emu_req *req, void *ud)
         return;
     }
     pp_comp_err e = {{0}};
-    pp_comp_status st = pp_comp_record_put(c->comps, emu_req_param(req, 0),
-                                           emu_req_param(req, 1), emu_req_param(req, 2), body, &e);
+    pp_comp_status st = pp_comp_record_put(c->comps, emu_req_param(req, 0), emu_req_param(req, 1),
+                                           emu_req_param(req, 2), body, &e);
     if (st != PP_COMP_OK) {
         json_decref(body);
         send_comp_error(req, st, &e);
@@ -212,8 +210,8 @@ static void h_rec_get(emu_req *req, void *ud)
         return;
     json_t *row = NULL;
     pp_comp_err e = {{0}};
-    pp_comp_status st = pp_comp_record_get(c->comps, emu_req_param(req, 0),
-                                           emu_req_param(req, 1), emu_req_param(req, 2), &row, &e);
+    pp_comp_status st = pp_comp_record_get(c->comps, emu_req_param(req, 0), emu_req_param(req, 1),
+                                           emu_req_param(req, 2), &row, &e);
     if (st != PP_COMP_OK) {
         send_comp_error(req, st, &e);
         return;
@@ -273,7 +271,6 @@ void pp_comps_api_register(emu_router *r, pp_bap_ctx *ctx)
         emu_router_add(r, "PUT", routes[i][3], EMU_ROUTE_SLOW, pp_bap_precheck, h_rec_put, ctx);
         emu_router_add(r, "GET", routes[i][3], EMU_ROUTE_SLOW, pp_bap_precheck, h_rec_get, ctx);
         emu_router_add(r, "GET", routes[i][4], 0, pp_bap_precheck, h_fno_get, ctx);
-        emu_router_add(r, "POST", routes[i][5], EMU_ROUTE_SLOW, pp_bap_precheck, h_fno_enable,
-                       ctx);
+        emu_router_add(r, "POST", routes[i][5], EMU_ROUTE_SLOW, pp_bap_precheck, h_fno_enable, ctx);
     }
 }
