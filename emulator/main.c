@@ -114,6 +114,7 @@ static int serve(int argc, char **argv)
     armres_t *arm = NULL;
     pp_policies_t *pp = NULL;
     pp_envs_t *envs = NULL;
+    pp_comps_t *comps = NULL;
     auth_t *auth = NULL;
     roles_t *roles = NULL;
     emu_audit *audit = emu_audit_new();
@@ -256,7 +257,12 @@ static int serve(int argc, char **argv)
         emu_log(EMU_LOG_ERROR, "main", "cannot start the operation runner");
         goto out;
     }
-    pp_bap_ctx bap = {.envs = envs, .auth = auth};
+    comps = pp_comps_open(store, hsm, envs, audit, err, sizeof err);
+    if (!comps) {
+        fprintf(stderr, "cmkemu: environment components: %s\n", err);
+        goto out;
+    }
+    pp_bap_ctx bap = {.envs = envs, .auth = auth, .comps = comps};
     pp_bap_register(router, &bap);
     auth_api_register(router, &authctx);
 
@@ -330,6 +336,7 @@ out:
     emu_http_stop(http);
     emu_workers_free(workers);
     emu_router_free(router);
+    pp_comps_close(comps);
     pp_envs_close(envs); /* stops the operation runner, which audits */
     emu_audit_free(audit);
     pp_policies_close(pp);

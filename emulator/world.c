@@ -9,6 +9,7 @@
 #include "demo_world.h" /* generated: CMKEMU_DEMO_WORLD[] */
 #include "keyvault/access.h"
 #include "log.h"
+#include "powerplatform/components.h"
 #include "powerplatform/environments.h"
 #include "powerplatform/policies.h"
 #include "tls.h"
@@ -374,6 +375,11 @@ static bool world_environments(json_t *world, emu_store *store, kv_t *kv, char *
     if (!envs)
         return false;
     bool ok = pp_envs_world_apply(envs, world, err, errlen);
+    if (ok) { /* components and F&O integration (components.h) */
+        pp_comps_t *comps = pp_comps_open(store, kv_hsm(kv), envs, NULL, err, errlen);
+        ok = comps && pp_comps_world_apply(comps, world, err, errlen);
+        pp_comps_close(comps);
+    }
     pp_envs_close(envs);
     return ok;
 }

@@ -9,6 +9,7 @@
 
 #include "bench/bench.h"
 #include "conformance.h"
+#include "coverage.h"
 #include "scenario.h"
 
 #ifndef CMKH_VERSION
@@ -21,6 +22,7 @@ static void usage(FILE *f)
                "  conformance --url URL ...   run the conformance cases (--help for options)\n"
                "  bench ...                   load generator\n"
                "  scenario list | run NAME   narrated trainer scenarios (--help for options)\n"
+               "  coverage ENV --url URL ...  CMK coverage of an environment's components\n"
                "  --help, --version\n");
 }
 
@@ -45,6 +47,8 @@ int main(int argc, char **argv)
         return cmkh_bench_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "scenario"))
         return hx_scenario_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "coverage"))
+        return hx_coverage_main(argc - 1, argv + 1);
     fprintf(stderr, "cmkharness: unknown command %s\n", cmd);
     usage(stderr);
     return 2;

@@ -39,6 +39,11 @@ static void precheck(emu_req *req, void *ud)
                             : "The bearer token is not valid.");
 }
 
+void pp_bap_precheck(emu_req *req, void *ud)
+{
+    precheck(req, ud);
+}
+
 /* ---- environments -------------------------------------------------------------------------- */
 
 static bool check_version(emu_req *req)
@@ -626,6 +631,8 @@ void pp_bap_register(emu_router *r, pp_bap_ctx *ctx)
         {ADMIN "/environments/{id}/enterprisePolicies/Encryption/link",
          ADMIN "/environments/{id}/enterprisePolicies/Encryption/unlink"},
     };
+    if (ctx->comps)
+        pp_comps_api_register(r, ctx);
     for (int i = 0; i < 2; i++) {
         emu_router_add(r, "POST", links[i][0], EMU_ROUTE_SLOW, precheck, h_env_link, ctx);
         emu_router_add(r, "POST", links[i][1], EMU_ROUTE_SLOW, precheck, h_env_unlink, ctx);

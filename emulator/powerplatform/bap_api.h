@@ -18,15 +18,21 @@
 #define CMKEMU_PP_BAP_API_H
 
 #include "auth/auth.h"
+#include "components.h"
 #include "environments.h"
 #include "router.h"
 
 typedef struct {
     pp_envs_t *envs;
-    auth_t *auth; /* NULL: any bearer token is accepted (tests without identity) */
+    auth_t *auth;      /* NULL: any bearer token is accepted (tests without identity) */
+    pp_comps_t *comps; /* NULL: no component / coverage routes (components_api.c) */
 } pp_bap_ctx;
 
-/* ctx must outlive the router. */
+/* ctx must outlive the router. Registers the component routes too when ctx->comps is set. */
 void pp_bap_register(emu_router *r, pp_bap_ctx *ctx);
+/* The BAP authentication precheck (ud: a pp_bap_ctx), for components_api.c. */
+void pp_bap_precheck(emu_req *req, void *ud);
+/* components_api.c: the component, coverage and F&O integration routes. */
+void pp_comps_api_register(emu_router *r, pp_bap_ctx *ctx);
 
 #endif

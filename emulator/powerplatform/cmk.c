@@ -424,6 +424,8 @@ static void op_execute_inlock(pp_envs_t *p, envi_op *q)
         else
             snprintf(detail, sizeof detail,
                      "data key re-wrapped under the Microsoft-managed platform key");
+        if (!q->link && p->hooks.unlinked)
+            p->hooks.unlinked(&r->env, &r->dek, p->hooks.ud);
     } else {
         r->env.op_id[0] = r->env.op_kind[0] = r->env.op_system_id[0] = '\0';
         r->env.enabled = q->prev_enabled;
@@ -937,6 +939,8 @@ static void lock_inlock(pp_envs_t *p, env_rec *r, const char *why)
                  already ? "still locked, new cause" : "locked", why,
                  (int)(pp_env_lock_expiry(&r->env) / 86400));
         envi_audit(p, "Lock", r->env.id, "Locked", NULL, NULL, NULL, detail);
+        if (!already && p->hooks.locked)
+            p->hooks.locked(&r->env, p->hooks.ud);
         emu_log(EMU_LOG_WARN, "pp-env", "environment %s %s: %s", r->env.id,
                 already ? "still locked, new cause" : "locked", why);
     }

@@ -55,6 +55,7 @@ struct pp_envs {
     pthread_cond_t cv;
     envi_op *qhead, *qtail;
     unsigned long probes; /* lock-watch key checks made (atomic; pp_envs_probe_count) */
+    pp_env_hooks hooks;   /* components (components.h); zero = none */
 };
 
 /* pp lock held */

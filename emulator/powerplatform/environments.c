@@ -515,6 +515,8 @@ pp_env_status envi_delete(pp_envs_t *p, const char *id, pp_env_operation *op, pp
         goto out;
     }
     envi_op_fill(op, opid, r->env.id, "Delete", now);
+    if (p->hooks.deleted)
+        p->hooks.deleted(r->env.id, p->hooks.ud);
     envi_audit(p, "Delete", r->env.id, "Succeeded", caller ? caller->oid : NULL,
                caller ? caller->appid : NULL, caller ? caller->name : NULL, cause);
     emu_log(EMU_LOG_INFO, "pp-env", "environment %s deleted: %s", r->env.id, cause);
@@ -691,6 +693,27 @@ static pp_env_status usable_inlock(pp_envs_t *p, const char *env, const char *se
     }
     *out = r;
     return PP_ENV_OK;
+}
+
+void pp_envs_set_hooks(pp_envs_t *p, const pp_env_hooks *h)
+{
+    pthread_mutex_lock(&p->lock);
+    p->hooks = *h;
+    pthread_mutex_unlock(&p->lock);
+}
+
+pp_env_status pp_env_with_dek(pp_envs_t *p, const char *env, pp_env_dek_fn fn, void *ud,
+                              pp_env_err *e)
+{
+    char singular[80];
+    env_rec *r = NULL;
+    pthread_mutex_lock(&p->lock);
+    /* "components" only passes the entity-set check; the refusals are the records' ones */
+    pp_env_status rs = usable_inlock(p, env, "components", singular, sizeof singular, &r, e);
+    if (rs == PP_ENV_OK)
+        rs = fn(&r->env, &r->dek, ud, e);
+    pthread_mutex_unlock(&p->lock);
+    return rs;
 }
 
 /* Reads and opens one row (pp lock held). NOT_FOUND when absent. */

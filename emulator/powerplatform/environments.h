@@ -26,6 +26,7 @@
 
 #include "audit.h"
 #include "auth/roles.h"
+#include "envelope.h"
 #include "hsm.h"
 #include "keyvault/kv.h"
 #include "policies.h"
@@ -196,6 +197,27 @@ void pp_envs_set_auto_reenable(pp_envs_t *p, bool on);
 bool pp_envs_start_runner(pp_envs_t *p, unsigned op_ms);
 
 bool pp_env_is_linked(pp_envs_t *p, const char *system_id);
+
+/* ---- hooks for the components module (components.h) -------------------------------------- */
+
+/* Called with the pp_env lock held: a hook may take its own lock (after ours) and the store
+ * lock, and must not call back into pp_envs. Any member may be NULL. */
+typedef struct {
+    void (*deleted)(const char *env, void *ud);                  /* environment deleted */
+    void (*locked)(const pp_environment *e, void *ud);           /* a new lock began */
+    void (*unlinked)(const pp_environment *e, const pp_dek *dek, /* back on Microsoft */
+                     void *ud);
+    void *ud;
+} pp_env_hooks;
+void pp_envs_set_hooks(pp_envs_t *p, const pp_env_hooks *h);
+
+/* Runs fn with the environment's data key, the pp_env lock held during fn, when the
+ * environment's data is usable; otherwise the same refusal as its records (LOCKED with the
+ * lock message, DISABLED, NOT_FOUND) and fn is not called. fn's status is returned. */
+typedef pp_env_status (*pp_env_dek_fn)(const pp_environment *e, const pp_dek *dek, void *ud,
+                                       pp_env_err *err);
+pp_env_status pp_env_with_dek(pp_envs_t *p, const char *env, pp_env_dek_fn fn, void *ud,
+                              pp_env_err *e);
 
 /* ---- records ----------------------------------------------------------------------------- */
 
