@@ -228,9 +228,10 @@ static int op_create(ceil_run *r, ceil_thread *t)
         run_fail(r, "RAND_bytes", 0);
         return 0;
     }
-    /* the templates of hsm_rsa_generate, without CKA_LABEL */
+    /* the templates of hsm_rsa_generate, without CKA_LABEL: the public half is a session
+     * object, destroyed at once (only the private key is stored in the token) */
     CK_ATTRIBUTE pub_t[] = {
-        {CKA_TOKEN, &yes, sizeof(yes)},      {CKA_PRIVATE, &no, sizeof(no)},
+        {CKA_TOKEN, &no, sizeof(no)},        {CKA_PRIVATE, &no, sizeof(no)},
         {CKA_ENCRYPT, &yes, sizeof(yes)},    {CKA_WRAP, &yes, sizeof(yes)},
         {CKA_VERIFY, &yes, sizeof(yes)},     {CKA_MODULUS_BITS, &mbits, sizeof(mbits)},
         {CKA_PUBLIC_EXPONENT, e, sizeof(e)}, {CKA_ID, id, sizeof(id)},
@@ -247,6 +248,7 @@ static int op_create(ceil_run *r, ceil_thread *t)
         run_fail(r, "C_GenerateKeyPair", (unsigned long)rv);
         return 0;
     }
+    (void)r->fl->C_DestroyObject(t->session, pub);
     return 1;
 }
 

@@ -1134,7 +1134,7 @@ static void cache_new_pair(hsm_t *h, CK_SESSION_HANDLE s, const uint8_t id[HSM_I
     }
     memcpy(e->id, id, HSM_ID_LEN);
     e->priv = priv;
-    e->pub = pub;
+    e->pub = CK_INVALID_HANDLE; /* no public token object: see hsm_rsa_generate */
     e->pkey = pkey;
     e->bits = (unsigned)EVP_PKEY_get_bits(pkey);
     cache_put(h, e, 0, 0);
@@ -1549,8 +1549,12 @@ hsm_status hsm_rsa_generate(hsm_t *h, unsigned bits, unsigned long public_expone
     if (RAND_bytes(id, sizeof(id)) != 1)
         return HSM_ERR_TOKEN;
 
+    /* Only the private key is a token object (one file in SoftHSM's store, not two): the
+     * public half is generated as a session object, read into the cache and destroyed. Callers
+     * keep the public components in their own store (hsm_rsa_public gives them), and the
+     * private object carries CKA_MODULUS and CKA_PUBLIC_EXPONENT for later look-ups. */
     CK_ATTRIBUTE pub_t[] = {
-        {CKA_TOKEN, &yes, sizeof(yes)},   {CKA_PRIVATE, &no, sizeof(no)},
+        {CKA_TOKEN, &no, sizeof(no)},     {CKA_PRIVATE, &no, sizeof(no)},
         {CKA_ENCRYPT, &yes, sizeof(yes)}, {CKA_WRAP, &yes, sizeof(yes)},
         {CKA_VERIFY, &yes, sizeof(yes)},  {CKA_MODULUS_BITS, &mbits, sizeof(mbits)},
         {CKA_PUBLIC_EXPONENT, e, e_len},  {CKA_ID, id, sizeof(id)},
@@ -1574,8 +1578,10 @@ hsm_status hsm_rsa_generate(hsm_t *h, unsigned bits, unsigned long public_expone
     if (rv != CKR_OK)
         return rv_status(rv, OP_GENERIC);
     rv = h->fl->C_GenerateKeyPair(s, &mech, pub_t, npub, priv_t, npriv, &pub, &priv);
-    if (rv == CKR_OK)
+    if (rv == CKR_OK) {
         cache_new_pair(h, s, id, priv, pub, NULL);
+        (void)h->fl->C_DestroyObject(s, pub);
+    }
     session_put(h, s, rv);
     if (rv != CKR_OK)
         return rv_status(rv, OP_GENERIC);
@@ -1612,32 +1618,6 @@ static void objects_destroy_quiet(hsm_t *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDL
         (void)h->fl->C_DestroyObject(s, b);
 }
 
-/* Creates the public key object of a pair. */
-static CK_RV public_object_create(hsm_t *h, CK_SESSION_HANDLE s, const uint8_t id[HSM_ID_LEN],
-                                  const char *label, const uint8_t *n, size_t n_len,
-                                  const uint8_t *e, size_t e_len, CK_OBJECT_HANDLE *pub)
-{
-    CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
-    CK_KEY_TYPE kt = CKK_RSA;
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    CK_ATTRIBUTE t[] = {
-        {CKA_CLASS, &cls, sizeof(cls)},
-        {CKA_KEY_TYPE, &kt, sizeof(kt)},
-        {CKA_TOKEN, &yes, sizeof(yes)},
-        {CKA_PRIVATE, &no, sizeof(no)},
-        {CKA_ENCRYPT, &yes, sizeof(yes)},
-        {CKA_WRAP, &yes, sizeof(yes)},
-        {CKA_VERIFY, &yes, sizeof(yes)},
-        {CKA_MODULUS, (void *)n, n_len},
-        {CKA_PUBLIC_EXPONENT, (void *)e, e_len},
-        {CKA_ID, (void *)id, HSM_ID_LEN},
-        {CKA_LABEL, (void *)label, label ? strlen(label) : 0},
-    };
-    CK_ULONG nt = sizeof(t) / sizeof(t[0]) - (label ? 0 : 1);
-
-    return h->fl->C_CreateObject(s, t, nt, pub);
-}
-
 hsm_status hsm_rsa_import(hsm_t *h, const hsm_rsa_components *c, const char *label,
                           uint8_t id_out[HSM_ID_LEN])
 {
@@ -1648,7 +1628,7 @@ hsm_status hsm_rsa_import(hsm_t *h, const hsm_rsa_components *c, const char *lab
     uint8_t *buf[NCOMP] = {0};
     size_t len[NCOMP] = {0};
     uint8_t id[HSM_ID_LEN];
-    CK_OBJECT_HANDLE priv = CK_INVALID_HANDLE, pub = CK_INVALID_HANDLE;
+    CK_OBJECT_HANDLE priv = CK_INVALID_HANDLE;
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     int have_session = 0;
     EVP_PKEY *pkey = NULL;
@@ -1775,13 +1755,7 @@ hsm_status hsm_rsa_import(hsm_t *h, const hsm_rsa_components *c, const char *lab
             goto out;
         }
     }
-    rv = public_object_create(h, s, id, label, buf[N], len[N], buf[E], len[E], &pub);
-    if (rv != CKR_OK) {
-        st = rv_status(rv, OP_GENERIC);
-        objects_destroy_quiet(h, s, priv, CK_INVALID_HANDLE);
-        goto out;
-    }
-    cache_new_pair(h, s, id, priv, pub, pkey);
+    cache_new_pair(h, s, id, priv, CK_INVALID_HANDLE, pkey);
     pkey = NULL;
     memcpy(id_out, id, HSM_ID_LEN);
 out:
@@ -2539,7 +2513,7 @@ hsm_status hsm_key_import_wrapped(hsm_t *h, const uint8_t *blob, size_t blob_len
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
     CK_KEY_TYPE kt = CKK_RSA;
     CK_BBOOL yes = CK_TRUE;
-    CK_OBJECT_HANDLE wrap_key, priv = CK_INVALID_HANDLE, pub = CK_INVALID_HANDLE;
+    CK_OBJECT_HANDLE wrap_key, priv = CK_INVALID_HANDLE;
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     int have_session = 0;
     uint8_t id[HSM_ID_LEN];
@@ -2604,13 +2578,7 @@ hsm_status hsm_key_import_wrapped(hsm_t *h, const uint8_t *blob, size_t blob_len
         objects_destroy_quiet(h, s, priv, CK_INVALID_HANDLE);
         goto out;
     }
-    rv = public_object_create(h, s, id, label, bp.n, bp.n_len, bp.e, bp.e_len, &pub);
-    if (rv != CKR_OK) {
-        st = rv_status(rv, OP_GENERIC);
-        objects_destroy_quiet(h, s, priv, CK_INVALID_HANDLE);
-        goto out;
-    }
-    cache_new_pair(h, s, id, priv, pub, blob_pkey);
+    cache_new_pair(h, s, id, priv, CK_INVALID_HANDLE, blob_pkey);
     blob_pkey = NULL;
     memcpy(id_out, id, HSM_ID_LEN);
 out:
