@@ -277,6 +277,7 @@ static int serve(int argc, char **argv)
                             .max_json_depth = cfg.max_json_depth,
                             .router = router,
                             .workers = workers,
+                            .store = store,
                             .on_complete = emu_admin_audit_request,
                             .on_complete_ud = &admin};
     http = emu_http_start(&hcfg, err, sizeof err);

@@ -90,11 +90,30 @@ static enum MHD_Result queue(conn_state *s)
     return ret;
 }
 
+/* Runs the handler; a commit it made is acknowledged only once durable (group commit in the
+ * store): returns the commit to wait for, 0 when the answer may go at once. */
+static uint64_t run_route(conn_state *s)
+{
+    emu_store *store = s->srv->cfg.store;
+    if (store)
+        emu_store_defer_begin(store);
+    emu_route_run(s->req);
+    s->phase = PH_READY;
+    return store ? emu_store_defer_end() : 0;
+}
+
+static void resume_durable(void *arg)
+{
+    conn_state *s = arg;
+    MHD_resume_connection(s->conn);
+}
+
 static void run_slow(void *arg)
 {
     conn_state *s = arg;
-    emu_route_run(s->req);
-    s->phase = PH_READY;
+    uint64_t seq = run_route(s);
+    if (seq && emu_store_when_durable(s->srv->cfg.store, seq, resume_durable, s))
+        return; /* the store's sync thread resumes the connection */
     MHD_resume_connection(s->conn);
 }
 
@@ -187,8 +206,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             emu_workers_submit(srv->cfg.workers, run_slow, s);
             return MHD_YES;
         }
-        emu_route_run(s->req);
-        s->phase = PH_READY;
+        uint64_t seq = run_route(s);
+        if (seq) {
+            /* suspended first: the sync thread may resume it at once */
+            MHD_suspend_connection(conn);
+            if (!emu_store_when_durable(srv->cfg.store, seq, resume_durable, s))
+                MHD_resume_connection(conn);
+            return MHD_YES;
+        }
         return queue(s);
     }
     if (s->phase == PH_READY)

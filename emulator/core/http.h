@@ -11,6 +11,7 @@
 #include <stddef.h>
 
 #include "router.h"
+#include "store.h"
 #include "workers.h"
 
 typedef struct {
@@ -21,6 +22,9 @@ typedef struct {
     long max_body, max_headers, max_json_depth;
     const emu_router *router;
     emu_workers *workers;
+    /* When set, a handler's commits are acknowledged only once durable: the answer is held
+     * (connection suspended) until the store's group sync covers them. May be NULL. */
+    emu_store *store;
     /* Called once per answered request (any thread), after the response is final: the audit
      * log. May be NULL. */
     void (*on_complete)(emu_req *req, void *ud);

@@ -1,18 +1,186 @@
 #include "store.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "util.h"
 
+/* A deferred acknowledgement: fn(ud) runs on the syncer thread once commit `seq` is durable. */
+typedef struct durable_waiter {
+    uint64_t seq;
+    emu_store_durable_fn fn;
+    void *ud;
+    struct durable_waiter *next;
+} durable_waiter;
+
+/*
+ * Locks: `lock` (the connection) before `sync_lock` (durability state), never the other way.
+ * Group commit: SQLite runs with synchronous=NORMAL, so COMMIT appends to the WAL without an
+ * fsync; the syncer thread then makes the WAL durable with one fdatasync for every commit that
+ * is complete at that moment, and only then are those commits acknowledged (blocking callers
+ * wake up, deferred HTTP answers are released). With NORMAL, SQLite itself syncs the WAL
+ * before each checkpoint and the database after it, so the order on disk stays right.
+ */
 struct emu_store {
     sqlite3 *db;
     pthread_mutex_t lock;
+    uint64_t commits; /* under lock: commits counted by the commit hook */
+    uint64_t at_lock; /* under lock: `commits` when the current holder took the lock */
+    char *wal_path, *dir_path;
+    pthread_mutex_t sync_lock;
+    pthread_cond_t work_cond; /* the syncer waits for wanted > synced */
+    pthread_cond_t done_cond; /* blocking waiters wait for synced >= their seq */
+    uint64_t written;         /* under sync_lock: commits complete in the WAL file */
+    uint64_t wanted;          /* under sync_lock: highest seq somebody waits for */
+    uint64_t synced;          /* under sync_lock: commits known durable */
+    durable_waiter *waiters;  /* under sync_lock */
+    bool stopping;            /* under sync_lock */
+    bool syncer_started;
+    pthread_t syncer;
+    int wal_fd; /* syncer thread only */
+    bool dir_synced;
+    atomic_ulong nsyncs;
 };
+
+static _Thread_local emu_store *tl_defer_store;
+static _Thread_local uint64_t tl_defer_seq;
+
+static int on_commit(void *ud)
+{
+    emu_store *s = ud;
+    s->commits++; /* the connection is only used under s->lock */
+    return 0;
+}
+
+/* One fdatasync of the WAL (and, the first time, of the directory that holds it). */
+static void sync_wal(emu_store *s)
+{
+    if (s->wal_fd < 0) {
+        s->wal_fd = open(s->wal_path, O_RDONLY | O_CLOEXEC);
+        if (s->wal_fd < 0) {
+            if (errno != ENOENT)
+                emu_log(EMU_LOG_ERROR, "store", "cannot open the WAL to sync it: %s",
+                        strerror(errno));
+            return; /* no WAL yet: nothing was written through it */
+        }
+    }
+    if (fdatasync(s->wal_fd) != 0)
+        emu_log(EMU_LOG_ERROR, "store", "fdatasync of the WAL failed: %s (writes acknowledged "
+                                        "now may not survive a power loss)",
+                strerror(errno));
+    if (!s->dir_synced) {
+        int d = open(s->dir_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (d >= 0) {
+            if (fsync(d) == 0)
+                s->dir_synced = true;
+            close(d);
+        }
+    }
+    atomic_fetch_add(&s->nsyncs, 1);
+}
+
+static void *syncer_main(void *arg)
+{
+    emu_store *s = arg;
+    pthread_mutex_lock(&s->sync_lock);
+    for (;;) {
+        while (!s->stopping && s->wanted <= s->synced)
+            pthread_cond_wait(&s->work_cond, &s->sync_lock);
+        if (s->wanted <= s->synced && s->stopping)
+            break;
+        uint64_t target = s->written;
+        pthread_mutex_unlock(&s->sync_lock);
+        sync_wal(s);
+        pthread_mutex_lock(&s->sync_lock);
+        if (target > s->synced)
+            s->synced = target;
+        durable_waiter *ready = NULL, **pp = &s->waiters;
+        while (*pp) {
+            durable_waiter *w = *pp;
+            if (w->seq <= s->synced) {
+                *pp = w->next;
+                w->next = ready;
+                ready = w;
+            } else {
+                pp = &w->next;
+            }
+        }
+        pthread_cond_broadcast(&s->done_cond);
+        pthread_mutex_unlock(&s->sync_lock);
+        while (ready) {
+            durable_waiter *next = ready->next;
+            ready->fn(ready->ud);
+            free(ready);
+            ready = next;
+        }
+        pthread_mutex_lock(&s->sync_lock);
+    }
+    pthread_mutex_unlock(&s->sync_lock);
+    return NULL;
+}
+
+/* Asks for seq to become durable; call with sync_lock held. */
+static void want_inlock(emu_store *s, uint64_t seq)
+{
+    if (seq > s->wanted) {
+        s->wanted = seq;
+        pthread_cond_signal(&s->work_cond);
+    }
+}
+
+void emu_store_wait_durable(emu_store *s, uint64_t seq)
+{
+    pthread_mutex_lock(&s->sync_lock);
+    want_inlock(s, seq);
+    while (s->synced < seq && s->syncer_started)
+        pthread_cond_wait(&s->done_cond, &s->sync_lock);
+    pthread_mutex_unlock(&s->sync_lock);
+}
+
+bool emu_store_when_durable(emu_store *s, uint64_t seq, emu_store_durable_fn fn, void *ud)
+{
+    pthread_mutex_lock(&s->sync_lock);
+    if (s->synced >= seq || !s->syncer_started) {
+        pthread_mutex_unlock(&s->sync_lock);
+        return false;
+    }
+    durable_waiter *w = emu_xmalloc(sizeof *w);
+    w->seq = seq;
+    w->fn = fn;
+    w->ud = ud;
+    w->next = s->waiters;
+    s->waiters = w;
+    want_inlock(s, seq);
+    pthread_mutex_unlock(&s->sync_lock);
+    return true;
+}
+
+void emu_store_defer_begin(emu_store *s)
+{
+    tl_defer_store = s;
+    tl_defer_seq = 0;
+}
+
+uint64_t emu_store_defer_end(void)
+{
+    uint64_t seq = tl_defer_seq;
+    tl_defer_store = NULL;
+    tl_defer_seq = 0;
+    return seq;
+}
+
+unsigned long emu_store_sync_count(emu_store *s)
+{
+    return atomic_load(&s->nsyncs);
+}
 
 static const emu_migration CORE_MIGRATIONS[] = {
     {"core", 1, "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"},
@@ -35,9 +203,24 @@ emu_store *emu_store_open(const char *path, char *err, size_t errlen)
     sqlite3_busy_timeout(db, 5000);
     emu_store *s = emu_xcalloc(1, sizeof *s);
     s->db = db;
+    s->wal_fd = -1;
+    s->wal_path = emu_xasprintf("%s-wal", path);
+    const char *slash = strrchr(path, '/');
+    s->dir_path = slash ? emu_xasprintf("%.*s", (int)(slash - path) ? (int)(slash - path) : 1,
+                                        path)
+                        : emu_xstrdup(".");
     pthread_mutex_init(&s->lock, NULL);
-    if (!emu_store_exec(db, "PRAGMA journal_mode=WAL") ||
-        !emu_store_exec(db, "PRAGMA synchronous=FULL") ||
+    pthread_mutex_init(&s->sync_lock, NULL);
+    pthread_cond_init(&s->work_cond, NULL);
+    pthread_cond_init(&s->done_cond, NULL);
+    sqlite3_commit_hook(db, on_commit, s);
+    /* One process owns the file: exclusive locking mode takes the file lock once instead of
+     * per transaction, and keeps the WAL index in heap memory instead of a shared-memory
+     * file (no fcntl locks on the read path). Another process cannot open the file while
+     * the emulator runs. Set before journal_mode=WAL so the index never goes to shm. */
+    if (!emu_store_exec(db, "PRAGMA locking_mode=EXCLUSIVE") ||
+        !emu_store_exec(db, "PRAGMA journal_mode=WAL") ||
+        !emu_store_exec(db, "PRAGMA synchronous=NORMAL") ||
         !emu_store_exec(db, "PRAGMA foreign_keys=ON") ||
         !emu_store_exec(db, "CREATE TABLE IF NOT EXISTS schema_versions(module TEXT PRIMARY KEY,"
                             " version INTEGER NOT NULL)")) {
@@ -45,6 +228,12 @@ emu_store *emu_store_open(const char *path, char *err, size_t errlen)
         emu_store_close(s);
         return NULL;
     }
+    if (pthread_create(&s->syncer, NULL, syncer_main, s) != 0) {
+        snprintf(err, errlen, "cannot start the store's sync thread");
+        emu_store_close(s);
+        return NULL;
+    }
+    s->syncer_started = true;
     if (!emu_store_migrate(s, CORE_MIGRATIONS, sizeof CORE_MIGRATIONS / sizeof CORE_MIGRATIONS[0],
                            err, errlen)) {
         emu_store_close(s);
@@ -57,20 +246,52 @@ void emu_store_close(emu_store *s)
 {
     if (!s)
         return;
+    if (s->syncer_started) {
+        /* the syncer makes what is pending durable and releases its waiters, then ends */
+        pthread_mutex_lock(&s->sync_lock);
+        s->stopping = true;
+        pthread_cond_signal(&s->work_cond);
+        pthread_mutex_unlock(&s->sync_lock);
+        pthread_join(s->syncer, NULL);
+        s->syncer_started = false;
+    }
+    if (s->wal_fd >= 0)
+        close(s->wal_fd);
     sqlite3_close(s->db);
     pthread_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->sync_lock);
+    pthread_cond_destroy(&s->work_cond);
+    pthread_cond_destroy(&s->done_cond);
+    free(s->wal_path);
+    free(s->dir_path);
     free(s);
 }
 
 sqlite3 *emu_store_lock(emu_store *s)
 {
     pthread_mutex_lock(&s->lock);
+    s->at_lock = s->commits;
     return s->db;
 }
 
 void emu_store_unlock(emu_store *s)
 {
+    uint64_t seq = s->commits != s->at_lock ? s->commits : 0;
+    if (seq) { /* COMMIT has returned: its WAL frames are written (not yet synced) */
+        pthread_mutex_lock(&s->sync_lock);
+        if (seq > s->written)
+            s->written = seq;
+        pthread_mutex_unlock(&s->sync_lock);
+    }
     pthread_mutex_unlock(&s->lock);
+    if (!seq)
+        return;
+    if (tl_defer_store == s) {
+        if (seq > tl_defer_seq)
+            tl_defer_seq = seq;
+        return;
+    }
+    emu_store_wait_durable(s, seq);
 }
 
 bool emu_store_exec(sqlite3 *db, const char *sql)

@@ -1,7 +1,13 @@
 /*
- * store: the SQLite file (WAL, foreign keys, synchronous=FULL so an acknowledged write
- * survives kill -9 and power loss). One connection guarded by a mutex: domain modules keep
- * their hot state in memory and write through, so the store is not on read paths.
+ * store: the SQLite file (WAL, foreign keys, exclusive locking mode). One connection guarded
+ * by a mutex: domain modules keep their hot state in memory and write through, so the store
+ * is on few read paths (records).
+ *
+ * Durability (group commit): a write is acknowledged only after the WAL holding it has been
+ * fdatasync'ed, so it survives kill -9 and power loss, but one fdatasync covers every commit
+ * complete at that moment and it happens outside the connection lock. emu_store_unlock
+ * waits for that sync when the holder committed, unless the thread deferred it (HTTP: the
+ * answer is held back instead, see emu_store_defer_begin), so callers need no change.
  * Schema: each domain registers numbered migrations; the store applies the missing ones at
  * open, each in a transaction, and records them in schema_versions(module, version).
  */
@@ -32,6 +38,21 @@ bool emu_store_migrate(emu_store *s, const emu_migration *m, size_t n, char *err
  * domain locks before the store lock, never the other way round. */
 sqlite3 *emu_store_lock(emu_store *s);
 void emu_store_unlock(emu_store *s);
+
+/* Deferral for the HTTP layer: between begin and end, an unlock on this thread that committed
+ * does not wait; end returns the commit to wait for (0 = none), which the caller then hands
+ * to emu_store_when_durable before answering. */
+void emu_store_defer_begin(emu_store *s);
+uint64_t emu_store_defer_end(void);
+
+typedef void (*emu_store_durable_fn)(void *ud);
+/* Arranges fn(ud) on the store's sync thread once commit seq is durable and returns true; or
+ * returns false, without calling fn, when it already is. */
+bool emu_store_when_durable(emu_store *s, uint64_t seq, emu_store_durable_fn fn, void *ud);
+/* Blocks until commit seq is durable. */
+void emu_store_wait_durable(emu_store *s, uint64_t seq);
+/* fdatasyncs done so far (tests, stats). */
+unsigned long emu_store_sync_count(emu_store *s);
 
 /* Convenience inside a lock: exec SQL without results; false + log on error. */
 bool emu_store_exec(sqlite3 *db, const char *sql);
