@@ -19,7 +19,11 @@
 #include "ceiling.h"
 
 #include <jansson.h>
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <openssl/rsa.h>
 
 #include <errno.h>
 #include <signal.h>
@@ -36,7 +40,8 @@
 typedef struct {
     const char *url, *op, *alg, *ca, *token, *key;
     const char *client_id, *client_secret, *tenant, *authority, *versus, *tmp_dir;
-    unsigned long concurrency;
+    const char *env, *background;
+    unsigned long concurrency, bg_concurrency, record_size, count;
     double duration;
     int json, ceiling, quiet;
 } bench_opts;
@@ -84,6 +89,8 @@ static void usage(FILE *f)
                "                        [--alg RSA-OAEP|RSA-OAEP-256] [--ceiling] [--versus OP]\n"
                "                        [--ca FILE] [--token T | --client-id ID --client-secret S\n"
                "                        [--tenant T] [--authority URL]] [--key NAME] [--json]\n"
+               "                        [--env ID] [--record-size BYTES] [--count N]\n"
+               "                        [--background OP [--background-concurrency M]]\n"
                "\n"
                "Keep-alive HTTPS load against the emulator: N connections, each one thread doing\n"
                "requests back to back for S seconds; prints ops/s and latency p50/p90/p99/p99.9.\n"
@@ -91,6 +98,11 @@ static void usage(FILE *f)
                "                 threads on a throw-away SoftHSM token; prints emulator/ceiling\n"
                "  --versus OP    also measure OP (e.g. health) the same way; prints the ratio\n"
                "  --key NAME     use this existing key (default: create one, delete it after)\n"
+               "  --env ID       environment of record-read/record-write (default: the demo\n"
+               "                 world's Contoso Production); --record-size (default 1024)\n"
+               "  --count N      stop after N requests in all (--duration still caps the time)\n"
+               "  --background OP2  measure --op alone (idle), then again while M more\n"
+               "                 connections run OP2 back to back; prints loaded / idle\n"
                "  --json         one JSON object on stdout instead of the text report\n"
                "defaults: --op unwrap --concurrency 2 --duration 10 --alg RSA-OAEP-256; without a\n"
                "token a fixed opaque bearer token is sent (accepted in permissive auth mode).\n"
@@ -140,6 +152,8 @@ static int parse_args(int argc, char **argv, bench_opts *o)
     o->alg = "RSA-OAEP-256";
     o->concurrency = 2;
     o->duration = 10;
+    o->record_size = 1024;
+    o->env = "a1b2c3d4-0000-4000-8000-000000000101";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -181,7 +195,13 @@ static int parse_args(int argc, char **argv, bench_opts *o)
             str = &o->versus;
         else if (!strcmp(a, "--tmp-dir"))
             str = &o->tmp_dir;
-        else if (strcmp(a, "--concurrency") && strcmp(a, "--duration")) {
+        else if (!strcmp(a, "--env"))
+            str = &o->env;
+        else if (!strcmp(a, "--background"))
+            str = &o->background;
+        else if (strcmp(a, "--concurrency") && strcmp(a, "--duration") &&
+                 strcmp(a, "--record-size") && strcmp(a, "--count") &&
+                 strcmp(a, "--background-concurrency")) {
             fprintf(stderr, "cmkharness bench: unknown option %s\n", a);
             return -1;
         }
@@ -192,6 +212,22 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         i++;
         if (str) {
             *str = v;
+        } else if (!strcmp(a, "--record-size")) {
+            if (parse_ulong(v, 16, 2048, &o->record_size) != 0) {
+                fprintf(stderr, "cmkharness bench: --record-size must be 16..2048 bytes\n");
+                return -1;
+            }
+        } else if (!strcmp(a, "--count")) {
+            if (parse_ulong(v, 1, 100000000, &o->count) != 0) {
+                fprintf(stderr, "cmkharness bench: --count must be 1..100000000\n");
+                return -1;
+            }
+        } else if (!strcmp(a, "--background-concurrency")) {
+            if (parse_ulong(v, 1, BENCH_MAX_CONCURRENCY, &o->bg_concurrency) != 0) {
+                fprintf(stderr, "cmkharness bench: --background-concurrency must be 1..%d\n",
+                        BENCH_MAX_CONCURRENCY);
+                return -1;
+            }
         } else if (!strcmp(a, "--concurrency")) {
             if (parse_ulong(v, 1, BENCH_MAX_CONCURRENCY, &o->concurrency) != 0) {
                 fprintf(stderr, "cmkharness bench: --concurrency must be 1..%d\n",
@@ -218,6 +254,12 @@ static int parse_args(int argc, char **argv, bench_opts *o)
         fprintf(stderr, "cmkharness bench: --key must be 1..100 of [0-9a-zA-Z-]\n");
         return -1;
     }
+    if (strlen(o->env) > 64 || strspn(o->env, "0123456789abcdefABCDEF-") != strlen(o->env)) {
+        fprintf(stderr, "cmkharness bench: --env must be an environment id (a GUID)\n");
+        return -1;
+    }
+    if (!o->bg_concurrency)
+        o->bg_concurrency = o->concurrency;
     if (!!o->client_id != !!o->client_secret) {
         fprintf(stderr, "cmkharness bench: --client-id and --client-secret go together\n");
         return -1;
@@ -406,11 +448,15 @@ static void *worker_run(void *arg)
     before = w->conn.new_connections;
     pthread_barrier_wait(wa->start);
     w->t0 = now_s();
-    while (!atomic_load_explicit(&b->stop, memory_order_relaxed)) {
+    while (!atomic_load_explicit(w->stop, memory_order_relaxed)) {
         const hx_bench_op *done;
         double t0, t1;
         long status;
         int ok;
+
+        if (b->count && w->stop == &b->stop &&
+            atomic_fetch_add_explicit(&b->tickets, 1, memory_order_relaxed) >= b->count)
+            break;
 
         memset(&rq, 0, sizeof(rq.method) + sizeof(rq.path));
         rq.op = (int)self;
@@ -472,10 +518,12 @@ static int phase_run(hx_bench *b, const hx_bench_op *op, unsigned n, double seco
         return -1;
     }
     atomic_store(&b->stop, 0);
+    atomic_store(&b->tickets, 0);
     for (unsigned i = 0; i < n; i++) {
         hx_bench_worker *w = &workers[i];
 
         w->b = b;
+        w->stop = &b->stop;
         w->op = op;
         w->index = i;
         hx_histo_init(&w->histo);
@@ -507,6 +555,11 @@ static int phase_run(hx_bench *b, const hx_bench_op *op, unsigned n, double seco
 
         if (left <= 0)
             break;
+        /* with --count, every worker draws one ticket past the end when it stops */
+        if (b->count && atomic_load(&b->tickets) >= b->count + n)
+            break;
+        if (b->count)
+            nap.tv_nsec = 20 * 1000000L;
         if (left < BENCH_TICK_MS / 1000.0) {
             nap.tv_sec = 0;
             nap.tv_nsec = (long)(left * 1e9);
@@ -548,6 +601,232 @@ static int phase_run(hx_bench *b, const hx_bench_op *op, unsigned n, double seco
     }
     pthread_barrier_destroy(&start);
     free(args);
+    return rc;
+}
+
+/* The background group (--background): M workers doing OP2 back to back while the measured
+ * phase runs; started before it (after their warm-up) and stopped after it. */
+typedef struct {
+    hx_bench_worker *workers;
+    worker_arg *args;
+    unsigned n;
+    pthread_barrier_t start;
+    double cpu0, t0;
+} bg_group;
+
+static int bg_start(hx_bench *b, const hx_bench_op *op, unsigned n, bg_group *g)
+{
+    memset(g, 0, sizeof(*g));
+    g->workers = calloc(n, sizeof(*g->workers));
+    g->args = calloc(n, sizeof(*g->args));
+    if (!g->workers || !g->args || pthread_barrier_init(&g->start, NULL, n + 1) != 0) {
+        free(g->workers);
+        free(g->args);
+        return -1;
+    }
+    g->n = n;
+    atomic_store(&b->bg_stop, 0);
+    for (unsigned i = 0; i < n; i++) {
+        hx_bench_worker *w = &g->workers[i];
+
+        w->b = b;
+        w->stop = &b->bg_stop;
+        w->op = op;
+        w->index = 1000 + i; /* names and record ids apart from the measured group's */
+        hx_histo_init(&w->histo);
+        atomic_init(&w->ops, 0);
+        atomic_init(&w->errors, 0);
+        w->rng = 0x2545f4914f6cdd1dull + i;
+        if (hx_bconn_init(&w->conn, b) != 0)
+            abort(); /* out of memory */
+        g->args[i].w = w;
+        g->args[i].start = &g->start;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        if (pthread_create(&g->workers[i].tid, NULL, worker_run, &g->args[i]) != 0)
+            abort(); /* the barrier would never open */
+        g->workers[i].started = 1;
+    }
+    pthread_barrier_wait(&g->start);
+    g->t0 = now_s();
+    return 0;
+}
+
+/* Stops and joins the group; fills res (rates over each worker's active time). */
+static void bg_stop(hx_bench *b, bg_group *g, const hx_bench_op *op, phase_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    hx_histo_init(&res->histo);
+    res->op = op;
+    atomic_store(&b->bg_stop, 1);
+    for (unsigned i = 0; i < g->n; i++)
+        pthread_join(g->workers[i].tid, NULL);
+    res->wall_s = now_s() - g->t0;
+    for (unsigned i = 0; i < g->n; i++) {
+        hx_bench_worker *w = &g->workers[i];
+        double span = w->t1 - w->t0;
+        unsigned long ops = atomic_load(&w->ops);
+
+        res->ops += ops;
+        res->errors += atomic_load(&w->errors);
+        if (span > 0)
+            res->ops_per_s += (double)ops / span;
+        hx_histo_merge(&res->histo, &w->histo);
+        hx_bconn_cleanup(&w->conn);
+    }
+    pthread_barrier_destroy(&g->start);
+    free(g->args);
+    g->args = NULL;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Set-up of records, the import body and the last versions page                             */
+
+/* https://localhost:PORT -> https://{env}.crm.localhost:PORT (the emulator's record host). */
+static int env_base_from(hx_bench *b, const char *env)
+{
+    const char *auth = strstr(b->base_url, "://");
+    const char *port;
+
+    if (!auth)
+        return -1;
+    auth += 3;
+    port = strrchr(auth, ':');
+    if (port && strchr(port, ']'))
+        port = NULL; /* the colon of an IPv6 literal */
+    return (size_t)snprintf(b->env_base, sizeof(b->env_base), "https://%s.crm.localhost%s", env,
+                            port ? port : "") < sizeof(b->env_base)
+               ? 0
+               : -1;
+}
+
+static int record_setup(hx_bench *b, hx_bconn *c, const bench_opts *o)
+{
+    char path[512], *body;
+    size_t cap;
+    long status;
+
+    b->record_size = o->record_size;
+    b->filler = malloc(o->record_size + 1);
+    if (!b->filler || env_base_from(b, o->env) != 0)
+        return -1;
+    /* printable and not a repeated letter, so a match proves the whole value came back */
+    for (size_t i = 0; i < o->record_size; i++)
+        b->filler[i] = "abcdefghijklmnopqrstuvwxyz0123456789"[(i * 7 + i / 36) % 36];
+    b->filler[o->record_size] = '\0';
+    hx_bench_record_guid(b, 0xfff, 0, b->record_id, sizeof(b->record_id));
+    cap = o->record_size + 128;
+    body = malloc(cap);
+    if (!body)
+        return -1;
+    snprintf(body, cap, "{\"name\":\"cmkbench read\",\"description\":\"%s\"}", b->filler);
+    snprintf(path, sizeof(path), "%s/api/data/v9.2/accounts(%s)", b->env_base, b->record_id);
+    status = hx_bconn_do(c, "", "PATCH", path, body);
+    free(body);
+    if (status < 200 || status > 299) {
+        print_http_error("writing the bench record (is --env an enabled environment?)", status,
+                         c);
+        return -1;
+    }
+    return 0;
+}
+
+static void record_cleanup(hx_bench *b, hx_bconn *c)
+{
+    char path[512];
+
+    snprintf(path, sizeof(path), "%s/api/data/v9.2/accounts(%s)", b->env_base, b->record_id);
+    (void)hx_bconn_do(c, "", "DELETE", path, NULL);
+}
+
+static int jwk_param(json_t *jwk, const EVP_PKEY *pk, const char *param, const char *name)
+{
+    BIGNUM *bn = NULL;
+    uint8_t buf[512];
+    char out[700];
+    int len, rc = -1;
+
+    if (EVP_PKEY_get_bn_param(pk, param, &bn) != 1)
+        return -1;
+    len = BN_num_bytes(bn);
+    if (len > 0 && (size_t)len <= sizeof(buf) && BN_bn2bin(bn, buf) == len) {
+        hx_b64url(buf, (size_t)len, out, sizeof(out));
+        rc = json_object_set_new(jwk, name, json_string(out)) == 0 ? 0 : -1;
+    }
+    OPENSSL_cleanse(buf, sizeof(buf));
+    OPENSSL_cleanse(out, sizeof(out));
+    BN_clear_free(bn);
+    return rc;
+}
+
+/* One RSA-2048 key pair made here, as the body of every import request. */
+static int import_setup(hx_bench *b)
+{
+    static const struct {
+        const char *param, *name;
+    } parts[] = {{"n", "n"},
+                 {"e", "e"},
+                 {"d", "d"},
+                 {"rsa-factor1", "p"},
+                 {"rsa-factor2", "q"},
+                 {"rsa-exponent1", "dp"},
+                 {"rsa-exponent2", "dq"},
+                 {"rsa-coefficient1", "qi"}};
+    EVP_PKEY *pk = EVP_RSA_gen(2048);
+    json_t *jwk = json_pack("{s:s,s:[s,s,s,s]}", "kty", "RSA", "key_ops", "wrapKey", "unwrapKey",
+                            "encrypt", "decrypt");
+    json_t *body = NULL;
+    int rc = -1;
+
+    if (!pk || !jwk)
+        goto out;
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+        if (jwk_param(jwk, pk, parts[i].param, parts[i].name) != 0)
+            goto out;
+    body = json_pack("{s:O}", "key", jwk);
+    b->import_body = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    rc = b->import_body ? 0 : -1;
+out:
+    json_decref(body);
+    json_decref(jwk);
+    EVP_PKEY_free(pk);
+    return rc;
+}
+
+/* Walks the versions list with maxresults=25 and keeps the URL of its last page. */
+static int lastpage_setup(hx_bench *b, hx_bconn *c, unsigned long *pages)
+{
+    char url[sizeof(b->lastpage)];
+    json_t *j = NULL;
+    int rc = -1;
+
+    snprintf(url, sizeof(url), "%s/keys/%s/versions?" HX_BENCH_API "&maxresults=25", b->base_url,
+             b->key);
+    *pages = 0;
+    for (;;) {
+        long status = hx_bconn_do(c, "", "GET", url, NULL);
+        const char *next;
+
+        (*pages)++;
+        if (status != 200) {
+            print_http_error("listing key versions", status, c);
+            goto out;
+        }
+        json_decref(j);
+        j = json_loads(c->body, 0, NULL);
+        next = json_string_value(json_object_get(j, "nextLink"));
+        if (!next || !*next)
+            break;
+        if (strlen(next) >= sizeof(url) || *pages > 1000000) {
+            fprintf(stderr, "cmkharness bench: unusable nextLink\n");
+            goto out;
+        }
+        snprintf(url, sizeof(url), "%s", next);
+    }
+    snprintf(b->lastpage, sizeof(b->lastpage), "%s", url);
+    rc = 0;
+out:
+    json_decref(j);
     return rc;
 }
 
@@ -621,9 +900,11 @@ int cmkh_bench_main(int argc, char **argv)
     bench_opts o;
     hx_bench b;
     hx_bconn drv;
-    hx_bench_worker *workers = NULL, *vworkers = NULL;
-    const hx_bench_op *op, *vop = NULL;
-    phase_result main_res, vres;
+    hx_bench_worker *workers = NULL, *vworkers = NULL, *iworkers = NULL;
+    const hx_bench_op *op, *vop = NULL, *bgop = NULL;
+    phase_result main_res, vres, ires, bgres;
+    bg_group bg;
+    int record_made = 0;
     hsm_ceiling_result ceil;
     char ceil_err[256] = "";
     int have_ceiling = 0, key_created = 0, rc = 1, drv_ready = 0, lock_ready = 0;
@@ -657,6 +938,19 @@ int cmkh_bench_main(int argc, char **argv)
             return 2;
         }
     }
+    if (o.background) {
+        bgop = hx_bench_op_find(o.background);
+        if (!bgop || !strcmp(bgop->name, "create") || !strcmp(bgop->name, "import") ||
+            !strcmp(bgop->name, "record-write")) {
+            fprintf(stderr, "cmkharness bench: --background needs a read-only operation (e.g. "
+                            "unwrap)\n");
+            return 2;
+        }
+        if (vop) {
+            fprintf(stderr, "cmkharness bench: --background and --versus do not go together\n");
+            return 2;
+        }
+    }
     if (o.ceiling && op->ceiling == HX_CEIL_NONE) {
         fprintf(stderr, "cmkharness bench: --op %s has no PKCS#11 ceiling (use --versus health)\n",
                 op->name);
@@ -684,6 +978,7 @@ int cmkh_bench_main(int argc, char **argv)
     }
     b.ca = o.ca;
     b.alg = o.alg;
+    b.count = o.count;
     if (RAND_bytes(rid, sizeof(rid)) != 1)
         goto out;
     snprintf(b.run_id, sizeof(b.run_id), "%02x%02x%02x%02x", rid[0], rid[1], rid[2], rid[3]);
@@ -711,23 +1006,55 @@ int cmkh_bench_main(int argc, char **argv)
             goto out;
         }
     }
-    needs = op->needs | (vop ? vop->needs : 0);
+    needs = op->needs | (vop ? vop->needs : 0) | (bgop ? bgop->needs : 0);
     if (key_setup(&b, &drv, &o, needs, &key_created) != 0)
         goto out;
+    if (needs & HX_NEED_RECORD) {
+        if (record_setup(&b, &drv, &o) != 0)
+            goto out;
+        record_made = 1;
+    }
+    if ((needs & HX_NEED_IMPORT) && import_setup(&b) != 0) {
+        fprintf(stderr, "cmkharness bench: cannot make the import key pair\n");
+        goto out;
+    }
+    if (needs & HX_NEED_LASTPAGE) {
+        unsigned long pages;
+
+        if (lastpage_setup(&b, &drv, &pages) != 0)
+            goto out;
+        if (!o.json)
+            fprintf(stderr, "cmkharness bench: the versions list has %lu pages of 25\n", pages);
+    }
 
     workers = calloc(n, sizeof(*workers));
     vworkers = calloc(n, sizeof(*vworkers));
-    if (!workers || !vworkers)
+    iworkers = calloc(n, sizeof(*iworkers));
+    if (!workers || !vworkers || !iworkers)
         goto out;
     if (!o.json)
         fprintf(stderr, "cmkharness bench: %s, %u connections, %.1f s, %s\n", op->name, n,
                 o.duration, b.base_url);
-    if (phase_run(&b, op, n, o.duration, show, workers, &main_res) != 0)
+    if (bgop) {
+        if (phase_run(&b, op, n, o.duration, show, iworkers, &ires) != 0)
+            goto out;
+        if (bg_start(&b, bgop, (unsigned)o.bg_concurrency, &bg) != 0)
+            goto out;
+        if (phase_run(&b, op, n, o.duration, show, workers, &main_res) != 0)
+            goto out;
+        bg_stop(&b, &bg, bgop, &bgres);
+        free(bg.workers);
+    } else if (phase_run(&b, op, n, o.duration, show, workers, &main_res) != 0) {
         goto out;
+    }
     if (vop && phase_run(&b, vop, n, o.duration, show, vworkers, &vres) != 0)
         goto out;
     if (op->cleanup)
         op->cleanup(&b, &drv, workers, n);
+    if (record_made) {
+        record_cleanup(&b, &drv);
+        record_made = 0;
+    }
     if (key_created) {
         key_cleanup(&b, &drv);
         key_created = 0;
@@ -801,6 +1128,22 @@ int cmkh_bench_main(int argc, char **argv)
             json_object_set_new(j, "reference", json_null());
             json_object_set_new(j, "reference_ratio", json_null());
         }
+        if (bgop) {
+            json_object_set_new(j, "idle",
+                                json_pack("{s:I,s:I,s:f,s:o}", "ops", (json_int_t)ires.ops,
+                                          "errors", (json_int_t)ires.errors, "ops_per_s",
+                                          round1(ires.ops_per_s), "latency_us",
+                                          latency_json(&ires.histo)));
+            json_object_set_new(j, "idle_ratio",
+                                json_real(ratio_of(main_res.ops_per_s, ires.ops_per_s)));
+            json_object_set_new(j, "background",
+                                json_pack("{s:s,s:i,s:I,s:I,s:f,s:o}", "op", bgop->name,
+                                          "concurrency", (int)o.bg_concurrency, "ops",
+                                          (json_int_t)bgres.ops, "errors",
+                                          (json_int_t)bgres.errors, "ops_per_s",
+                                          round1(bgres.ops_per_s), "latency_us",
+                                          latency_json(&bgres.histo)));
+        }
         if (!strcmp(op->name, "mixed")) {
             json_t *mixj = json_object();
             for (size_t i = 0; hx_bench_op_at(i); i++)
@@ -827,7 +1170,18 @@ int cmkh_bench_main(int argc, char **argv)
         snprintf(label, sizeof(label), "%s%s%s", op->name,
                  op->needs & HX_NEED_WRAPPED || !strcmp(op->name, "wrap") ? " " : "",
                  op->needs & HX_NEED_WRAPPED || !strcmp(op->name, "wrap") ? o.alg : "");
-        print_phase(label, &main_res, n, ncpu);
+        if (bgop) {
+            char l2[80];
+
+            print_phase("idle", &ires, n, ncpu);
+            snprintf(l2, sizeof(l2), "%s (with %s x%lu)", op->name, bgop->name,
+                     o.bg_concurrency);
+            print_phase(l2, &main_res, n, ncpu);
+            print_phase(bgop->name, &bgres, (unsigned)o.bg_concurrency, ncpu);
+            printf("  ratio    loaded / idle = %.3f\n", ratio_of(main_res.ops_per_s, ires.ops_per_s));
+        } else {
+            print_phase(label, &main_res, n, ncpu);
+        }
         if (vop) {
             print_phase(vop->name, &vres, n, ncpu);
             printf("  ratio    %s / %s = %.3f\n", op->name, vop->name,
@@ -842,8 +1196,19 @@ int cmkh_bench_main(int argc, char **argv)
         }
     }
     fflush(stdout);
-    rc = main_res.errors || (vop && vres.errors) || (have_ceiling && ceil.errors) ? 1 : 0;
+    rc = main_res.errors || (vop && vres.errors) || (have_ceiling && ceil.errors) ||
+                 (bgop && (ires.errors || bgres.errors))
+             ? 1
+             : 0;
 out:
+    if (record_made && drv_ready)
+        record_cleanup(&b, &drv);
+    free(b.filler);
+    if (b.import_body) {
+        OPENSSL_cleanse(b.import_body, strlen(b.import_body));
+        free(b.import_body);
+    }
+    free(iworkers);
     if (key_created && drv_ready)
         key_cleanup(&b, &drv);
     if (drv_ready)

@@ -19,6 +19,7 @@
 
 #define HX_BENCH_API "api-version=7.5"
 #define HX_BENCH_MAX_OPS 16      /* size of the operation table */
+#define HX_BENCH_RECORD_IDS 64   /* record-write: ids each worker cycles through */
 #define HX_BENCH_BODY_MAX 65536  /* response bytes kept per request (more are dropped) */
 #define HX_BENCH_ERRBODY_MAX 600 /* bytes of the first error body printed */
 #define HX_BENCH_PAYLOAD 32      /* bytes wrapped/unwrapped: a data key */
@@ -39,14 +40,17 @@ typedef struct {
 /* One request as built by an operation. */
 typedef struct {
     const char *method; /* "GET", "POST", "DELETE" */
-    char path[512];     /* appended to the base URL; includes the query */
-    char body[2048];    /* "" = no body */
+    char path[512];     /* appended to the base URL (includes the query), or an absolute URL */
+    char body[4096];    /* "" = no body */
     int op;             /* index in the table of the operation actually done (mixed picks) */
 } hx_bench_req;
 
 typedef enum {
-    HX_NEED_KEY = 1,     /* the run creates (or is given) an RSA key */
-    HX_NEED_WRAPPED = 2, /* ... and wraps a value under it once, for unwrap */
+    HX_NEED_KEY = 1,      /* the run creates (or is given) an RSA key */
+    HX_NEED_WRAPPED = 2,  /* ... and wraps a value under it once, for unwrap */
+    HX_NEED_RECORD = 4,   /* a record of --record-size bytes in the --env environment */
+    HX_NEED_IMPORT = 8,   /* a client-side RSA-2048 key as an import body (JWK with d, p, q) */
+    HX_NEED_LASTPAGE = 16 /* the URL of the last page of the key's versions (nextLinks walked) */
 } hx_bench_needs;
 
 typedef enum { HX_CEIL_NONE = 0, HX_CEIL_UNWRAP, HX_CEIL_WRAP, HX_CEIL_CREATE } hx_ceil_kind;
@@ -73,7 +77,9 @@ struct hx_bench_worker {
     hx_histo histo;
     atomic_ulong ops, errors;                /* read by the progress line */
     unsigned long sub_ops[HX_BENCH_MAX_OPS]; /* per table row (mixed) */
-    unsigned long created;                   /* create: names cmkbench-RUN-cI-0..created-1 */
+    unsigned long created;                   /* create: names cmkbench-RUN-cI-0..created-1;
+                                                record-write: records written (ids cycle) */
+    atomic_int *stop;                        /* the flag this worker's group stops on */
     uint64_t rng;
     double t0, t1; /* active interval, monotonic seconds */
     long connections;
@@ -89,7 +95,16 @@ struct hx_bench {
     char run_id[17];
     char plain_b64[64]; /* base64url of the value wrapped at set-up */
     char wrapped[1100]; /* its wrapKey result, base64url */
-    atomic_int stop;
+    char env_base[256]; /* https://{env}.crm.localhost:PORT (records) */
+    char record_id[40]; /* the record read by record-read */
+    size_t record_size; /* bytes of the records' description field */
+    char *filler;       /* record_size 'x' characters (malloc'd) */
+    char *import_body;  /* {"key": {JWK with the private parts}} (malloc'd, wiped) */
+    char lastpage[1024]; /* absolute URL of the last versions page */
+    unsigned long count; /* stop each phase after this many requests (0 = by duration) */
+    atomic_ulong tickets; /* requests started in the phase, when count is set */
+    atomic_int stop;      /* the measured group */
+    atomic_int bg_stop;   /* the background group (--background) */
     /* first failed request of the run */
     pthread_mutex_t err_lock;
     int have_error;
@@ -110,6 +125,10 @@ void hx_bconn_cleanup(hx_bconn *c);
  * body NULL or "" = none. The response body is in c->body / c->len. */
 long hx_bconn_do(hx_bconn *c, const char *base_url, const char *method, const char *path,
                  const char *body);
+
+/* The record id a record-write worker uses for its n-th write (a GUID per run/worker/slot). */
+void hx_bench_record_guid(const hx_bench *b, unsigned worker, unsigned long slot, char *out,
+                          size_t cap);
 
 /* base64url without padding of len bytes into out (cap >= 4 * len / 3 + 4). */
 void hx_b64url(const uint8_t *in, size_t len, char *out, size_t cap);

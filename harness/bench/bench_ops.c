@@ -86,6 +86,8 @@ long hx_bconn_do(hx_bconn *c, const char *base_url, const char *method, const ch
     c->len = 0;
     c->body[0] = '\0';
     c->errbuf[0] = '\0';
+    if (!strncmp(path, "https://", 8))
+        base_url = ""; /* an absolute URL (records live on the environment's host) */
     if ((size_t)snprintf(url, sizeof(url), "%s%s", base_url, path) >= sizeof(url)) {
         snprintf(c->errbuf, sizeof(c->errbuf), "URL too long");
         return 0;
@@ -245,6 +247,99 @@ static void cleanup_create(hx_bench *b, hx_bconn *c, hx_bench_worker *workers, u
     }
 }
 
+/* Records (1 KiB by default) in the environment given by --env, on its own host name. */
+void hx_bench_record_guid(const hx_bench *b, unsigned worker, unsigned long slot, char *out,
+                          size_t cap)
+{
+    snprintf(out, cap, "%.8s-0000-4000-8%03x-%012lx", b->run_id, worker & 0xfffu,
+             slot & 0xffffffffffffUL);
+}
+
+static int build_record_read(hx_bench_worker *w, hx_bench_req *rq)
+{
+    hx_bench *b = w->b;
+
+    rq->method = "GET";
+    return (size_t)snprintf(rq->path, sizeof(rq->path), "%s/api/data/v9.2/accounts(%s)",
+                            b->env_base, b->record_id) < sizeof(rq->path)
+               ? 0
+               : -1;
+}
+
+/* The row read back must carry the filler written at set-up (the whole of it was decrypted). */
+static int check_record(hx_bench_worker *w, const hx_bench_req *rq, const char *body, size_t len)
+{
+    (void)rq;
+    return len > w->b->record_size && strstr(body, w->b->filler) != NULL;
+}
+
+static int build_record_write(hx_bench_worker *w, hx_bench_req *rq)
+{
+    hx_bench *b = w->b;
+    char id[40];
+
+    hx_bench_record_guid(b, w->index, w->created % HX_BENCH_RECORD_IDS, id, sizeof(id));
+    w->created++;
+    rq->method = "PATCH";
+    if ((size_t)snprintf(rq->body, sizeof(rq->body),
+                         "{\"name\":\"cmkbench %lu\",\"description\":\"%s\"}", w->created,
+                         b->filler) >= sizeof(rq->body))
+        return -1;
+    return (size_t)snprintf(rq->path, sizeof(rq->path), "%s/api/data/v9.2/accounts(%s)",
+                            b->env_base, id) < sizeof(rq->path)
+               ? 0
+               : -1;
+}
+
+/* Deletes every record the writers touched (ids cycle through HX_BENCH_RECORD_IDS). */
+static void cleanup_record_write(hx_bench *b, hx_bconn *c, hx_bench_worker *workers, unsigned n)
+{
+    char id[40], path[512];
+
+    for (unsigned i = 0; i < n; i++) {
+        unsigned long used = workers[i].created < HX_BENCH_RECORD_IDS ? workers[i].created
+                                                                      : HX_BENCH_RECORD_IDS;
+        for (unsigned long k = 0; k < used; k++) {
+            hx_bench_record_guid(b, workers[i].index, k, id, sizeof(id));
+            snprintf(path, sizeof(path), "%s/api/data/v9.2/accounts(%s)", b->env_base, id);
+            (void)hx_bconn_do(c, "", "DELETE", path, NULL);
+        }
+    }
+}
+
+/* import: a new version of the bench key per request, from the same client-made key pair. */
+static int build_import(hx_bench_worker *w, hx_bench_req *rq)
+{
+    hx_bench *b = w->b;
+
+    rq->method = "PUT";
+    if ((size_t)snprintf(rq->body, sizeof(rq->body), "%s", b->import_body) >= sizeof(rq->body))
+        return -1;
+    return set_path(rq, "/keys/%s?" HX_BENCH_API, b->key);
+}
+
+static int build_versions(hx_bench_worker *w, hx_bench_req *rq)
+{
+    rq->method = "GET";
+    return set_path(rq, "/keys/%s/versions?" HX_BENCH_API "&maxresults=25", w->b->key);
+}
+
+static int build_versions_last(hx_bench_worker *w, hx_bench_req *rq)
+{
+    rq->method = "GET";
+    return (size_t)snprintf(rq->path, sizeof(rq->path), "%s", w->b->lastpage) < sizeof(rq->path)
+               ? 0
+               : -1;
+}
+
+static int check_has_list(hx_bench_worker *w, const hx_bench_req *rq, const char *body, size_t len)
+{
+    (void)w;
+    (void)rq;
+    (void)len;
+    return strstr(body, "\"value\"") != NULL && strstr(body, "\"kid\"") != NULL;
+}
+
 /* mixed: a fixed blend of the CMK data path, picked per request. */
 static const struct {
     const char *op;
@@ -286,6 +381,16 @@ static const hx_bench_op ops[] = {
      HX_CEIL_NONE, build_health, check_health, NULL},
     {"mixed", "50% unwrap, 25% wrap, 25% get", HX_NEED_KEY | HX_NEED_WRAPPED, HX_CEIL_NONE,
      build_mixed, NULL, NULL},
+    {"record-read", "GET a record of --record-size bytes (AES-256-GCM under the data key)",
+     HX_NEED_RECORD, HX_CEIL_NONE, build_record_read, check_record, NULL},
+    {"record-write", "PATCH (upsert) a record of --record-size bytes, 64 ids per connection",
+     HX_NEED_RECORD, HX_CEIL_NONE, build_record_write, NULL, cleanup_record_write},
+    {"import", "PUT /keys/K: a new version from one client-made RSA-2048 key", HX_NEED_KEY | HX_NEED_IMPORT,
+     HX_CEIL_NONE, build_import, check_has_kid, NULL},
+    {"versions", "GET /keys/K/versions?maxresults=25 (first page)", HX_NEED_KEY, HX_CEIL_NONE,
+     build_versions, check_has_list, NULL},
+    {"versions-last", "GET the last page of /keys/K/versions (nextLinks walked at set-up)",
+     HX_NEED_KEY | HX_NEED_LASTPAGE, HX_CEIL_NONE, build_versions_last, check_has_list, NULL},
 };
 
 _Static_assert(sizeof(ops) / sizeof(ops[0]) <= HX_BENCH_MAX_OPS, "raise HX_BENCH_MAX_OPS");
