@@ -32,6 +32,23 @@ const ROLE_NAMES = {
 };
 const CMK_PERMS = ["get", "wrapKey", "unwrapKey"];
 
+/* Inline SVG icons (no emoji font needed on a projector's machine); each sits beside a word. */
+const svg = (body) => `<svg class="icon" viewBox="0 0 24 24" width="1em" height="1em" aria-hidden="true" fill="none" stroke="currentColor" stroke-width="2.4" stroke-linecap="round" stroke-linejoin="round">${body}</svg>`;
+const ICON = {
+  lock: svg('<rect x="4" y="11" width="16" height="10" rx="2" fill="currentColor"/><path d="M8 11V7a4 4 0 0 1 8 0v4"/>'),
+  key: svg('<circle cx="7.5" cy="15.5" r="4.5"/><path d="M11 12l9-9M16 7l3 3M14 9l2 2"/>'),
+  building: svg('<rect x="5" y="3" width="14" height="18" rx="1"/><path d="M9 7h2M13 7h2M9 11h2M13 11h2M9 15h2M13 15h2M11 21v-3h2v3"/>'),
+  pause: svg('<path d="M9 5v14M15 5v14"/>'),
+  ok: svg('<path d="M4 12l5 5L20 6"/>'),
+  no: svg('<path d="M6 6l12 12M18 6L6 18"/>'),
+  clock: svg('<circle cx="12" cy="12" r="9"/><path d="M12 7v5l3 3"/>'),
+  shield: svg('<path d="M12 3l8 3v6c0 5-3.5 8-8 9-4.5-1-8-4-8-9V6z"/>'),
+  recycle: svg('<path d="M4 12a8 8 0 0 1 14-5M20 12a8 8 0 0 1-14 5M18 3v4h-4M6 21v-4h4"/>'),
+  warn: svg('<path d="M12 3l10 18H2z"/><path d="M12 10v4M12 17.5v.5"/>'),
+  trash: svg('<path d="M4 7h16M9 7V4h6v3M6 7l1 14h10l1-14"/>'),
+  ban: svg('<circle cx="12" cy="12" r="9"/><path d="M6 6l12 12"/>'),
+};
+
 const S = {
   config: null, secret: null, tokens: {}, subs: [], vaults: [], keys: {}, policies: [], roles: [],
   envs: [], clock: null, clockAt: 0, audit: [], auditLast: -1, lastFull: 0, results: {},
@@ -248,16 +265,16 @@ function renderEnvs() {
     const cmk = (p.enterprisePolicies && p.enterprisePolicies.customerManagedKeys) || null;
     const pol = cmk && policyBySystemId(cmk.systemId);
     let badge;
-    if (st === "locked") badge = `<span class="badge big b-locked">&#128274; LOCKED</span>`;
-    else if (st === "disabled") badge = `<span class="badge big b-warn">&#9208; DISABLED <small>(${esc(rt.runtimeReasonCode || "")})</small></span>`;
-    else if (st === "cmk") badge = `<span class="badge big b-cmk">&#128273; Encrypted with customer key</span>`;
-    else badge = `<span class="badge big b-mmk">&#127970; Microsoft-managed key</span>`;
+    if (st === "locked") badge = `<span class="badge big b-locked">${ICON.lock} LOCKED</span>`;
+    else if (st === "disabled") badge = `<span class="badge big b-warn">${ICON.pause} DISABLED <small>(${esc(rt.runtimeReasonCode || "")})</small></span>`;
+    else if (st === "cmk") badge = `<span class="badge big b-cmk">${ICON.key} Encrypted with customer key</span>`;
+    else badge = `<span class="badge big b-mmk">${ICON.building} Microsoft-managed key</span>`;
     let lock = "";
     if (p.cmkLock) {
       const del = toUnix(p.cmkLock.scheduledDeletionTime);
       lock = `<div class="reason">Lock reason: ${esc(p.cmkLock.reason)}</div>
         <div>Locked since ${esc(when(toUnix(p.cmkLock.lockedSince)))}; deleted with its data after ${esc(p.cmkLock.retentionDays)} days:</div>
-        <div class="countdown" data-deadline="${del}">&#9203; deletion in <span class="cd">${esc(span(del - emuNow()))}</span></div>`;
+        <div class="countdown" data-deadline="${del}">${ICON.clock} deletion in <span class="cd">${esc(span(del - emuNow()))}</span></div>`;
     }
     const res = S.results["env:" + e.name];
     return `<article class="card ${st === "locked" ? "locked" : st === "cmk" ? "cmk" : ""}" data-env="${esc(e.name)}" data-state="${st}">
@@ -272,7 +289,7 @@ function renderEnvs() {
         <button data-action="read" data-env="${esc(e.name)}">Read a record</button>
         <button data-action="enable" data-env="${esc(e.name)}" class="good" ${rt.id === "Disabled" ? "" : "disabled"}>Re-enable</button>
       </div>
-      ${res ? `<div class="result ${res.ok ? "ok" : "fail"}" role="status">${res.ok ? "&#10004; " : "&#10006; "}${esc(res.text)}</div>` : ""}
+      ${res ? `<div class="result ${res.ok ? "ok" : "fail"}" role="status">${res.ok ? ICON.ok : ICON.no} ${esc(res.text)}</div>` : ""}
     </article>`;
   }).join("");
   $("envs").innerHTML = html || `<p>No environments.</p>`;
@@ -281,11 +298,11 @@ function renderEnvs() {
 function renderPolicies() {
   const html = S.policies.map((p) => {
     const health = p.properties.healthStatus || "Undetermined";
-    const hb = health === "Healthy" ? `<span class="badge b-ok">&#10004; Healthy</span>` : health === "Unhealthy" ? `<span class="badge b-locked">&#10006; Unhealthy</span>` : `<span class="badge b-off">? ${esc(health)}</span>`;
+    const hb = health === "Healthy" ? `<span class="badge b-ok">${ICON.ok} Healthy</span>` : health === "Unhealthy" ? `<span class="badge b-locked">${ICON.no} Unhealthy</span>` : `<span class="badge b-off">? ${esc(health)}</span>`;
     const v = vaultOfPolicy(p), k = keyOfPolicy(p), acc = identityAccess(p);
     const linked = S.envs.filter((e) => { const c = e.properties.enterprisePolicies && e.properties.enterprisePolicies.customerManagedKeys; return c && c.systemId === p.properties.systemId; });
     let access = `<span class="badge b-off">? access unknown</span>`;
-    if (acc.known) access = acc.granted ? `<span class="badge b-ok">&#10004; identity has get, wrapKey, unwrapKey</span>` : `<span class="badge b-locked">&#10006; identity has no key access${acc.partial ? ` (only ${esc(acc.perms.join(", "))})` : ""}</span>`;
+    if (acc.known) access = acc.granted ? `<span class="badge b-ok">${ICON.ok} identity has get, wrapKey, unwrapKey</span>` : `<span class="badge b-locked">${ICON.no} identity has no key access${acc.partial ? ` (only ${esc(acc.perms.join(", "))})` : ""}</span>`;
     return `<article class="card" data-policy="${esc(p.name)}">
       <h3>${esc(p.name)} ${hb}</h3>
       <div class="facts">Key <b>${esc(v ? v.name : "?")}/${esc(k.name || "?")}</b>${k.version ? ` version <span class="ver">${esc(k.version.slice(0, 8))}</span>` : " (current version)"} &middot; ${esc(p.kind)} &middot; ${esc(p.location)}</div>
@@ -303,8 +320,8 @@ function renderPolicies() {
 
 function versionBadges(attr) {
   const now = emuNow(), b = [];
-  b.push(attr.enabled ? `<span class="badge b-ok">&#10004; enabled</span>` : `<span class="badge b-locked">&#9940; disabled</span>`);
-  if (attr.exp && attr.exp <= now) b.push(`<span class="badge b-locked">&#8987; expired ${esc(when(attr.exp))}</span>`);
+  b.push(attr.enabled ? `<span class="badge b-ok">${ICON.ok} enabled</span>` : `<span class="badge b-locked">${ICON.ban} disabled</span>`);
+  if (attr.exp && attr.exp <= now) b.push(`<span class="badge b-locked">${ICON.clock} expired ${esc(when(attr.exp))}</span>`);
   else if (attr.exp) b.push(`<span class="badge b-off">expires ${esc(when(attr.exp))}</span>`);
   if (attr.nbf && attr.nbf > now) b.push(`<span class="badge b-warn">not valid before ${esc(when(attr.nbf))}</span>`);
   return b.join("");
@@ -314,8 +331,8 @@ function renderVaults() {
   const html = S.vaults.map((v) => {
     const pr = v.properties, kd = S.keys[v.name] || { keys: [], deleted: [] };
     const facts = [
-      pr.enableSoftDelete !== false ? `<span class="badge b-ok">&#9851; soft delete ${esc(pr.softDeleteRetentionInDays || 90)} days</span>` : `<span class="badge b-warn">no soft delete</span>`,
-      pr.enablePurgeProtection ? `<span class="badge b-ok">&#128737; purge protection</span>` : `<span class="badge b-warn">&#9888; no purge protection</span>`,
+      pr.enableSoftDelete !== false ? `<span class="badge b-ok">${ICON.recycle} soft delete ${esc(pr.softDeleteRetentionInDays || 90)} days</span>` : `<span class="badge b-warn">no soft delete</span>`,
+      pr.enablePurgeProtection ? `<span class="badge b-ok">${ICON.shield} purge protection</span>` : `<span class="badge b-warn">${ICON.warn} no purge protection</span>`,
       pr.enableRbacAuthorization ? `<span class="badge b-cmk">RBAC</span>` : `<span class="badge b-mmk">access policies</span>`,
     ].join("");
     const access = pr.enableRbacAuthorization
@@ -336,7 +353,7 @@ function renderVaults() {
         </td></tr>`;
     }).join("");
     const drows = kd.deleted.map((d) => `<tr data-deleted-key="${esc(d.name)}"><td><b>${esc(d.name)}</b></td>
-      <td><span class="badge b-locked">&#128465; deleted ${esc(when(d.deletedDate))}</span> <span class="badge b-warn">purge on ${esc(when(d.scheduledPurgeDate))} (in ${esc(span(d.scheduledPurgeDate - emuNow()))})</span></td>
+      <td><span class="badge b-locked">${ICON.trash} deleted ${esc(when(d.deletedDate))}</span> <span class="badge b-warn">purge on ${esc(when(d.scheduledPurgeDate))} (in ${esc(span(d.scheduledPurgeDate - emuNow()))})</span></td>
       <td class="actions"><button class="good" data-action="recover" data-vault="${esc(v.name)}" data-key="${esc(d.name)}">Recover</button>
         <button class="danger" data-action="purge" data-vault="${esc(v.name)}" data-key="${esc(d.name)}" ${pr.enablePurgeProtection ? `title="purge protection: the vault will refuse"` : ""}>Purge</button></td></tr>`).join("");
     return `<article class="card" data-vault="${esc(v.name)}">
@@ -358,7 +375,7 @@ function renderRoles() {
 function renderAudit() {
   const rows = S.audit.slice().reverse().map((e) => `<tr><td class="small">${esc(e.emulatorTime)}</td><td>${esc((e.caller && e.caller.name) || "")}</td>
     <td>${esc(e.operation)}</td><td class="small mono">${esc(e.target)}</td>
-    <td>${e.outcome === "Success" || e.outcome === "Succeeded" || e.outcome === "AccessRestored" ? "&#10004;" : e.status >= 400 || /Fail|Lock/.test(e.outcome || "") ? "&#10006;" : ""} ${esc(e.outcome)} ${esc(e.status || "")}</td>
+    <td>${e.outcome === "Success" || e.outcome === "Succeeded" || e.outcome === "AccessRestored" ? ICON.ok : e.status >= 400 || /Fail|Lock/.test(e.outcome || "") ? ICON.no : ""} ${esc(e.outcome)} ${esc(e.status || "")}</td>
     <td class="small">${esc(e.detail || "")}</td></tr>`).join("");
   $("audit").innerHTML = `<table><thead><tr><th>emulator time</th><th>caller</th><th>operation</th><th>target</th><th>outcome</th><th>detail</th></tr></thead><tbody>${rows || `<tr><td colspan="6">no events yet</td></tr>`}</tbody></table>`;
 }
@@ -668,7 +685,7 @@ function renderScenario() {
     <label>Scenario <select id="scen-select">${SC.list.map((s) => `<option value="${esc(s.name)}" ${s.name === sel ? "selected" : ""}>${esc(s.name)}: ${esc(s.title)}</option>`).join("")}</select></label>
     <button id="scen-start">Start</button>
     <button id="scen-next" ${!SC.cur || SC.done || SC.running ? "disabled" : ""}>Next step &#9654;</button>
-    <span id="scen-state" role="status">${SC.running ? "running&hellip;" : SC.cur ? (SC.failed ? "&#10006; FAILED" : SC.done ? "&#10004; done" : `step ${doneN + 1} of ${narrated}`) : ""}</span>
+    <span id="scen-state" role="status">${SC.running ? "running&hellip;" : SC.cur ? (SC.failed ? `${ICON.no} FAILED` : SC.done ? `${ICON.ok} done` : `step ${doneN + 1} of ${narrated}`) : ""}</span>
     ${SC.cur ? `<p class="small">${esc(SC.cur.summary || "")}</p>` : ""}
     ${SC.cur && !SC.done ? `<div class="scen-say" id="scen-say">Next: ${esc(nextSay())}</div>` : ""}
     <ol class="scen-log" id="scen-log">${SC.log.map((l) => `<li class="${l.cls}">${esc(l.say)}${l.obs ? `<br><span class="obs">&rarr; ${esc(l.obs)}</span>` : ""}${l.why ? `<div class="why">${esc(l.why)}</div>` : ""}</li>`).join("")}</ol>`;

@@ -121,6 +121,34 @@ test("revoke access locks the environment live; restore + re-enable brings it ba
   assert.ok(file);
 });
 
+test("a change made by another client shows up live, without a reload", async () => {
+  // another client (not the page) revokes through ARM; the lock watch locks the environment and
+  // the page, which only polls, must show it within a couple of seconds
+  const api = page.context().request;
+  const token = async (audience) => (await (await api.post(`${URL_BASE}/_emulator/tokens`,
+    { data: { principal: "0a000001-0000-4000-8000-00000000a001", audience } })).json()).access_token;
+  const arm = { Authorization: `Bearer ${await token("https://management.azure.com")}` };
+  const bap = { Authorization: `Bearer ${await token("https://service.powerapps.com")}` };
+  const envId = await page.locator("article[data-env][data-state='cmk']", { hasText: "Training Production" }).first().getAttribute("data-env");
+  const env = await (await api.get(`${URL_BASE}/providers/Microsoft.BusinessAppPlatform/scopes/admin/environments/${envId}?api-version=2023-06-01`, { headers: bap })).json();
+  const policyId = env.properties.enterprisePolicies.customerManagedKeys.policyId;
+  const policy = await (await api.get(`${URL_BASE}${policyId}?api-version=2020-10-30`, { headers: arm })).json();
+  const vaultId = policy.properties.encryption.keyVault.id;
+  const entry = { tenantId: "72f988bf-0000-4000-8000-00000000c0de", objectId: policy.identity.principalId, permissions: { keys: ["get", "wrapKey", "unwrapKey"] } };
+  const change = async (op) => {
+    const r = await api.put(`${URL_BASE}${vaultId}/accessPolicies/${op}?api-version=2023-07-01`, { headers: arm, data: { properties: { accessPolicies: [entry] } } });
+    assert.equal(r.status(), 200, await r.text());
+  };
+  await change("remove");
+  const t0 = Date.now();
+  await page.locator(`article[data-env='${envId}'][data-state='locked']`).waitFor({ timeout: 3000 });
+  console.log(`external revoke shown after ${Date.now() - t0} ms`);
+  await change("add");
+  const r = await api.post(`${URL_BASE}/providers/Microsoft.BusinessAppPlatform/scopes/admin/environments/${envId}/enable?api-version=2023-06-01`, { headers: bap });
+  assert.equal(r.status(), 200, await r.text());
+  await page.locator(`article[data-env='${envId}'][data-state='cmk']`).waitFor({ timeout: 3000 });
+});
+
 test("large type mode, and no script errors", async () => {
   await page.getByRole("button", { name: "Large type" }).click();
   assert.equal(await page.getAttribute("#large", "aria-pressed"), "true");
