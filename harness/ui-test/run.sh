@@ -34,5 +34,9 @@ mkdir -p "$UI_ARTIFACTS"
 set +e
 "$here/../with-emulator.sh" "$CMKEMU_BIN" node --test --test-concurrency=1 "$@" test/*.test.mjs
 rc=$?
+# the same page under --auth strict, on its own emulator
+"$here/../with-emulator.sh" "$CMKEMU_BIN" --auth strict -- node --test "$@" strict/*.test.mjs
+rc2=$?
+[ "$rc" -ne 0 ] || rc=$rc2
 set -e
 exit $rc

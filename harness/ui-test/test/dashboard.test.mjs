@@ -53,6 +53,21 @@ test("the page loads from the binary and shows the demo world live", async () =>
   await page.locator("#who", { hasText: "acting as kv-admin-app" }).waitFor();
 });
 
+test("the relay carries requests to vault hosts with every check of the target API", async () => {
+  const api = page.context().request;
+  const bad = await api.get(`${URL_BASE}/_emulator/ui/relay/example.com/keys?api-version=7.5`);
+  assert.equal(bad.status(), 400);
+  assert.equal((await bad.json()).error.code, "BadRelayHost");
+  // no token: the named vault's own bearer challenge, naming that vault's host
+  const anon = await api.get(`${URL_BASE}/_emulator/ui/relay/contoso-cmk.vault.localhost/keys?api-version=7.5`);
+  assert.equal(anon.status(), 401);
+  assert.match(anon.headers()["www-authenticate"], /contoso-cmk\.vault\.localhost:\d+\//);
+  // a principal without rights on the vault is refused by its access policies
+  const tok = await (await api.post(`${URL_BASE}/_emulator/tokens`, { data: { principal: "0a000004-0000-4000-8000-00000000a004", audience: "https://vault.azure.net" } })).json();
+  const denied = await api.get(`${URL_BASE}/_emulator/ui/relay/contoso-cmk.vault.localhost/keys?api-version=7.5`, { headers: { Authorization: `Bearer ${tok.access_token}` } });
+  assert.equal(denied.status(), 403, await denied.text());
+});
+
 test("a scenario runs step by step in the page, say before and observe after", async () => {
   await page.selectOption("#scen-select", "setup-and-link");
   await page.click("#scen-start");
