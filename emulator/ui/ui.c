@@ -55,9 +55,8 @@ static void h_config(emu_req *req, void *ud)
                                              "clientId", p->appid, "name", p->name, "kind",
                                              auth_principal_kind_str(p->kind), "emulatorAdmin",
                                              p->emulator_admin));
-        if (p->emulator_admin &&
-            (!best || (best->kind != AUTH_KIND_SERVICE_PRINCIPAL &&
-                       p->kind == AUTH_KIND_SERVICE_PRINCIPAL)))
+        if (p->emulator_admin && (!best || (best->kind != AUTH_KIND_SERVICE_PRINCIPAL &&
+                                            p->kind == AUTH_KIND_SERVICE_PRINCIPAL)))
             best = p;
     }
     if (best) {
