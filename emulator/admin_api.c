@@ -115,7 +115,9 @@ void emu_admin_audit_request(emu_req *req, void *ud)
     const char *path = req->path;
     bool key_op = starts_ci(path, "/keys") || starts_ci(path, "/deletedkeys");
     bool arm_change = !reading && (starts_ci(path, "/subscriptions") || starts_ci(path, "/providers"));
-    bool emu_change = !reading && starts_ci(path, "/_emulator") && !starts_ci(path, "/_emulator/tokens");
+    /* the dashboard's relay is audited as the operation it carries (emulator/ui) */
+    bool emu_change = !reading && starts_ci(path, "/_emulator") &&
+                      !starts_ci(path, "/_emulator/tokens") && !starts_ci(path, "/_emulator/ui/");
     bool token = !reading && strstr(path, "/oauth2/") != NULL;
     if (!key_op && !arm_change && !emu_change && !token)
         return;

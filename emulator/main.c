@@ -36,6 +36,7 @@
 #include "router.h"
 #include "store.h"
 #include "tls.h"
+#include "ui/ui.h"
 #include "util.h"
 #include "world.h"
 
@@ -265,6 +266,9 @@ static int serve(int argc, char **argv)
     pp_bap_ctx bap = {.envs = envs, .auth = auth, .comps = comps};
     pp_bap_register(router, &bap);
     auth_api_register(router, &authctx);
+    emu_ui_ctx ui = {.router = router, .auth = auth, .on_relayed = emu_admin_audit_request,
+                     .on_relayed_ud = &admin};
+    emu_ui_register(router, &ui);
 
     workers = emu_workers_new(threads);
     emu_http_config hcfg = {.host = cfg.listen_host,

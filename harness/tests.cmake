@@ -10,3 +10,10 @@ add_test(NAME scenarios
   COMMAND ${CMAKE_SOURCE_DIR}/harness/with-emulator.sh $<TARGET_FILE:cmkemu>
           ${CMAKE_SOURCE_DIR}/harness/run-scenarios.sh $<TARGET_FILE:cmkharness>)
 set_tests_properties(scenarios PROPERTIES TIMEOUT 900)
+
+# The trainer dashboard in Debian's chromium (harness/ui-test): skipped (77) only when no
+# chromium could be installed; screenshots under the build dir.
+add_test(NAME ui_browser COMMAND ${CMAKE_SOURCE_DIR}/harness/ui-test/run.sh)
+set_tests_properties(ui_browser PROPERTIES
+  ENVIRONMENT "CMKEMU_BIN=$<TARGET_FILE:cmkemu>;UI_ARTIFACTS=${CMAKE_BINARY_DIR}/ui-test"
+  SKIP_RETURN_CODE 77 TIMEOUT 600)

@@ -394,6 +394,17 @@ bool auth_principal_default_of_kind(auth_t *a, auth_principal_kind kind, auth_pr
     return r != NULL;
 }
 
+size_t auth_principal_list(auth_t *a, auth_principal **out)
+{
+    pthread_mutex_lock(&a->lock);
+    size_t n = a->nrecs;
+    *out = n ? emu_xmalloc(n * sizeof **out) : NULL;
+    for (size_t i = 0; i < n; i++)
+        (*out)[i] = a->recs[i].p;
+    pthread_mutex_unlock(&a->lock);
+    return n;
+}
+
 bool auth_principal_remove(auth_t *a, const char *oid)
 {
     pthread_mutex_lock(&a->lock);

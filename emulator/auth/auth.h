@@ -60,6 +60,9 @@ bool auth_principal_by_name(auth_t *a, const char *name, auth_principal_kind kin
 bool auth_principal_default_of_kind(auth_t *a, auth_principal_kind kind, auth_principal *out);
 bool auth_principal_remove(auth_t *a, const char *oid);
 size_t auth_principal_count(auth_t *a);
+/* A copy of every principal, in creation order (the dashboard's directory). *out is malloc'd
+ * (free it; NULL when there are none); returns the count. */
+size_t auth_principal_list(auth_t *a, auth_principal **out);
 
 /* ---- tokens ----------------------------------------------------------------------------- */
 
