@@ -16,6 +16,8 @@
 #include <errno.h>
 #include <ftw.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1250,6 +1252,97 @@ static bool table_exists(emu_store *s, const char *name)
     return count_rows(s, sql) == 1;
 }
 
+/* Group commit: many threads commit; each returns from emu_store_unlock only after a sync that
+ * finished after its commit, fewer syncs than commits are done, and every row is there after
+ * a reopen. The deferred form gives the commit to wait for and calls back once durable. */
+#define GC_THREADS 8
+#define GC_EACH 40
+
+typedef struct {
+    emu_store *s;
+    int id;
+    int bad; /* unlock returned before any sync finished after the commit */
+} gc_arg;
+
+static void *gc_thread(void *p)
+{
+    gc_arg *a = p;
+    for (int i = 0; i < GC_EACH; i++) {
+        sqlite3 *db = emu_store_lock(a->s);
+        unsigned long before = emu_store_sync_count(a->s);
+        char sql[96];
+        snprintf(sql, sizeof sql, "INSERT INTO gc(t, i) VALUES(%d, %d)", a->id, i);
+        assert_true(emu_store_exec(db, sql));
+        emu_store_unlock(a->s);
+        if (emu_store_sync_count(a->s) <= before)
+            a->bad++;
+    }
+    return NULL;
+}
+
+static void on_durable(void *ud)
+{
+    atomic_int *flag = ud;
+    atomic_store(flag, 1);
+}
+
+static void store_group_commit(void **state)
+{
+    (void)state;
+    char dir[PATH_MAX], path[PATH_MAX + 16], err[256];
+    make_tmpdir(dir, sizeof dir, "gc");
+    snprintf(path, sizeof path, "%s/g.db", dir);
+    emu_store *s = emu_store_open(path, err, sizeof err);
+    if (!s)
+        fail_msg("emu_store_open: %s", err);
+    static const emu_migration m[] = {{"gc", 1, "CREATE TABLE gc(t INTEGER, i INTEGER);"}};
+    assert_true(emu_store_migrate(s, m, 1, err, sizeof err));
+
+    unsigned long syncs0 = emu_store_sync_count(s);
+    pthread_t th[GC_THREADS];
+    gc_arg args[GC_THREADS];
+    for (int t = 0; t < GC_THREADS; t++) {
+        args[t] = (gc_arg){.s = s, .id = t};
+        assert_int_equal(pthread_create(&th[t], NULL, gc_thread, &args[t]), 0);
+    }
+    for (int t = 0; t < GC_THREADS; t++) {
+        pthread_join(th[t], NULL);
+        assert_int_equal(args[t].bad, 0);
+    }
+    unsigned long syncs = emu_store_sync_count(s) - syncs0;
+    assert_true(syncs >= 1);
+    assert_true(syncs < GC_THREADS * GC_EACH); /* batched */
+
+    /* deferred: a read-only lock gives nothing to wait for */
+    emu_store_defer_begin(s);
+    (void)emu_store_lock(s);
+    emu_store_unlock(s);
+    assert_int_equal(emu_store_defer_end(), 0);
+    /* a commit gives its sequence number; the callback comes once it is durable */
+    unsigned long before = emu_store_sync_count(s);
+    emu_store_defer_begin(s);
+    assert_true(emu_store_exec(emu_store_lock(s), "INSERT INTO gc(t, i) VALUES(99, 0)"));
+    emu_store_unlock(s);
+    uint64_t seq = emu_store_defer_end();
+    assert_true(seq > 0);
+    atomic_int flag = 0;
+    if (emu_store_when_durable(s, seq, on_durable, &flag)) {
+        for (int i = 0; i < 5000 && !atomic_load(&flag); i++)
+            usleep(1000);
+        assert_int_equal(atomic_load(&flag), 1);
+    }
+    assert_true(emu_store_sync_count(s) > before);
+    /* and now it is durable: no callback is arranged */
+    assert_false(emu_store_when_durable(s, seq, on_durable, &flag));
+    emu_store_close(s);
+
+    s = emu_store_open(path, err, sizeof err);
+    if (!s)
+        fail_msg("reopen: %s", err);
+    assert_int_equal(count_rows(s, "SELECT count(*) FROM gc"), GC_THREADS * GC_EACH + 1);
+    emu_store_close(s);
+}
+
 static void store_migrations_and_meta(void **state)
 {
     (void)state;
@@ -1492,6 +1585,7 @@ int main(void)
         cmocka_unit_test(ct_streq_table),
         cmocka_unit_test(misc_alloc_and_guid),
         cmocka_unit_test(store_migrations_and_meta),
+        cmocka_unit_test(store_group_commit),
         cmocka_unit_test(clock_offset_and_hooks),
         cmocka_unit_test(log_escape_table),
     };

@@ -683,6 +683,84 @@ static void hsm_destroy_removes_key(void **state)
                      HSM_ERR_NOT_FOUND);
 }
 
+static int g_object_files;
+
+static int count_object_file(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    size_t n = strlen(path);
+    (void)sb;
+    (void)ftw;
+    if (flag == FTW_F && n > 7 && !strcmp(path + n - 7, ".object"))
+        g_object_files++;
+    return 0;
+}
+
+/* SoftHSM's file store keeps one file per token object. */
+static int object_files(const char *dir)
+{
+    char tokens[PATH_MAX + 16];
+    snprintf(tokens, sizeof(tokens), "%s/hsm/tokens", dir);
+    g_object_files = 0;
+    assert_int_equal(nftw(tokens, count_object_file, 8, FTW_PHYS), 0);
+    return g_object_files;
+}
+
+/* Only the private key is a token object: generate, import and restore each add one object
+ * (the public half lives in the caller's store and the cache), destroy removes it, and the
+ * public key read after a reopen (from the private object) is the same. */
+static void hsm_one_token_object_per_key(void **state)
+{
+    fixture *f = *state;
+    uint8_t gen[HSM_ID_LEN], imp[HSM_ID_LEN], res[HSM_ID_LEN], ct[512], pt[512];
+    uint8_t *n1 = NULL, *e1 = NULL, *n2 = NULL, *e2 = NULL, *blob = NULL;
+    size_t n1_len, e1_len, n2_len, e2_len, blob_len = 0, ct_len = 0, pt_len = 0;
+    static const uint8_t msg[16] = "one object only";
+    ossl_key k;
+    hsm_rsa_components c;
+    int base;
+
+    /* the backup wrapping key is a token object made at the first export: make it first */
+    assert_int_equal(hsm_key_export_wrapped(f->h, f->k2048, &blob, &blob_len), HSM_OK);
+    free(blob);
+    blob = NULL;
+    base = object_files(f->dir_a);
+
+    assert_int_equal(hsm_rsa_generate(f->h, 2048, 0, "test/one/1", gen), HSM_OK);
+    assert_int_equal(object_files(f->dir_a), base + 1);
+    ossl_key_make(&k, 2048);
+    c = ossl_key_components(&k, 1);
+    assert_int_equal(hsm_rsa_import(f->h, &c, "test/one/2", imp), HSM_OK);
+    assert_int_equal(object_files(f->dir_a), base + 2);
+    assert_int_equal(hsm_key_export_wrapped(f->h, gen, &blob, &blob_len), HSM_OK);
+    assert_int_equal(hsm_key_import_wrapped(f->h, blob, blob_len, "test/one/3", res), HSM_OK);
+    assert_int_equal(object_files(f->dir_a), base + 3);
+
+    assert_int_equal(hsm_rsa_public(f->h, gen, &n1, &n1_len, &e1, &e1_len), HSM_OK);
+    assert_int_equal(hsm_rsa_encrypt(f->h, gen, HSM_RSA_OAEP_SHA256, msg, sizeof(msg), ct, &ct_len),
+                     HSM_OK);
+    reopen(f);
+    assert_int_equal(hsm_rsa_public(f->h, gen, &n2, &n2_len, &e2, &e2_len), HSM_OK);
+    assert_int_equal(n1_len, n2_len);
+    assert_memory_equal(n1, n2, n1_len);
+    assert_int_equal(e1_len, e2_len);
+    assert_memory_equal(e1, e2, e1_len);
+    assert_int_equal(hsm_rsa_decrypt(f->h, res, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
+                     HSM_OK);
+    assert_int_equal(pt_len, sizeof(msg));
+    assert_memory_equal(pt, msg, sizeof(msg));
+
+    assert_int_equal(hsm_key_destroy(f->h, gen), HSM_OK);
+    assert_int_equal(hsm_key_destroy(f->h, imp), HSM_OK);
+    assert_int_equal(hsm_key_destroy(f->h, res), HSM_OK);
+    assert_int_equal(object_files(f->dir_a), base);
+    free(n1);
+    free(e1);
+    free(n2);
+    free(e2);
+    free(blob);
+    ossl_key_free(&k);
+}
+
 static void hsm_import_openssl_key(void **state)
 {
     fixture *f = *state;
@@ -1153,6 +1231,7 @@ int main(void)
         cmocka_unit_test(hsm_open_errors),
         cmocka_unit_test(hsm_destroy_removes_key),
         cmocka_unit_test(hsm_import_openssl_key),
+        cmocka_unit_test(hsm_one_token_object_per_key),
         cmocka_unit_test(hsm_backup_export_import_roundtrip),
         cmocka_unit_test(hsm_two_threads_decrypt_concurrently),
         cmocka_unit_test(hsm_handle_cache_avoids_searches),
