@@ -21,6 +21,8 @@ static void usage(FILE *f)
     fprintf(f, "usage: cmkharness COMMAND [ARGS]\n"
                "  conformance --url URL ...   run the conformance cases (--help for options)\n"
                "  bench ...                   load generator\n"
+               "  bench-crypto ...            in-process record encryption vs OpenSSL\n"
+               "  bench-crypto ...            in-process record encryption vs OpenSSL\n"
                "  scenario list | run NAME   narrated trainer scenarios (--help for options)\n"
                "  coverage ENV --url URL ...  CMK coverage of an environment's components\n"
                "  --help, --version\n");
@@ -45,6 +47,8 @@ int main(int argc, char **argv)
         return hx_conformance_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench"))
         return cmkh_bench_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench-crypto"))
+        return cmkh_bench_crypto_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "scenario"))
         return hx_scenario_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "coverage"))

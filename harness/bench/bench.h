@@ -7,5 +7,7 @@
 #define CMKH_BENCH_H
 
 int cmkh_bench_main(int argc, char **argv);
+/* `cmkharness bench-crypto`: the in-process record encryption path (bench_crypto.c). */
+int cmkh_bench_crypto_main(int argc, char **argv);
 
 #endif
