@@ -32,6 +32,13 @@ run() { # NAME ARGS...: runs the bench, keeps its JSON in $tmp/NAME.json
 
 run unwrap --op unwrap --concurrency 4 --duration 2 --ceiling
 run get --op get --concurrency 2 --duration 2 --versus health
+run rread --op record-read --concurrency 2 --duration 1
+run rwrite --op record-write --concurrency 2 --duration 1
+run starve --op get --concurrency 2 --duration 1 --background unwrap --background-concurrency 2
+run import --op import --key cmkbench-smoke --concurrency 2 --count 30 --duration 60
+run last --op versions-last --key cmkbench-smoke --concurrency 1 --duration 1
+"$CMKHARNESS_BIN" bench-crypto --size 4096 --duration 0.3 --json >"$tmp/crypto.json"
+cat "$tmp/crypto.json"
 
 # Human output too: the result block names the operation and the ratio.
 "$CMKHARNESS_BIN" bench --url "$url" --ca "$ca" --op wrap --concurrency 2 --duration 1 \
@@ -40,7 +47,7 @@ cat "$tmp/wrap.txt"
 grep -q '^wrap RSA-OAEP-256 .* ok, 0 errors, .* ops/s' "$tmp/wrap.txt"
 grep -q 'latency  p50 .* p99.9 ' "$tmp/wrap.txt"
 
-node - "$tmp/unwrap.json" "$tmp/get.json" <<'EOF'
+node - "$tmp/unwrap.json" "$tmp/get.json" "$tmp" <<'EOF'
 const fs = require('fs');
 const fail = (m) => { console.error('bench_smoke: ' + m); process.exit(1); };
 const load = (f) => { try { return JSON.parse(fs.readFileSync(f, 'utf8')); } catch (e) { fail(f + ': not JSON: ' + e.message); } };
@@ -74,5 +81,23 @@ if (g.ceiling !== null || g.ratio !== null) fail('get: unexpected ceiling');
 if (!g.reference || g.reference.op !== 'health' || !(g.reference.ops > 0) || g.reference.errors !== 0)
   fail('get: reference health run missing or failed: ' + JSON.stringify(g.reference));
 if (!(num(g.reference_ratio) && g.reference_ratio > 0)) fail('get: reference_ratio');
+const dir = process.argv[4];
+common(load(dir + '/rread.json'), 'record-read', 2);
+common(load(dir + '/rwrite.json'), 'record-write', 2);
+const s = load(dir + '/starve.json');
+common(s, 'get', 2);
+if (!s.idle || !(s.idle.ops > 0) || s.idle.errors !== 0) fail('starve: no idle phase');
+if (!s.background || s.background.op !== 'unwrap' || !(s.background.ops > 0) || s.background.errors !== 0)
+  fail('starve: background unwrap did not run: ' + JSON.stringify(s.background));
+if (!(num(s.idle_ratio) && s.idle_ratio > 0)) fail('starve: idle_ratio');
+const imp = load(dir + '/import.json');
+common(imp, 'import', 2);
+if (imp.ops !== 30) fail('import: --count 30 made ' + imp.ops);
+/* 30 versions: two pages of 25, the last one holds 5 */
+common(load(dir + '/last.json'), 'versions-last', 1);
+const c = load(dir + '/crypto.json');
+for (const k of ['seal', 'open', 'evp'])
+  if (!(c[k] && num(c[k].ops_per_s) && c[k].ops_per_s > 0)) fail('bench-crypto: ' + k);
+if (!(num(c.seal_ratio) && c.seal_ratio > 0)) fail('bench-crypto: seal_ratio');
 console.log('bench_smoke: ok');
 EOF

@@ -810,7 +810,8 @@ typedef struct {
     uint8_t id[HSM_ID_LEN];
     CK_OBJECT_HANDLE handle;
     CK_OBJECT_CLASS cls;
-    EVP_PKEY *pkey;
+    EVP_PKEY *pkey; /* NULL when read without it (obj_read_lazy) */
+    unsigned bits;
 } obj_info;
 
 static int attr_present(const CK_ATTRIBUTE *a)
@@ -821,7 +822,8 @@ static int attr_present(const CK_ATTRIBUTE *a)
 /* Reads class, key type, id, modulus and exponent of one object. *usable = 1 for an RSA public
  * or private key with a 16-byte CKA_ID and a modulus of at most 4096 bits; then oi is filled
  * and oi->pkey is owned by the caller. The CK_RV is only for session health. */
-static CK_RV obj_read(hsm_t *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, obj_info *oi, int *usable)
+static CK_RV obj_read_opt(hsm_t *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, obj_info *oi,
+                          int *usable, int want_pkey)
 {
     CK_OBJECT_CLASS cls = CK_UNAVAILABLE_INFORMATION;
     CK_KEY_TYPE kt = CK_UNAVAILABLE_INFORMATION;
@@ -857,14 +859,29 @@ static CK_RV obj_read(hsm_t *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, obj_inf
     el = be_strip(&ep, a[4].ulValueLen);
     if (nl == 0 || el == 0)
         return CKR_OK;
-    oi->pkey = hsm_pkey_from_ne(np, nl, ep, el);
-    if (!oi->pkey)
-        return CKR_OK;
+    if (want_pkey) {
+        oi->pkey = hsm_pkey_from_ne(np, nl, ep, el);
+        if (!oi->pkey)
+            return CKR_OK;
+        oi->bits = (unsigned)EVP_PKEY_get_bits(oi->pkey);
+    } else {
+        unsigned top = np[0], lead = 0;
+        while (lead < 8 && !(top & 0x80u)) {
+            top <<= 1;
+            lead++;
+        }
+        oi->bits = (unsigned)(nl * 8) - lead;
+    }
     memcpy(oi->id, id, HSM_ID_LEN);
     oi->handle = o;
     oi->cls = cls;
     *usable = 1;
     return CKR_OK;
+}
+
+static CK_RV obj_read(hsm_t *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, obj_info *oi, int *usable)
+{
+    return obj_read_opt(h, s, o, oi, usable, 1);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1011,7 +1028,7 @@ static void key_ref_fill(key_ref *r, const cache_entry *e, int want_pkey)
     r->pub = e->pub;
     r->bits = e->bits;
     r->pkey = NULL;
-    if (want_pkey && EVP_PKEY_up_ref(e->pkey) == 1)
+    if (want_pkey && e->pkey && EVP_PKEY_up_ref(e->pkey) == 1)
         r->pkey = e->pkey;
 }
 
@@ -1050,7 +1067,7 @@ static cache_entry *cache_entry_from(const uint8_t id[HSM_ID_LEN], obj_info *inf
         e->pkey = priv->pkey;
         priv->pkey = NULL;
     }
-    e->bits = (unsigned)EVP_PKEY_get_bits(e->pkey);
+    e->bits = pub ? pub->bits : priv->bits;
     return e;
 }
 
@@ -1098,6 +1115,44 @@ out:
     return st;
 }
 
+/* An entry filled by hsm_key_foreach has handles but no public key object (to keep memory
+ * flat with many keys): builds it from the cached handle on first use (no search) and keeps
+ * it. r->pkey is set on success. */
+static hsm_status key_pkey_attach(hsm_t *h, const uint8_t id[HSM_ID_LEN], key_ref *r)
+{
+    CK_OBJECT_HANDLE o = r->pub != CK_INVALID_HANDLE ? r->pub : r->priv;
+    CK_SESSION_HANDLE s;
+    obj_info oi;
+    int usable = 0;
+    CK_RV rv;
+    cache_entry *e;
+
+    rv = session_get(h, &s);
+    if (rv != CKR_OK)
+        return rv_status(rv, OP_GENERIC);
+    rv = obj_read(h, s, o, &oi, &usable);
+    session_put(h, s, rv);
+    if (rv != CKR_OK || !usable || memcmp(oi.id, id, HSM_ID_LEN) != 0) {
+        EVP_PKEY_free(oi.pkey);
+        return rv != CKR_OK ? rv_status(rv, OP_GENERIC) : HSM_ERR_NOT_FOUND;
+    }
+    pthread_rwlock_wrlock(&h->cache_lock);
+    e = cache_find_inlock(h, id);
+    if (e && !e->pkey) {
+        e->pkey = oi.pkey;
+        oi.pkey = NULL;
+    }
+    if (e && e->pkey && EVP_PKEY_up_ref(e->pkey) == 1)
+        r->pkey = e->pkey;
+    pthread_rwlock_unlock(&h->cache_lock);
+    if (!r->pkey) { /* evicted meanwhile: use ours for this call */
+        r->pkey = oi.pkey;
+        oi.pkey = NULL;
+    }
+    EVP_PKEY_free(oi.pkey);
+    return HSM_OK;
+}
+
 /* Looks a key up: in the cache, else in the token (then cached). */
 static hsm_status key_get(hsm_t *h, const uint8_t id[HSM_ID_LEN], int want_pkey, key_ref *r)
 {
@@ -1110,7 +1165,7 @@ static hsm_status key_get(hsm_t *h, const uint8_t id[HSM_ID_LEN], int want_pkey,
         key_ref_fill(r, e, want_pkey);
     pthread_rwlock_unlock(&h->cache_lock);
     if (e)
-        return (want_pkey && !r->pkey) ? HSM_ERR_TOKEN : HSM_OK;
+        return (want_pkey && !r->pkey) ? key_pkey_attach(h, id, r) : HSM_OK;
     return key_lookup_token(h, id, want_pkey, r);
 }
 
@@ -1923,7 +1978,7 @@ hsm_status hsm_key_foreach(hsm_t *h, void (*fn)(const uint8_t id[HSM_ID_LEN], vo
         }
         for (size_t i = 0; rv == CKR_OK && i < nfound; i++) {
             int usable = 0;
-            rv = obj_read(h, s, found[i], &infos[ninfos], &usable);
+            rv = obj_read_opt(h, s, found[i], &infos[ninfos], &usable, 0);
             if (rv == CKR_OK && usable)
                 ninfos++;
         }
