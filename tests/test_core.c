@@ -1198,6 +1198,13 @@ static void misc_alloc_and_guid(void **state)
     char *s = emu_xasprintf("%s-%d", "ab", 42);
     assert_string_equal(s, "ab-42");
     free(s);
+    char low[8];
+    emu_lower_copy(low, sizeof low, "MyVault-01");
+    assert_string_equal(low, "myvault"); /* truncated to 7 bytes + NUL */
+    emu_lower_copy(low, sizeof low, "aB_.Z");
+    assert_string_equal(low, "ab_.z");
+    emu_lower_copy(low, 1, "X");
+    assert_string_equal(low, "");
     s = emu_xstrndup("abcdef", 3);
     assert_string_equal(s, "abc");
     free(s);

@@ -34,23 +34,15 @@ bool arm_deployments_init(arm_deploy_ctx *ctx, char *err, size_t errlen)
 
 /* ---- store ---------------------------------------------------------------------------------- */
 
-static void lower(char *dst, size_t n, const char *src)
-{
-    size_t i = 0;
-    for (; src[i] && i + 1 < n; i++)
-        dst[i] = (char)tolower((unsigned char)src[i]);
-    dst[i] = '\0';
-}
-
 typedef struct {
     char sub[64], rg[96], name[MAX_DEPLOYMENT_NAME + 1];
 } dkey;
 
 static void key_of(dkey *k, const char *sub, const char *rg, const char *name)
 {
-    lower(k->sub, sizeof k->sub, sub);
-    lower(k->rg, sizeof k->rg, rg);
-    lower(k->name, sizeof k->name, name);
+    emu_lower_copy(k->sub, sizeof k->sub, sub);
+    emu_lower_copy(k->rg, sizeof k->rg, rg);
+    emu_lower_copy(k->name, sizeof k->name, name);
 }
 
 static bool store_put(arm_deploy_ctx *c, const dkey *k, const json_t *doc, const json_t *ops,

@@ -449,3 +449,13 @@ bool emu_streq_ci(const char *a, const char *b)
 {
     return strcasecmp(a, b) == 0;
 }
+
+void emu_lower_copy(char *dst, size_t dstlen, const char *src)
+{
+    size_t i = 0;
+    if (!dstlen)
+        return;
+    for (; src[i] && i + 1 < dstlen; i++)
+        dst[i] = (src[i] >= 'A' && src[i] <= 'Z') ? (char)(src[i] - 'A' + 'a') : src[i];
+    dst[i] = '\0';
+}

@@ -57,6 +57,9 @@ bool emu_time_parse_rfc3339(const char *s, int64_t *out);
 /* Random GUID string (lowercase, 36 chars + NUL) from OpenSSL's CSPRNG. */
 void emu_guid(char out[37]);
 
+/* ASCII-lowercased copy of src into dst (truncated to dstlen - 1 bytes, always terminated). */
+void emu_lower_copy(char *dst, size_t dstlen, const char *src);
+
 /* Case-insensitive ASCII compare helpers */
 bool emu_streq_ci(const char *a, const char *b);
 

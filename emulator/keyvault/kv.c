@@ -151,14 +151,6 @@ static kv_status fail(kv_err *e, kv_status st, const char *fmt, ...)
     return st;
 }
 
-static void lower_copy(char *dst, size_t dstlen, const char *src)
-{
-    size_t i = 0;
-    for (; src[i] && i + 1 < dstlen; i++)
-        dst[i] = (char)tolower((unsigned char)src[i]);
-    dst[i] = '\0';
-}
-
 static bool valid_key_name(const char *s)
 {
     size_t n = strlen(s);
@@ -222,7 +214,7 @@ static kv_key *key_find(const kv_vault *v, const char *name)
     char lname[128];
     if (strlen(name) >= sizeof lname) /* longer than any valid name: never truncate */
         return NULL;
-    lower_copy(lname, sizeof lname, name);
+    emu_lower_copy(lname, sizeof lname, name);
     size_t i = key_lower_bound(v, lname);
     if (i < v->nkeys && !strcmp(v->keys[i]->lname, lname))
         return v->keys[i];
@@ -290,7 +282,7 @@ static kv_version *version_find(const kv_key *k, const char *version)
     char lv[40];
     if (strlen(version) != 32)
         return NULL;
-    lower_copy(lv, sizeof lv, version);
+    emu_lower_copy(lv, sizeof lv, version);
     size_t i = version_lower_bound(k, lv);
     if (i < k->nversions && !strcmp(k->by_version[i]->version, lv))
         return k->by_version[i];
@@ -536,7 +528,7 @@ static kv_vault *vault_from_info(const kv_vault_info *info)
 {
     kv_vault *v = emu_xcalloc(1, sizeof *v);
     v->info = *info;
-    lower_copy(v->info.name, sizeof v->info.name, info->name);
+    emu_lower_copy(v->info.name, sizeof v->info.name, info->name);
     info_defaults(&v->info);
     return v;
 }
@@ -1271,7 +1263,7 @@ static kv_status vault_info_commit_locked(kv_t *kv, kv_vault *v, const kv_vault_
 kv_status kv_vault_delete(kv_t *kv, const char *name, kv_err *e)
 {
     char lname[64];
-    lower_copy(lname, sizeof lname, name);
+    emu_lower_copy(lname, sizeof lname, name);
     pthread_rwlock_wrlock(&kv->lock);
     kv_vault *v = vault_find(kv, lname);
     kv_status st = KV_OK;
@@ -1295,7 +1287,7 @@ kv_status kv_vault_delete(kv_t *kv, const char *name, kv_err *e)
 kv_status kv_vault_recover(kv_t *kv, const char *name, kv_err *e)
 {
     char lname[64];
-    lower_copy(lname, sizeof lname, name);
+    emu_lower_copy(lname, sizeof lname, name);
     pthread_rwlock_wrlock(&kv->lock);
     kv_vault *v = vault_find_any(kv, lname);
     kv_status st = KV_OK;
@@ -1317,7 +1309,7 @@ kv_status kv_vault_recover(kv_t *kv, const char *name, kv_err *e)
 kv_status kv_vault_purge(kv_t *kv, const char *name, kv_err *e)
 {
     char lname[64];
-    lower_copy(lname, sizeof lname, name);
+    emu_lower_copy(lname, sizeof lname, name);
     pthread_rwlock_wrlock(&kv->lock);
     kv_vault *v = vault_find_any(kv, lname);
     kv_status st = KV_OK;
@@ -1461,7 +1453,7 @@ static kv_status add_version(kv_t *kv, const char *vault, const char *name, kv_v
         if (!k) {
             k = emu_xcalloc(1, sizeof *k);
             snprintf(k->name, sizeof k->name, "%s", name);
-            lower_copy(k->lname, sizeof k->lname, name);
+            emu_lower_copy(k->lname, sizeof k->lname, name);
             new_key = true;
         }
         ver->seq = kv->next_seq++;
@@ -1740,7 +1732,7 @@ static kv_status list_keys(kv_t *kv, const char *vault, const char *after, size_
         return fail(e, KV_ERR_VAULT_NOT_FOUND, "Vault '%s' does not exist.", vault);
     }
     char lafter[128];
-    lower_copy(lafter, sizeof lafter, after ? after : "");
+    emu_lower_copy(lafter, sizeof lafter, after ? after : "");
     size_t i = lafter[0] ? key_lower_bound(v, lafter) : 0;
     if (i < v->nkeys && lafter[0] && !strcmp(v->keys[i]->lname, lafter))
         i++;
@@ -2580,7 +2572,7 @@ kv_status kv_key_restore(kv_t *kv, const char *vault, const char *blob, size_t b
         } else {
             kv_key *k = emu_xcalloc(1, sizeof *k);
             snprintf(k->name, sizeof k->name, "%s", name);
-            lower_copy(k->lname, sizeof k->lname, name);
+            emu_lower_copy(k->lname, sizeof k->lname, name);
             if (json_is_object(policy)) {
                 k->rotation_policy = json_deep_copy(policy);
                 k->rp_created = k->rp_updated = emu_clock_now();

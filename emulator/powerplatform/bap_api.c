@@ -46,7 +46,7 @@ void pp_bap_precheck(emu_req *req, void *ud)
 
 /* ---- environments -------------------------------------------------------------------------- */
 
-static bool check_version(emu_req *req)
+bool pp_bap_check_version(emu_req *req)
 {
     const char *v = emu_req_query(req, "api-version");
     if (v && *v)
@@ -180,7 +180,7 @@ static void h_env_create(emu_req *req, void *ud)
 {
     pp_bap_ctx *c = ud;
     char jerr[256];
-    if (!check_version(req))
+    if (!pp_bap_check_version(req))
         return;
     json_t *body = emu_req_json(req, false, jerr, sizeof jerr);
     if (!body) {
@@ -220,7 +220,7 @@ static void h_env_create(emu_req *req, void *ud)
 static void h_env_list(emu_req *req, void *ud)
 {
     pp_bap_ctx *c = ud;
-    if (!check_version(req))
+    if (!pp_bap_check_version(req))
         return;
     pp_environment *all = NULL;
     size_t n = pp_env_list(c->envs, &all);
@@ -234,7 +234,7 @@ static void h_env_list(emu_req *req, void *ud)
 static void h_env_get(emu_req *req, void *ud)
 {
     pp_bap_ctx *c = ud;
-    if (!check_version(req))
+    if (!pp_bap_check_version(req))
         return;
     pp_environment env;
     if (pp_env_get(c->envs, emu_req_param(req, 0), &env) != PP_ENV_OK) {
@@ -248,7 +248,7 @@ static void h_env_get(emu_req *req, void *ud)
 static void h_env_delete(emu_req *req, void *ud)
 {
     pp_bap_ctx *c = ud;
-    if (!check_version(req))
+    if (!pp_bap_check_version(req))
         return;
     pp_env_operation op;
     pp_env_err e = {{0}};
@@ -262,7 +262,7 @@ static void h_env_delete(emu_req *req, void *ud)
 
 static void set_enabled(emu_req *req, pp_bap_ctx *c, bool enabled)
 {
-    if (!check_version(req))
+    if (!pp_bap_check_version(req))
         return;
     pp_env_err e = {{0}};
     pp_env_status st = enabled ? pp_env_reenable(c->envs, emu_req_param(req, 0), req->principal,
@@ -291,7 +291,7 @@ static void h_env_disable(emu_req *req, void *ud)
 
 static void link_common(emu_req *req, pp_bap_ctx *c, bool link)
 {
-    if (!check_version(req))
+    if (!pp_bap_check_version(req))
         return;
     char err[300];
     json_t *body = emu_req_json(req, !link, err, sizeof err);

@@ -32,6 +32,8 @@ typedef struct {
 void pp_bap_register(emu_router *r, pp_bap_ctx *ctx);
 /* The BAP authentication precheck (ud: a pp_bap_ctx), for components_api.c. */
 void pp_bap_precheck(emu_req *req, void *ud);
+/* true when ?api-version= is present; else answers 400 MissingApiVersionParameter. */
+bool pp_bap_check_version(emu_req *req);
 /* components_api.c: the component, coverage and F&O integration routes. */
 void pp_comps_api_register(emu_router *r, pp_bap_ctx *ctx);
 

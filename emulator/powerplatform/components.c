@@ -667,14 +667,6 @@ static bool rid_valid(const char *s)
     return true;
 }
 
-static void lower_copy(char *out, size_t outlen, const char *in)
-{
-    size_t i = 0;
-    for (; in[i] && i + 1 < outlen; i++)
-        out[i] = (in[i] >= 'A' && in[i] <= 'Z') ? (char)(in[i] - 'A' + 'a') : in[i];
-    out[i] = '\0';
-}
-
 static pp_comp_status env_lookup(pp_comps_t *c, const char *env, pp_environment *ev, pp_comp_err *e)
 {
     if (pp_env_get(c->envs, env, ev) != PP_ENV_OK) {
@@ -727,7 +719,7 @@ pp_comp_status pp_comp_add(pp_comps_t *c, const char *env, const pp_comp_spec *s
                      pp_locations_str());
             return PP_COMP_ERR_BAD_PARAM;
         }
-        lower_copy(k.geo, sizeof k.geo, spec->geo);
+        emu_lower_copy(k.geo, sizeof k.geo, spec->geo);
     }
     if (spec->rcs && *spec->rcs) {
         if (KINDS[ki].cat != CAT_RCS_ADDIN) {
@@ -753,7 +745,7 @@ pp_comp_status pp_comp_add(pp_comps_t *c, const char *env, const pp_comp_spec *s
         return PP_COMP_ERR_BAD_PARAM;
     }
     if (spec->id)
-        lower_copy(k.id, sizeof k.id, spec->id);
+        emu_lower_copy(k.id, sizeof k.id, spec->id);
     else
         emu_guid(k.id);
     pp_environment ev;

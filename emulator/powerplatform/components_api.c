@@ -24,17 +24,6 @@
 #define BAP "/providers/Microsoft.BusinessAppPlatform"
 #define ADMIN BAP "/scopes/admin"
 
-static bool check_version(emu_req *req)
-{
-    const char *v = emu_req_query(req, "api-version");
-    if (v && *v)
-        return true;
-    emu_send_error(req, 400, "MissingApiVersionParameter",
-                   "The api-version query parameter (?api-version=) is required; use e.g. "
-                   "api-version=2023-06-01.");
-    return false;
-}
-
 static void send_comp_error(emu_req *req, pp_comp_status st, const pp_comp_err *e)
 {
     switch (st) {
@@ -85,7 +74,7 @@ static json_t *comp_json(const pp_component *k)
 static void h_coverage(emu_req *req, void *ud)
 {
     pp_bap_ctx *c = ud;
-    if (!check_version(req))
+    if (!pp_bap_check_version(req))
         return;
     json_t *report = NULL;
     pp_comp_err e = {{0}};
@@ -100,7 +89,7 @@ static void h_coverage(emu_req *req, void *ud)
 static void h_comp_list(emu_req *req, void *ud)
 {
     pp_bap_ctx *c = ud;
-    if (!check_version(req))
+    if (!pp_bap_check_version(req))
         return;
     pp_component *all = NULL;
     size_t n = 0;
@@ -120,7 +109,7 @@ static void h_comp_list(emu_req *req, void *ud)
 static void h_comp_add(emu_req *req, void *ud)
 {
     pp_bap_ctx *c = ud;
-    if (!check_version(req))
+    if (!pp_bap_check_version(req))
         return;
     char jerr[256];
     json_t *body = emu_req_json(req, false, jerr, sizeof jerr);
@@ -155,7 +144,7 @@ static void h_comp_add(emu_req *req, void *ud)
 static void h_comp_get(emu_req *req, void *ud)
 {
     pp_bap_ctx *c = ud;
-    if (!check_version(req))
+    if (!pp_bap_check_version(req))
         return;
     pp_component k;
     pp_comp_err e = {{0}};
@@ -170,7 +159,7 @@ static void h_comp_get(emu_req *req, void *ud)
 static void h_comp_delete(emu_req *req, void *ud)
 {
     pp_bap_ctx *c = ud;
-    if (!check_version(req))
+    if (!pp_bap_check_version(req))
         return;
     pp_comp_err e = {{0}};
     pp_comp_status st = pp_comp_delete(c->comps, emu_req_param(req, 0), emu_req_param(req, 1), &e);
@@ -184,7 +173,7 @@ static void h_comp_delete(emu_req *req, void *ud)
 static void h_rec_put(emu_req *req, void *ud)
 {
     pp_bap_ctx *c = ud;
-    if (!check_version(req))
+    if (!pp_bap_check_version(req))
         return;
     char jerr[256];
     json_t *body = emu_req_json(req, false, jerr, sizeof jerr);
@@ -206,7 +195,7 @@ static void h_rec_put(emu_req *req, void *ud)
 static void h_rec_get(emu_req *req, void *ud)
 {
     pp_bap_ctx *c = ud;
-    if (!check_version(req))
+    if (!pp_bap_check_version(req))
         return;
     json_t *row = NULL;
     pp_comp_err e = {{0}};
@@ -222,7 +211,7 @@ static void h_rec_get(emu_req *req, void *ud)
 static void h_fno_get(emu_req *req, void *ud)
 {
     pp_bap_ctx *c = ud;
-    if (!check_version(req))
+    if (!pp_bap_check_version(req))
         return;
     pp_environment ev;
     if (pp_env_get(c->envs, emu_req_param(req, 0), &ev) != PP_ENV_OK) {
@@ -236,7 +225,7 @@ static void h_fno_get(emu_req *req, void *ud)
 static void h_fno_enable(emu_req *req, void *ud)
 {
     pp_bap_ctx *c = ud;
-    if (!check_version(req))
+    if (!pp_bap_check_version(req))
         return;
     pp_comp_err e = {{0}};
     pp_comp_status st = pp_comp_fno_enable(c->comps, emu_req_param(req, 0), &e);

@@ -342,14 +342,6 @@ static bool guid_like(const char *s)
     return true;
 }
 
-static void lower_copy(char *out, size_t outlen, const char *in)
-{
-    size_t i = 0;
-    for (; in[i] && i + 1 < outlen; i++)
-        out[i] = (in[i] >= 'A' && in[i] <= 'Z') ? (char)(in[i] - 'A' + 'a') : in[i];
-    out[i] = '\0';
-}
-
 pp_env_status pp_env_create(pp_envs_t *p, const pp_env_spec *spec, pp_environment *out,
                             pp_env_operation *op, pp_env_err *e)
 {
@@ -388,11 +380,11 @@ pp_env_status pp_env_create(pp_envs_t *p, const pp_env_spec *spec, pp_environmen
     env_rec *r = emu_xcalloc(1, sizeof *r);
     pp_environment *en = &r->env;
     if (spec->id)
-        lower_copy(en->id, sizeof en->id, spec->id);
+        emu_lower_copy(en->id, sizeof en->id, spec->id);
     else
         emu_guid(en->id);
     snprintf(en->display_name, sizeof en->display_name, "%s", spec->display_name);
-    lower_copy(en->location, sizeof en->location, spec->location);
+    emu_lower_copy(en->location, sizeof en->location, spec->location);
     snprintf(en->azure_region, sizeof en->azure_region, "%s", azure_region_of(en->location));
     en->sku = sku;
     en->managed = spec->managed;
@@ -851,7 +843,7 @@ pp_env_status pp_record_create(pp_envs_t *p, const char *env, const char *set, c
             rs = PP_ENV_ERR_BAD_PARAM;
             goto out;
         }
-        lower_copy(id, sizeof id, json_string_value(given));
+        emu_lower_copy(id, sizeof id, json_string_value(given));
     } else {
         emu_guid(id);
     }
@@ -901,7 +893,7 @@ pp_env_status pp_record_update(pp_envs_t *p, const char *env, const char *set, c
         snprintf(e->msg, sizeof e->msg, "Record id '%.40s' is not a GUID.", id);
         return PP_ENV_ERR_BAD_PARAM;
     }
-    lower_copy(lid, sizeof lid, id);
+    emu_lower_copy(lid, sizeof lid, id);
     pthread_mutex_lock(&p->lock);
     pp_env_status rs = usable_inlock(p, env, set, singular, sizeof singular, &r, e);
     if (rs != PP_ENV_OK)

@@ -1040,10 +1040,11 @@ int cmkh_bench_main(int argc, char **argv)
             goto out;
         if (bg_start(&b, bgop, (unsigned)o.bg_concurrency, &bg) != 0)
             goto out;
-        if (phase_run(&b, op, n, o.duration, show, workers, &main_res) != 0)
-            goto out;
-        bg_stop(&b, &bg, bgop, &bgres);
+        int prc = phase_run(&b, op, n, o.duration, show, workers, &main_res);
+        bg_stop(&b, &bg, bgop, &bgres); /* joins the background threads in every case */
         free(bg.workers);
+        if (prc != 0)
+            goto out;
     } else if (phase_run(&b, op, n, o.duration, show, workers, &main_res) != 0) {
         goto out;
     }
