@@ -330,6 +330,14 @@ static int serve(int argc, char **argv)
     fflush(stdout);
     emu_log(EMU_LOG_INFO, "main", "listening on %s:%d with %d threads", cfg.listen_host, port,
             threads);
+    if (cfg.remote)
+        emu_log(EMU_LOG_WARN, "main",
+                "listening on %s:%d, which is not a loopback address (--allow-remote): other "
+                "machines can reach the keys API, the token service and the /_emulator endpoints%s",
+                cfg.listen_host, port,
+                cfg.auth == EMU_AUTH_PERMISSIVE
+                    ? "; with --auth permissive any bearer token is accepted (use --auth strict)"
+                    : "");
 
     while (!stop_requested)
         pause();

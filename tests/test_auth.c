@@ -109,16 +109,16 @@ static void test_auth_issue_verify(void **state)
     assert_true(out.from_token);
     assert_true(out.emulator_admin);
     /* a Key Vault token is refused by ARM with a message naming the expected audiences */
-    assert_false(auth_token_verify(f->auth, tok, AUTH_AUD_ARM, "https://localhost:8443", &out,
-                                   err, sizeof err));
+    assert_false(auth_token_verify(f->auth, tok, AUTH_AUD_ARM, "https://localhost:8443", &out, err,
+                                   sizeof err));
     assert_non_null(strstr(err, "management.azure.com"));
     free(tok);
     /* the emulator's own base URL is an ARM audience; trailing slash ignored */
     assert_true(auth_token_issue(f->auth, &p, "https://localhost:8443/", 600, 0, &tok, &exp));
     assert_true(auth_token_verify(f->auth, tok, AUTH_AUD_ARM, "https://localhost:8443", &out, err,
                                   sizeof err));
-    assert_true(auth_token_verify(f->auth, tok, AUTH_AUD_ARM, "https://127.0.0.1:8443", &out,
-                                  err, sizeof err));
+    assert_true(auth_token_verify(f->auth, tok, AUTH_AUD_ARM, "https://127.0.0.1:8443", &out, err,
+                                  sizeof err));
     free(tok);
 }
 
@@ -139,8 +139,8 @@ static void test_auth_token_cache(void **state)
     assert_int_equal(auth_token_cache_hits(f->auth), h0 + 1);
     assert_string_equal(out.oid, SP_OID);
     assert_true(out.from_token);
-    assert_false(auth_token_verify(f->auth, tok, AUTH_AUD_ARM, "https://localhost:8443", &out,
-                                   err, sizeof err));
+    assert_false(auth_token_verify(f->auth, tok, AUTH_AUD_ARM, "https://localhost:8443", &out, err,
+                                   sizeof err));
     assert_int_equal(auth_token_cache_hits(f->auth), h0 + 2);
     assert_non_null(strstr(err, "audience"));
     /* one character changed: not a hit, and the signature fails */
@@ -158,10 +158,9 @@ static void test_auth_token_cache(void **state)
     free(tok);
     /* a principal removed after its token was cached */
     auth_principal tmp;
-    assert_true(auth_principal_add(f->auth,
-                                   &(auth_principal_spec){.kind = AUTH_KIND_SERVICE_PRINCIPAL,
-                                                          .name = "short-lived"},
-                                   &tmp, err, sizeof err));
+    assert_true(auth_principal_add(
+        f->auth, &(auth_principal_spec){.kind = AUTH_KIND_SERVICE_PRINCIPAL, .name = "short-lived"},
+        &tmp, err, sizeof err));
     assert_true(auth_token_issue(f->auth, &tmp, "https://vault.localhost", 600, 0, &tok, &exp));
     assert_true(auth_token_verify(f->auth, tok, AUTH_AUD_KEYVAULT, NULL, &out, err, sizeof err));
     assert_true(auth_principal_remove(f->auth, tmp.oid));
@@ -215,8 +214,8 @@ static void test_auth_negative_list(void **state)
     assert_non_null(strstr(err, "signature"));
     /* tampered claims with the original signature */
     char *d1 = strchr(tok, '.'), *d2 = strchr(d1 + 1, '.');
-    char *cl = claims_json("https://vault.localhost", "https://sts.windows.net/" TENANT "/",
-                           TENANT, now, now + 99999);
+    char *cl = claims_json("https://vault.localhost", "https://sts.windows.net/" TENANT "/", TENANT,
+                           now, now + 99999);
     char *cb = b64(cl);
     *d1 = '\0';
     char *forged = emu_xasprintf("%s.%s%s", tok, cb, d2);
@@ -278,6 +277,47 @@ static void test_auth_negative_list(void **state)
     free(cb);
     free(cl);
 
+    /* wrong issuer with a genuine signature: claims signed by the emulator's own token key
+     * (read from the store) but naming another issuer; then the same claims with the right
+     * issuer verify, so the issuer check alone refused the first */
+    {
+        char hex[40];
+        uint8_t key_id[HSM_ID_LEN];
+        assert_true(emu_store_meta_get(f->store, "auth_signing_key", hex, sizeof hex));
+        assert_true(emu_hex_decode(hex, key_id, HSM_ID_LEN));
+        const char *issuers[] = {"https://login.example.com/" TENANT "/v2.0",
+                                 "https://sts.windows.net/" TENANT "/"};
+        for (int i = 0; i < 2; i++) {
+            char *hdr = emu_xasprintf("{\"typ\":\"JWT\",\"alg\":\"RS256\",\"kid\":\"%s\"}", kid);
+            char *claims =
+                claims_json("https://vault.localhost", issuers[i], TENANT, now - 10, now + 600);
+            char *h64 = b64(hdr), *c64 = b64(claims);
+            char *signing_input = emu_xasprintf("%s.%s", h64, c64);
+            uint8_t digest[32], sig[512];
+            unsigned int dl = 32;
+            size_t sl = sizeof sig;
+            EVP_Digest(signing_input, strlen(signing_input), digest, &dl, EVP_sha256(), NULL);
+            assert_int_equal(hsm_sign(f->hsm, key_id, HSM_RS256, digest, 32, sig, &sl), HSM_OK);
+            char *s64 = emu_b64url_encode(sig, sl);
+            tok = emu_xasprintf("%s.%s", signing_input, s64);
+            bool ok =
+                auth_token_verify(f->auth, tok, AUTH_AUD_KEYVAULT, NULL, &out, err, sizeof err);
+            if (i == 0) {
+                assert_false(ok);
+                assert_non_null(strstr(err, "issuer"));
+            } else {
+                assert_true(ok);
+            }
+            free(tok);
+            free(s64);
+            free(signing_input);
+            free(h64);
+            free(c64);
+            free(claims);
+            free(hdr);
+        }
+    }
+
     /* other tenant: a principal of another tenant exists, but the token names ours */
     auth_principal other = p;
     snprintf(other.tid, sizeof other.tid, "11111111-1111-4111-8111-111111111111");
@@ -288,8 +328,8 @@ static void test_auth_negative_list(void **state)
     /* garbage */
     assert_false(
         auth_token_verify(f->auth, "not-a-jwt", AUTH_AUD_KEYVAULT, NULL, &out, err, sizeof err));
-    assert_false(auth_token_verify(f->auth, "a.b.c.d", AUTH_AUD_KEYVAULT, NULL, &out, err,
-                                   sizeof err));
+    assert_false(
+        auth_token_verify(f->auth, "a.b.c.d", AUTH_AUD_KEYVAULT, NULL, &out, err, sizeof err));
 }
 
 static emu_req *post_form(fixture *f, const char *path, const char *body)
@@ -323,9 +363,11 @@ static void test_auth_token_endpoint(void **state)
          "unsupported_grant_type"},
         /* an unknown grant type is named before a missing scope, as Entra does */
         {"grant_type=foo&client_id=x", 400, "unsupported_grant_type"},
-        {"grant_type=password&username=u%40contoso.local&password=pw&scope=https%3A%2F%2Fmanagement.azure.com%2F%2F.default",
+        {"grant_type=password&username=u%40contoso.local&password=pw&scope=https%3A%2F%"
+         "2Fmanagement.azure.com%2F%2F.default",
          200, "access_token"},
-        {"grant_type=password&username=u%40contoso.local&password=nope&scope=https%3A%2F%2Fvault.localhost%2F.default",
+        {"grant_type=password&username=u%40contoso.local&password=nope&scope=https%3A%2F%2Fvault."
+         "localhost%2F.default",
          400, "invalid_grant"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -339,8 +381,7 @@ static void test_auth_token_endpoint(void **state)
             auth_principal out;
             char err[256];
             const char *tok = json_string_value(json_object_get(j, "access_token"));
-            assert_true(auth_token_verify(f->auth, tok, AUTH_AUD_ANY, NULL, &out, err,
-                                          sizeof err));
+            assert_true(auth_token_verify(f->auth, tok, AUTH_AUD_ANY, NULL, &out, err, sizeof err));
             json_decref(j);
         }
         emu_req_free(req);
@@ -364,7 +405,8 @@ static void test_auth_token_endpoint(void **state)
 static void test_auth_managed_identity(void **state)
 {
     fixture *f = *state;
-    emu_req *req = emu_req_new("GET", "/msi/token?api-version=2019-08-01&resource=https%3A%2F%2Fvault.localhost");
+    emu_req *req = emu_req_new(
+        "GET", "/msi/token?api-version=2019-08-01&resource=https%3A%2F%2Fvault.localhost");
     emu_req_add_header(req, "X-IDENTITY-HEADER", "hdr");
     emu_router_dispatch(f->router, req);
     assert_int_equal(req->status, 200);
@@ -385,11 +427,15 @@ static void test_auth_managed_identity(void **state)
     assert_int_equal(req->status, 401);
     emu_req_free(req);
     /* IMDS needs Metadata: true */
-    req = emu_req_new("GET", "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.localhost");
+    req = emu_req_new(
+        "GET",
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.localhost");
     emu_router_dispatch(f->router, req);
     assert_int_equal(req->status, 400);
     emu_req_free(req);
-    req = emu_req_new("GET", "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.localhost");
+    req = emu_req_new(
+        "GET",
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.localhost");
     emu_req_add_header(req, "Metadata", "true");
     emu_router_dispatch(f->router, req);
     assert_int_equal(req->status, 200);

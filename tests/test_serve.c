@@ -26,164 +26,39 @@
 #error CMKEMU_BIN must be defined
 #endif
 
-typedef struct {
-    pid_t pid;
-    int port;
-    char dir[512];
-    char cert[600];
-} server;
-
-static void make_tmp(char *out, size_t len)
-{
-    const char *base = getenv("CMK_TEST_TMP");
-    if (!base || !*base)
-        base = "/tmp";
-    mkdir(base, 0700);
-    snprintf(out, len, "%s/serve-XXXXXX", base);
-    assert_non_null(mkdtemp(out));
-}
-
-/* Starts the server; reads stdout until the "serving https://localhost:PORT/" line. */
-static void server_start(server *s, const char *extra)
-{
-    int pipefd[2];
-    assert_int_equal(pipe(pipefd), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(pipefd[1], 1);
-        close(pipefd[0]);
-        close(pipefd[1]);
-        execl(CMKEMU_BIN, "cmkemu", "serve", "--listen", "127.0.0.1:0", "--data-dir", s->dir,
-              "--log-level", "warn", extra, (char *)NULL);
-        _exit(127);
-    }
-    close(pipefd[1]);
-    FILE *f = fdopen(pipefd[0], "r");
-    char line[512];
-    s->port = 0;
-    while (fgets(line, sizeof line, f)) {
-        const char *p = strstr(line, "serving https://localhost:");
-        if (p) {
-            s->port = (int)strtol(p + strlen("serving https://localhost:"), NULL, 10);
-            break;
-        }
-    }
-    /* keep draining stdout in the background is unnecessary: the banner is short */
-    fclose(f);
-    s->pid = pid;
-    assert_true(s->port > 0);
-    snprintf(s->cert, sizeof s->cert, "%s/tls/cert.pem", s->dir);
-}
-
-static int server_stop(server *s)
-{
-    kill(s->pid, SIGTERM);
-    int status = 0;
-    for (int i = 0; i < 100; i++) {
-        if (waitpid(s->pid, &status, WNOHANG) == s->pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        usleep(50 * 1000);
-    }
-    kill(s->pid, SIGKILL);
-    waitpid(s->pid, &status, 0);
-    return -1;
-}
-
-typedef struct {
-    char *data;
-    size_t len;
-} buf;
-
-static size_t on_data(char *p, size_t size, size_t n, void *ud)
-{
-    buf *b = ud;
-    b->data = realloc(b->data, b->len + size * n + 1);
-    memcpy(b->data + b->len, p, size * n);
-    b->len += size * n;
-    b->data[b->len] = '\0';
-    return size * n;
-}
-
-/* HTTPS request trusting only the server's certificate. Returns status; *body malloc'd. */
-static long https(const server *s, const char *method, const char *host, const char *path,
-                  const char *auth, const char *body, char **out)
-{
-    CURL *c = curl_easy_init();
-    char url[1024];
-    snprintf(url, sizeof url, "https://%s:%d%s", host, s->port, path);
-    struct curl_slist *h = NULL;
-    char resolve[256];
-    snprintf(resolve, sizeof resolve, "%s:%d:127.0.0.1", host, s->port);
-    struct curl_slist *res = curl_slist_append(NULL, resolve);
-    if (auth) {
-        char a[512];
-        snprintf(a, sizeof a, "Authorization: Bearer %s", auth);
-        h = curl_slist_append(h, a);
-    }
-    h = curl_slist_append(h, "Content-Type: application/json");
-    buf b = {0};
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CAINFO, s->cert);
-    curl_easy_setopt(c, CURLOPT_RESOLVE, res);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    if (body)
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
-    CURLcode rc = curl_easy_perform(c);
-    long status = 0;
-    if (rc == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    else
-        fprintf(stderr, "curl: %s\n", curl_easy_strerror(rc));
-    curl_easy_cleanup(c);
-    curl_slist_free_all(h);
-    curl_slist_free_all(res);
-    if (out)
-        *out = b.data ? b.data : strdup("");
-    else
-        free(b.data);
-    return status;
-}
-
-static json_t *parse(const char *s)
-{
-    json_t *j = json_loads(s, 0, NULL);
-    assert_non_null(j);
-    return j;
-}
+#include "serve_fixture.h"
 
 static void test_serve_health_restart(void **state)
 {
-    server s = {0};
-    make_tmp(s.dir, sizeof s.dir);
-    server_start(&s, "--threads=2");
+    cmk_server s = {0};
+    cmk_serve_make_dir(s.dir, sizeof s.dir);
+    cmk_serve_start1(&s, "--threads=2");
 
     /* health over HTTPS, verified against the generated certificate */
     char *body = NULL;
-    assert_int_equal(https(&s, "GET", "localhost", "/_emulator/health", NULL, NULL, &body), 200);
-    json_t *j = parse(body);
+    assert_int_equal(
+        cmk_serve_https(&s, "GET", "localhost", "/_emulator/health", NULL, NULL, &body), 200);
+    json_t *j = cmk_serve_parse(body);
     assert_string_equal(json_string_value(json_object_get(j, "status")), "ok");
     json_decref(j);
     free(body);
 
     /* the certificate also covers 127.0.0.1 and *.vault.localhost */
-    assert_int_equal(https(&s, "GET", "127.0.0.1", "/_emulator/health", NULL, NULL, NULL), 200);
-    assert_int_equal(
-        https(&s, "GET", "scratch.vault.localhost", "/_emulator/health", NULL, NULL, NULL), 200);
+    assert_int_equal(cmk_serve_https(&s, "GET", "127.0.0.1", "/_emulator/health", NULL, NULL, NULL),
+                     200);
+    assert_int_equal(cmk_serve_https(&s, "GET", "scratch.vault.localhost", "/_emulator/health",
+                                     NULL, NULL, NULL),
+                     200);
 
     /* the demo key exists; remember its version */
-    assert_int_equal(https(&s, "GET", "localhost", "/keys/demo-key?api-version=7.5", NULL, NULL,
-                           &body),
+    assert_int_equal(cmk_serve_https(&s, "GET", "localhost", "/keys/demo-key?api-version=7.5", NULL,
+                                     NULL, &body),
                      401);
     free(body);
-    assert_int_equal(https(&s, "GET", "localhost", "/keys/demo-key?api-version=7.5", "t", NULL,
-                           &body),
-                     200);
-    j = parse(body);
+    assert_int_equal(
+        cmk_serve_https(&s, "GET", "localhost", "/keys/demo-key?api-version=7.5", "t", NULL, &body),
+        200);
+    j = cmk_serve_parse(body);
     char kid1[512];
     snprintf(kid1, sizeof kid1, "%s",
              json_string_value(json_object_get(json_object_get(j, "key"), "kid")));
@@ -191,12 +66,12 @@ static void test_serve_health_restart(void **state)
     free(body);
 
     /* a key created in a named vault, then soft-deleted */
-    assert_int_equal(https(&s, "POST", "scratch.vault.localhost",
-                           "/keys/restart-me/create?api-version=7.5", "t", "{\"kty\":\"RSA\"}",
-                           NULL),
+    assert_int_equal(cmk_serve_https(&s, "POST", "scratch.vault.localhost",
+                                     "/keys/restart-me/create?api-version=7.5", "t",
+                                     "{\"kty\":\"RSA\"}", NULL),
                      200);
-    assert_int_equal(https(&s, "DELETE", "scratch.vault.localhost",
-                           "/keys/restart-me?api-version=7.5", "t", NULL, NULL),
+    assert_int_equal(cmk_serve_https(&s, "DELETE", "scratch.vault.localhost",
+                                     "/keys/restart-me?api-version=7.5", "t", NULL, NULL),
                      200);
 
     struct stat st;
@@ -210,30 +85,30 @@ static void test_serve_health_restart(void **state)
     assert_int_equal(stat(path, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
 
-    assert_int_equal(server_stop(&s), 0);
+    assert_int_equal(cmk_serve_stop(&s), 0);
 
     /* restart on the same dir: same certificate, same key version, deleted key still deleted */
-    server_start(&s, "--threads=2");
-    assert_int_equal(https(&s, "GET", "localhost", "/keys/demo-key?api-version=7.5", "t", NULL,
-                           &body),
-                     200);
-    j = parse(body);
+    cmk_serve_start1(&s, "--threads=2");
+    assert_int_equal(
+        cmk_serve_https(&s, "GET", "localhost", "/keys/demo-key?api-version=7.5", "t", NULL, &body),
+        200);
+    j = cmk_serve_parse(body);
     /* the port differs between runs: compare from "/keys/" on */
-    const char *k2 = strstr(json_string_value(json_object_get(json_object_get(j, "key"), "kid")),
-                            "/keys/");
+    const char *k2 =
+        strstr(json_string_value(json_object_get(json_object_get(j, "key"), "kid")), "/keys/");
     assert_non_null(k2);
     assert_string_equal(k2, strstr(kid1, "/keys/"));
     json_decref(j);
     free(body);
-    assert_int_equal(https(&s, "GET", "scratch.vault.localhost",
-                           "/deletedkeys/restart-me?api-version=7.5", "t", NULL, &body),
+    assert_int_equal(cmk_serve_https(&s, "GET", "scratch.vault.localhost",
+                                     "/deletedkeys/restart-me?api-version=7.5", "t", NULL, &body),
                      200);
-    j = parse(body);
+    j = cmk_serve_parse(body);
     assert_true(json_integer_value(json_object_get(j, "scheduledPurgeDate")) >
                 json_integer_value(json_object_get(j, "deletedDate")));
     json_decref(j);
     free(body);
-    assert_int_equal(server_stop(&s), 0);
+    assert_int_equal(cmk_serve_stop(&s), 0);
 }
 
 /* Runs the binary with args, captures stderr; returns exit code. */
@@ -275,7 +150,7 @@ static void test_serve_bad_flags(void **state)
 {
     char err[4096];
     char dir[512];
-    make_tmp(dir, sizeof dir);
+    cmk_serve_make_dir(dir, sizeof dir);
     const struct {
         const char *args[12];
         const char *expect;
@@ -302,17 +177,17 @@ static void test_serve_bad_flags(void **state)
 
 static void test_serve_limits(void **state)
 {
-    server s = {0};
-    make_tmp(s.dir, sizeof s.dir);
-    server_start(&s, "--max-body=2048");
+    cmk_server s = {0};
+    cmk_serve_make_dir(s.dir, sizeof s.dir);
+    cmk_serve_start1(&s, "--max-body=2048");
     char *body = NULL;
     /* oversized body -> 413 with a message */
     char *big = malloc(4096);
     memset(big, 'a', 4095);
     big[4095] = '\0';
-    assert_int_equal(https(&s, "POST", "localhost", "/keys/x/create?api-version=7.5", "t", big,
-                           &body),
-                     413);
+    assert_int_equal(
+        cmk_serve_https(&s, "POST", "localhost", "/keys/x/create?api-version=7.5", "t", big, &body),
+        413);
     assert_non_null(strstr(body, "RequestEntityTooLarge"));
     free(body);
     free(big);
@@ -320,26 +195,27 @@ static void test_serve_limits(void **state)
     char deep[64];
     memset(deep, '[', 40);
     deep[40] = '\0';
-    assert_int_equal(https(&s, "POST", "localhost", "/keys/x/create?api-version=7.5", "t", deep,
-                           &body),
+    assert_int_equal(cmk_serve_https(&s, "POST", "localhost", "/keys/x/create?api-version=7.5", "t",
+                                     deep, &body),
                      400);
     assert_non_null(strstr(body, "deeper"));
     free(body);
     /* unknown path -> 404 JSON; wrong method -> 405 */
-    assert_int_equal(https(&s, "GET", "localhost", "/nope", "t", NULL, &body), 404);
+    assert_int_equal(cmk_serve_https(&s, "GET", "localhost", "/nope", "t", NULL, &body), 404);
     free(body);
-    assert_int_equal(https(&s, "PUT", "localhost", "/_emulator/health", "t", NULL, &body), 405);
+    assert_int_equal(cmk_serve_https(&s, "PUT", "localhost", "/_emulator/health", "t", NULL, &body),
+                     405);
     free(body);
     /* percent-encoded query name */
-    assert_int_equal(https(&s, "GET", "localhost", "/keys/demo-key?api%2Dversion=7.5", "t", NULL,
-                           &body),
+    assert_int_equal(cmk_serve_https(&s, "GET", "localhost", "/keys/demo-key?api%2Dversion=7.5",
+                                     "t", NULL, &body),
                      200);
     free(body);
     /* the audit log has the key operations with caller and outcome, and no bearer token */
-    assert_int_equal(https(&s, "GET", "localhost", "/_emulator/audit?match=demo-key", NULL, NULL,
-                           &body),
+    assert_int_equal(cmk_serve_https(&s, "GET", "localhost", "/_emulator/audit?match=demo-key",
+                                     NULL, NULL, &body),
                      200);
-    json_t *a = parse(body);
+    json_t *a = cmk_serve_parse(body);
     json_t *ev = json_array_get(json_object_get(a, "value"), 0);
     assert_non_null(ev);
     assert_string_equal(json_string_value(json_object_get(ev, "operation")), "GET /keys/{name}");
@@ -347,10 +223,11 @@ static void test_serve_limits(void **state)
     assert_non_null(json_string_value(json_object_get(json_object_get(ev, "caller"), "oid")));
     json_decref(a);
     free(body);
-    assert_int_equal(https(&s, "GET", "localhost", "/_emulator/audit?limit=0", NULL, NULL, &body),
-                     400);
+    assert_int_equal(
+        cmk_serve_https(&s, "GET", "localhost", "/_emulator/audit?limit=0", NULL, NULL, &body),
+        400);
     free(body);
-    assert_int_equal(server_stop(&s), 0);
+    assert_int_equal(cmk_serve_stop(&s), 0);
 }
 
 int main(void)

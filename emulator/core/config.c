@@ -145,6 +145,7 @@ static bool parse_listen(emu_config *cfg, char *err, size_t errlen)
     bool loopback = !strcmp(cfg->listen_host, "127.0.0.1") || !strcmp(cfg->listen_host, "::1") ||
                     !strcmp(cfg->listen_host, "localhost") ||
                     !strncmp(cfg->listen_host, "127.", 4);
+    cfg->remote = !loopback;
     if (!loopback && !cfg->allow_remote) {
         snprintf(err, errlen,
                  "--listen: '%s' is not a loopback address; add --allow-remote to serve on it",

@@ -30,6 +30,7 @@ typedef struct {
     long max_headers;
     long max_json_depth;
     bool allow_remote;   /* listening on a non-loopback address needs this */
+    bool remote;         /* set by parsing: listen_host is not a loopback address */
     char *tenant;        /* default tenant id */
     long pp_operation_ms; /* duration of a Power Platform link/unlink operation */
     bool auto_reenable;   /* re-enable locked environments once their key is usable again */

@@ -417,6 +417,13 @@ export class EmulatorServer {
     if (!keepData && this.ownDir && !process.env.CMKEMU_KEEP_DATA) {
       rmSync(this.dataDir, { recursive: true, force: true });
     }
+    // A SIGTERM must end in a clean shutdown: exit status 0 (a sanitizer build exits non-zero
+    // on a leak or a memory error, and its report is in the log).
+    if (signal === "SIGTERM" && result && result.code !== 0) {
+      throw new Error(
+        `cmkemu did not shut down cleanly on SIGTERM (code ${result.code}, signal ${result.signal})\n${this.log.text.slice(-8000)}`,
+      );
+    }
     return result;
   }
 
