@@ -50,6 +50,12 @@ void kv_send_error(emu_req *req, kv_status st, const char *msg)
     case KV_ERR_FORBIDDEN_RBAC: status = 403; code = "Forbidden"; inner = "ForbiddenByRbac"; break;
     case KV_ERR_HSM: status = 500; code = "InternalServerError"; inner = "HsmFailure"; break;
     case KV_ERR_STORE: status = 500; code = "InternalServerError"; inner = "StoreFailure"; break;
+    case KV_ERR_HSM_UNAVAILABLE:
+        status = 503;
+        code = "ServiceUnavailable";
+        inner = "HsmUnavailable";
+        emu_resp_header_add(req, "Retry-After", "1");
+        break;
     }
     json_t *err = json_pack("{s:s,s:s}", "code", code, "message", msg ? msg : kv_status_str(st));
     if (inner)
