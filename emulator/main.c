@@ -23,6 +23,7 @@
 #include "auth/roles_api.h"
 #include "clock.h"
 #include "config.h"
+#include "faults.h"
 #include "hsm.h"
 #include "http.h"
 #include "keyvault/kv.h"
@@ -60,6 +61,12 @@ static void *tick_main(void *arg)
             emu_clock_apply_due();
     }
     return NULL;
+}
+
+/* The http gate: injected faults (/_emulator/faults). */
+static void fault_gate(emu_req *req, void *ud, long *delay_ms)
+{
+    emu_faults_apply(ud, req, delay_ms);
 }
 
 /* ARM requests authenticate through the identity layer with the ARM audiences. */
@@ -119,6 +126,7 @@ static int serve(int argc, char **argv)
     auth_t *auth = NULL;
     roles_t *roles = NULL;
     emu_audit *audit = emu_audit_new();
+    emu_faults *faults = emu_faults_new(audit);
     char *cert_pem = NULL, *key_pem = NULL, *cert_path = NULL;
     pthread_t tick;
     bool tick_started = false;
@@ -196,7 +204,8 @@ static int serve(int argc, char **argv)
                            .data_dir = cfg.data_dir,
                            .started = emu_wall_now(),
                            .auth = auth,
-                           .audit = audit};
+                           .audit = audit,
+                           .faults = faults};
     emu_admin_register(router, &admin);
     char identity_header[128] = "";
     if (!emu_store_meta_get(store, "identity_header", identity_header, sizeof identity_header))
@@ -283,7 +292,10 @@ static int serve(int argc, char **argv)
                             .workers = workers,
                             .store = store,
                             .on_complete = emu_admin_audit_request,
-                            .on_complete_ud = &admin};
+                            .on_complete_ud = &admin,
+                            .gate = fault_gate,
+                            .gate_ud = faults,
+                            .connection_timeout = cfg.connection_timeout};
     http = emu_http_start(&hcfg, err, sizeof err);
     if (!http) {
         fprintf(stderr, "cmkemu: %s\n", err);
@@ -343,6 +355,7 @@ out:
     emu_router_free(router);
     pp_comps_close(comps);
     pp_envs_close(envs); /* stops the operation runner, which audits */
+    emu_faults_free(faults);
     emu_audit_free(audit);
     pp_policies_close(pp);
     armres_close(arm);
