@@ -106,8 +106,8 @@ static bool opt_string(const json_t *rule, const char *name, char *out, size_t c
 }
 
 /* An optional integer field within [min, max]; *out keeps its value when absent. */
-static bool opt_int(const json_t *rule, const char *name, long min, long max, long *out,
-                    char *err, size_t errlen)
+static bool opt_int(const json_t *rule, const char *name, long min, long max, long *out, char *err,
+                    size_t errlen)
 {
     json_t *v = json_object_get(rule, name);
     if (!v || json_is_null(v))
@@ -122,7 +122,7 @@ static bool opt_int(const json_t *rule, const char *name, long min, long max, lo
 
 static bool rule_parse(const json_t *rule, fault_rule *r, char *err, size_t errlen)
 {
-    static const char *const FIELDS[] = {"fault", "fraction", "path",  "method",
+    static const char *const FIELDS[] = {"fault", "fraction",  "path",  "method",
                                          "host",  "latencyMs", "count", "retryAfter"};
     const char *key;
     json_t *val;
@@ -180,9 +180,9 @@ static bool rule_parse(const json_t *rule, fault_rule *r, char *err, size_t errl
         return false;
     }
     if ((r->kind == FK_LATENCY) != (r->latency_ms > 0)) {
-        snprintf(err, errlen, r->kind == FK_LATENCY
-                                  ? "A latency rule needs 'latencyMs' (1 to %d)."
-                                  : "'latencyMs' belongs to latency rules only (max %d).",
+        snprintf(err, errlen,
+                 r->kind == FK_LATENCY ? "A latency rule needs 'latencyMs' (1 to %d)."
+                                       : "'latencyMs' belongs to latency rules only (max %d).",
                  EMU_FAULTS_MAX_LATENCY_MS);
         return false;
     }
@@ -212,8 +212,7 @@ bool emu_faults_add(emu_faults *f, const json_t *rule, json_t **out, char *err, 
     }
     pthread_mutex_unlock(&f->lock);
     if (!ok)
-        snprintf(err, errlen, "At most %d rules; DELETE /_emulator/faults first.",
-                 EMU_FAULTS_MAX);
+        snprintf(err, errlen, "At most %d rules; DELETE /_emulator/faults first.", EMU_FAULTS_MAX);
     return ok;
 }
 
@@ -268,7 +267,7 @@ static bool rule_matches(const fault_rule *r, const emu_req *req, const char *ho
     if (r->method[0] && strcasecmp(r->method, req->method))
         return false;
     if (r->host[0] && (strpbrk(r->host, "*?[") ? fnmatch(r->host, host, FNM_CASEFOLD) != 0
-                                                : strcasecmp(r->host, host) != 0))
+                                               : strcasecmp(r->host, host) != 0))
         return false;
     return pattern_match(r->path, req->path);
 }
@@ -299,7 +298,9 @@ bool emu_faults_apply(emu_faults *f, emu_req *req, long *delay_ms)
     char ra[24];
     snprintf(ra, sizeof ra, "%ld", hit.retry_after >= 0 ? hit.retry_after : 1L);
     switch (hit.kind) {
-    case FK_LATENCY: *delay_ms = hit.latency_ms; break;
+    case FK_LATENCY:
+        *delay_ms = hit.latency_ms;
+        break;
     case FK_429:
         emu_resp_header_add(req, "Retry-After", ra);
         emu_send_error(req, 429, "Throttled",

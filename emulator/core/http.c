@@ -345,8 +345,13 @@ emu_http *emu_http_start(const emu_http_config *cfg, char *err, size_t errlen)
     h->cfg = *cfg;
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_TLS |
-                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_TURBO;
+    /* poll(), not epoll, and no MHD_USE_TURBO: with libmicrohttpd 0.9.75 + GnuTLS a client
+     * that stops half way through the TLS handshake made the event thread spin (epoll: ~50%
+     * CPU until the connection timeout; turbo: a full spin that never timed out, even after
+     * the client left). poll() costs nothing measurable at these connection counts
+     * (tests/test_serve_faults.c, README "Faults and throttling"). */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_TLS |
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     const char *host = cfg->host;
     if (!strcmp(host, "localhost"))
         host = "127.0.0.1";
