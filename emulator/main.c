@@ -127,6 +127,7 @@ static int serve(int argc, char **argv)
     roles_t *roles = NULL;
     emu_audit *audit = emu_audit_new();
     emu_faults *faults = emu_faults_new(audit);
+    emu_throttle *throttle = NULL;
     char *cert_pem = NULL, *key_pem = NULL, *cert_path = NULL;
     pthread_t tick;
     bool tick_started = false;
@@ -212,6 +213,8 @@ static int serve(int argc, char **argv)
         snprintf(identity_header, sizeof identity_header, "cmkemu-identity-header");
     auth_api_ctx authctx = {.auth = auth, .identity_header = identity_header};
     kv_api_ctx kvctx = {.kv = kv, .tenant = cfg.tenant, .auth = auth};
+    if (cfg.throttle == EMU_THROTTLE_AZURE)
+        kvctx.throttle = throttle = kv_api_throttle_new(NULL);
     kv_api_register(router, &kvctx);
     arm = armres_open(store, cfg.tenant, err, sizeof err);
     if (!arm) {
@@ -339,6 +342,8 @@ static int serve(int argc, char **argv)
            "environments, records https://{environmentId}.crm.localhost:%d/api/data/v9.2/\n",
            port, port);
     printf("  health:       https://localhost:%d/_emulator/health\n", port);
+    if (throttle)
+        printf("  throttle:     azure (Key Vault service limits per vault per 10 s)\n");
     fflush(stdout);
     emu_log(EMU_LOG_INFO, "main", "listening on %s:%d with %d threads", cfg.listen_host, port,
             threads);
@@ -356,6 +361,7 @@ out:
     pp_comps_close(comps);
     pp_envs_close(envs); /* stops the operation runner, which audits */
     emu_faults_free(faults);
+    emu_throttle_free(throttle);
     emu_audit_free(audit);
     pp_policies_close(pp);
     armres_close(arm);

@@ -11,6 +11,9 @@
  *    policy keeps its health, the check is audited as deferred; a real revocation still locks.
  *  - SQLite: a full disk for real (PRAGMA max_page_count): 500 StoreFailure naming the cause,
  *    no key row and no token object left; the write succeeds once there is room.
+ *  - --throttle azure: the Key Vault service limits per vault per 10 s on a test clock (create
+ *    budget, HSM keys costing double, weighted other transactions enforced on their sum),
+ *    429 Throttled with Retry-After = the seconds left in the window.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -202,17 +205,23 @@ typedef struct {
     char retry_after[16];
 } answer;
 
-static answer call(fixture *f, const char *method, const char *path, const char *body)
+static answer call_at(fixture *f, const char *host, const char *method, const char *path,
+                      const char *body)
 {
     char uri[300];
     snprintf(uri, sizeof uri, "%s" API, path);
     emu_req *req =
-        cmk_fixture_dispatch(f->fx, method, uri, &(cmk_call_opts){.host = HOST, .body = body});
+        cmk_fixture_dispatch(f->fx, method, uri, &(cmk_call_opts){.host = host, .body = body});
     answer a = {.status = req->status, .body = cmk_resp_json(req)};
     const char *ra = cmk_resp_header(req, "Retry-After");
     snprintf(a.retry_after, sizeof a.retry_after, "%s", ra ? ra : "");
     emu_req_free(req);
     return a;
+}
+
+static answer call(fixture *f, const char *method, const char *path, const char *body)
+{
+    return call_at(f, HOST, method, path, body);
 }
 
 static const char *err_code(const answer *a)
@@ -622,6 +631,81 @@ static void test_store_full(void **state)
     assert_int_equal(token_keys(f), keys + 1);
 }
 
+/* ---- --throttle azure: the service limits per vault -------------------------------------------
+ */
+
+static int64_t g_now_ms;
+
+static int64_t fake_now(void)
+{
+    return g_now_ms;
+}
+
+static void assert_throttled(answer *a, const char *retry_after)
+{
+    assert_int_equal(a->status, 429);
+    assert_string_equal(err_code(a), "Throttled");
+    assert_non_null(strstr(err_message(a), "too many requests"));
+    assert_string_equal(a->retry_after, retry_after);
+    json_decref(a->body);
+}
+
+static void test_throttle_azure(void **state)
+{
+    fixture *f = *state;
+    g_now_ms = 1000000;
+    emu_throttle *t = kv_api_throttle_new(fake_now);
+    f->fx->api.throttle = t;
+    char path[64];
+    /* 20 software-key creates per 10 s; the 21st is refused and nothing is created */
+    for (int i = 0; i < 20; i++) {
+        snprintf(path, sizeof path, "/keys/th%d/create", i);
+        answer a = call(f, "POST", path, "{\"kty\":\"RSA\"}");
+        assert_int_equal(a.status, 200);
+        json_decref(a.body);
+    }
+    g_now_ms += 2500;
+    answer a = call(f, "POST", "/keys/th20/create", "{\"kty\":\"RSA\"}");
+    assert_throttled(&a, "8");
+    assert_int_equal(get_status(f, "th20"), 404);
+    /* other transactions have their own budget; another vault its own window */
+    assert_int_equal(get_status(f, "th0"), 200);
+    a = call_at(f, PPVAULT ".vault.localhost:8443", "POST", "/keys/other/create",
+                "{\"kty\":\"RSA\"}");
+    assert_int_equal(a.status, 200);
+    json_decref(a.body);
+    /* the next window: allowed again; an HSM create costs two software ones (10 per 10 s) */
+    g_now_ms += 7500;
+    for (int i = 0; i < 10; i++) {
+        snprintf(path, sizeof path, "/keys/thh%d/create", i);
+        a = call(f, "POST", path, "{\"kty\":\"RSA-HSM\"}");
+        assert_int_equal(a.status, 200);
+        json_decref(a.body);
+    }
+    a = call(f, "POST", "/keys/th20/create", "{\"kty\":\"RSA\"}");
+    assert_throttled(&a, "10");
+    /* weighted others, enforced on their sum: 250 gets of an RSA-HSM-4096 key use the whole
+     * 10-s budget (4,000 units at 16 each), after which a get of an RSA-2048 key is refused */
+    g_now_ms += 10000;
+    a = call(f, "POST", "/keys/big/create", "{\"kty\":\"RSA-HSM\",\"key_size\":4096}");
+    assert_int_equal(a.status, 200);
+    json_decref(a.body);
+    g_now_ms += 10000;
+    for (int i = 0; i < 250; i++)
+        assert_int_equal(get_status(f, "big"), 200);
+    a = call(f, "GET", "/keys/th0", NULL);
+    assert_throttled(&a, "10");
+    a = call(f, "GET", "/keys/big", NULL);
+    assert_throttled(&a, "10");
+    g_now_ms += 9999;
+    a = call(f, "GET", "/keys/big", NULL);
+    assert_throttled(&a, "1");
+    g_now_ms += 1;
+    assert_int_equal(get_status(f, "th0"), 200);
+    f->fx->api.throttle = NULL;
+    emu_throttle_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -630,6 +714,7 @@ int main(void)
         cmocka_unit_test_setup(test_create_import_destroy_faults, test_setup),
         cmocka_unit_test_setup(test_hsm_fault_does_not_lock, test_setup),
         cmocka_unit_test_setup(test_store_full, test_setup),
+        cmocka_unit_test_setup(test_throttle_azure, test_setup),
     };
     return cmocka_run_group_tests_name("faults", tests, group_setup, group_teardown);
 }
