@@ -374,26 +374,29 @@ static void test_faults_strict(void **state)
     emu e;
     emu_start(&e, (const char *const[]){"--auth", "strict", NULL});
     const char *rule = "{\"fault\":\"503\",\"path\":\"/keys\"}";
-    reply r = call(&e, "POST", "/_emulator/faults", NULL, rule, false);
-    assert_int_equal(r.status, 401);
-    json_decref(r.body);
     char *other = client_token(&e, "0a000002-0000-4000-8000-00000000a002", "pp-admin-secret");
-    r = call(&e, "POST", "/_emulator/faults", other, rule, false);
-    assert_int_equal(r.status, 403);
-    json_decref(r.body);
-    r = call(&e, "DELETE", "/_emulator/faults", other, NULL, false);
-    assert_int_equal(r.status, 403);
-    json_decref(r.body);
     char *admin = client_token(&e, "0a000001-0000-4000-8000-00000000a001", "kv-admin-secret");
-    r = call(&e, "POST", "/_emulator/faults", admin, rule, false);
-    assert_int_equal(r.status, 201);
-    json_decref(r.body);
-    r = call(&e, "GET", KEYS, admin, NULL, false);
-    assert_int_equal(r.status, 503);
-    json_decref(r.body);
-    r = call(&e, "DELETE", "/_emulator/faults", admin, NULL, false);
-    assert_int_equal(r.status, 200);
-    json_decref(r.body);
+    const struct {
+        const char *method, *path, *token, *body;
+        long status;
+    } steps[] = {
+        {"POST", "/_emulator/faults", NULL, rule, 401},
+        {"POST", "/_emulator/faults", other, rule, 403},
+        {"DELETE", "/_emulator/faults", other, NULL, 403},
+        {"POST", "/_emulator/faults", admin, rule, 201},
+        {"GET", KEYS, admin, NULL, 503},
+        {"DELETE", "/_emulator/faults/f1", other, NULL, 403},
+        {"DELETE", "/_emulator/faults", admin, NULL, 200},
+        {"GET", KEYS, admin, NULL, 200},
+    };
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        reply r = call(&e, steps[i].method, steps[i].path, steps[i].token, steps[i].body, false);
+        if (r.status != steps[i].status)
+            fprintf(stderr, "step %zu: %s %s -> %ld\n", i, steps[i].method, steps[i].path,
+                    r.status);
+        assert_int_equal(r.status, steps[i].status);
+        json_decref(r.body);
+    }
     free(other);
     free(admin);
     emu_stop(&e);

@@ -297,29 +297,28 @@ bool emu_faults_apply(emu_faults *f, emu_req *req, long *delay_ms)
         return false;
     char ra[24];
     snprintf(ra, sizeof ra, "%ld", hit.retry_after >= 0 ? hit.retry_after : 1L);
-    switch (hit.kind) {
-    case FK_LATENCY:
+    /* status, error code, message (the rule's id follows), Retry-After */
+    static const struct {
+        int status;
+        const char *code, *msg;
+        bool retry_after;
+    } ANSWER[] = {
+        [FK_429] = {429, "Throttled",
+                    "Request was not processed because too many requests were received. "
+                    "Reason: injected by cmkemu fault rule",
+                    true},
+        [FK_500] = {500, "InternalServerError",
+                    "The service failed the request (injected by cmkemu fault rule", false},
+        [FK_503] = {503, "ServiceUnavailable",
+                    "The service is unavailable, retry later (injected by cmkemu fault rule", true},
+    };
+    if (hit.kind == FK_LATENCY) {
         *delay_ms = hit.latency_ms;
-        break;
-    case FK_429:
-        emu_resp_header_add(req, "Retry-After", ra);
-        emu_send_error(req, 429, "Throttled",
-                       "Request was not processed because too many requests were received. "
-                       "Reason: injected by cmkemu fault rule %s.",
-                       hit.id);
-        break;
-    case FK_500:
-        emu_send_error(req, 500, "InternalServerError",
-                       "The service failed the request (injected by cmkemu fault rule %s).",
-                       hit.id);
-        break;
-    case FK_503:
-        emu_resp_header_add(req, "Retry-After", ra);
-        emu_send_error(req, 503, "ServiceUnavailable",
-                       "The service is unavailable, retry later (injected by cmkemu fault rule "
-                       "%s).",
-                       hit.id);
-        break;
+    } else {
+        if (ANSWER[hit.kind].retry_after)
+            emu_resp_header_add(req, "Retry-After", ra);
+        emu_send_error(req, ANSWER[hit.kind].status, ANSWER[hit.kind].code, "%s %s%s",
+                       ANSWER[hit.kind].msg, hit.id, hit.kind == FK_429 ? "." : ").");
     }
     if (f->audit) {
         char op[300], target[700], detail[120];
