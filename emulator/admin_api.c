@@ -155,8 +155,59 @@ static void h_audit(emu_req *req, void *ud)
                                   emu_req_query(req, "caller")));
 }
 
+static void h_faults_get(emu_req *req, void *ud)
+{
+    emu_admin_ctx *ctx = ud;
+    emu_send_json(req, 200, emu_faults_list(ctx->faults));
+}
+
+static void h_faults_post(emu_req *req, void *ud)
+{
+    emu_admin_ctx *ctx = ud;
+    char err[300];
+    json_t *body = emu_req_json(req, false, err, sizeof err);
+    if (!body) {
+        emu_send_error(req, 400, "BadParameter", "%s", err);
+        return;
+    }
+    json_t *rule = NULL;
+    if (!emu_faults_add(ctx->faults, body, &rule, err, sizeof err))
+        emu_send_error(req, 400, "BadParameter", "%s", err);
+    else
+        emu_send_json(req, 201, rule);
+    json_decref(body);
+}
+
+static void h_faults_delete(emu_req *req, void *ud)
+{
+    emu_admin_ctx *ctx = ud;
+    size_t n = emu_faults_clear(ctx->faults);
+    emu_send_json(req, 200, json_pack("{s:I}", "removed", (json_int_t)n));
+}
+
+static void h_fault_delete(emu_req *req, void *ud)
+{
+    emu_admin_ctx *ctx = ud;
+    const char *id = emu_req_param(req, 0);
+    if (!emu_faults_remove(ctx->faults, id)) {
+        char esc[64];
+        emu_log_escape(id, 40, esc, sizeof esc);
+        emu_send_error(req, 404, "NotFound", "No fault rule has id '%s'.", esc);
+        return;
+    }
+    emu_send_empty(req, 204);
+}
+
 void emu_admin_register(emu_router *r, emu_admin_ctx *ctx)
 {
+    if (ctx->faults) {
+        emu_router_add(r, "GET", "/_emulator/faults", 0, NULL, h_faults_get, ctx);
+        emu_router_add(r, "POST", "/_emulator/faults", 0, emu_admin_require, h_faults_post, ctx);
+        emu_router_add(r, "DELETE", "/_emulator/faults", 0, emu_admin_require, h_faults_delete,
+                       ctx);
+        emu_router_add(r, "DELETE", "/_emulator/faults/{id}", 0, emu_admin_require,
+                       h_fault_delete, ctx);
+    }
     emu_router_add(r, "GET", "/_emulator/audit", 0, NULL, h_audit, ctx);
     emu_router_add(r, "GET", "/_emulator/health", 0, NULL, h_health, ctx);
     emu_router_add(r, "GET", "/_emulator/clock", 0, NULL, h_clock_get, ctx);

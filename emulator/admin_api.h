@@ -1,7 +1,9 @@
 /*
  * admin_api: the emulator's own endpoints under /_emulator: health (always open) and the
  * clock (GET reads it; POST {"advance": "P7D"} moves it forward and applies what became
- * due before answering).
+ * due before answering), and injected faults (/_emulator/faults: GET lists the rules with
+ * their hits, POST adds one, DELETE removes all or DELETE /_emulator/faults/{id} one; mutating
+ * needs an emulator admin in strict mode).
  */
 #ifndef CMKEMU_ADMIN_API_H
 #define CMKEMU_ADMIN_API_H
@@ -10,6 +12,7 @@
 
 #include "audit.h"
 #include "auth/auth.h"
+#include "faults.h"
 #include "hsm.h"
 #include "router.h"
 #include "store.h"
@@ -22,6 +25,7 @@ typedef struct {
     int64_t started; /* wall clock */
     auth_t *auth;    /* strict mode: mutating endpoints need an emulator admin */
     emu_audit *audit;
+    emu_faults *faults; /* /_emulator/faults; NULL = not offered */
 } emu_admin_ctx;
 
 void emu_admin_register(emu_router *r, emu_admin_ctx *ctx);

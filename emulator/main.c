@@ -23,6 +23,7 @@
 #include "auth/roles_api.h"
 #include "clock.h"
 #include "config.h"
+#include "faults.h"
 #include "hsm.h"
 #include "http.h"
 #include "keyvault/kv.h"
@@ -60,6 +61,12 @@ static void *tick_main(void *arg)
             emu_clock_apply_due();
     }
     return NULL;
+}
+
+/* The http gate: injected faults (/_emulator/faults). */
+static void fault_gate(emu_req *req, void *ud, long *delay_ms)
+{
+    emu_faults_apply(ud, req, delay_ms);
 }
 
 /* ARM requests authenticate through the identity layer with the ARM audiences. */
@@ -119,6 +126,8 @@ static int serve(int argc, char **argv)
     auth_t *auth = NULL;
     roles_t *roles = NULL;
     emu_audit *audit = emu_audit_new();
+    emu_faults *faults = emu_faults_new(audit);
+    emu_throttle *throttle = NULL;
     char *cert_pem = NULL, *key_pem = NULL, *cert_path = NULL;
     pthread_t tick;
     bool tick_started = false;
@@ -196,13 +205,16 @@ static int serve(int argc, char **argv)
                            .data_dir = cfg.data_dir,
                            .started = emu_wall_now(),
                            .auth = auth,
-                           .audit = audit};
+                           .audit = audit,
+                           .faults = faults};
     emu_admin_register(router, &admin);
     char identity_header[128] = "";
     if (!emu_store_meta_get(store, "identity_header", identity_header, sizeof identity_header))
         snprintf(identity_header, sizeof identity_header, "cmkemu-identity-header");
     auth_api_ctx authctx = {.auth = auth, .identity_header = identity_header};
     kv_api_ctx kvctx = {.kv = kv, .tenant = cfg.tenant, .auth = auth};
+    if (cfg.throttle == EMU_THROTTLE_AZURE)
+        kvctx.throttle = throttle = kv_api_throttle_new(NULL);
     kv_api_register(router, &kvctx);
     arm = armres_open(store, cfg.tenant, err, sizeof err);
     if (!arm) {
@@ -283,7 +295,10 @@ static int serve(int argc, char **argv)
                             .workers = workers,
                             .store = store,
                             .on_complete = emu_admin_audit_request,
-                            .on_complete_ud = &admin};
+                            .on_complete_ud = &admin,
+                            .gate = fault_gate,
+                            .gate_ud = faults,
+                            .connection_timeout = cfg.connection_timeout};
     http = emu_http_start(&hcfg, err, sizeof err);
     if (!http) {
         fprintf(stderr, "cmkemu: %s\n", err);
@@ -327,6 +342,8 @@ static int serve(int argc, char **argv)
            "environments, records https://{environmentId}.crm.localhost:%d/api/data/v9.2/\n",
            port, port);
     printf("  health:       https://localhost:%d/_emulator/health\n", port);
+    if (throttle)
+        printf("  throttle:     azure (Key Vault service limits per vault per 10 s)\n");
     fflush(stdout);
     emu_log(EMU_LOG_INFO, "main", "listening on %s:%d with %d threads", cfg.listen_host, port,
             threads);
@@ -351,6 +368,8 @@ out:
     emu_router_free(router);
     pp_comps_close(comps);
     pp_envs_close(envs); /* stops the operation runner, which audits */
+    emu_faults_free(faults);
+    emu_throttle_free(throttle);
     emu_audit_free(audit);
     pp_policies_close(pp);
     armres_close(arm);

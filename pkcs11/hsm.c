@@ -255,6 +255,16 @@ static hsm_status rv_status(CK_RV rv, rv_context ctx)
     case CKR_USER_NOT_LOGGED_IN:
     case CKR_USER_PIN_NOT_INITIALIZED:
         return HSM_ERR_PIN;
+    case CKR_DEVICE_ERROR:
+    case CKR_DEVICE_MEMORY:
+    case CKR_DEVICE_REMOVED:
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_TOKEN_NOT_RECOGNIZED:
+    case CKR_SESSION_HANDLE_INVALID:
+    case CKR_SESSION_CLOSED:
+    case CKR_SESSION_COUNT:
+    case CKR_FUNCTION_CANCELED:
+        return HSM_ERR_UNAVAILABLE; /* transient: the same call may work later */
     case CKR_CRYPTOKI_NOT_INITIALIZED:
     case CKR_CRYPTOKI_ALREADY_INITIALIZED:
     case CKR_LIBRARY_LOAD_FAILED:
@@ -271,6 +281,24 @@ static hsm_status rv_status(CK_RV rv, rv_context ctx)
 static int rv_is_stale_handle(CK_RV rv)
 {
     return rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID;
+}
+
+/* The session (and, when the token went away, every other open one) is gone: the pool's idle
+ * sessions are dropped and a call may be retried once on a new session. */
+static int rv_session_lost(CK_RV rv)
+{
+    return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED ||
+           rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT;
+}
+
+enum { RETRY_STALE = 1, RETRY_SESSION = 2 };
+
+/* Why one more attempt of a private-key operation may succeed, 0 when it cannot. */
+static int retry_reason(CK_RV rv)
+{
+    if (rv_is_stale_handle(rv))
+        return RETRY_STALE;
+    return rv_session_lost(rv) ? RETRY_SESSION : 0;
 }
 
 /* Codes after which a session is known to be idle and healthy, so it can go back to the pool.
@@ -333,6 +361,8 @@ const char *hsm_status_str(hsm_status st)
         return "data directory error";
     case HSM_ERR_UNSUPPORTED:
         return "not supported";
+    case HSM_ERR_UNAVAILABLE:
+        return "HSM unavailable";
     }
     return "unknown status";
 }
@@ -688,9 +718,28 @@ static CK_RV session_get(hsm_t *h, CK_SESSION_HANDLE *s)
     return rv;
 }
 
+/* Closes every idle session of the pool (after a lost session: they predate the loss). */
+static void pool_drain(hsm_t *h)
+{
+    CK_SESSION_HANDLE *old;
+    size_t n;
+
+    pthread_mutex_lock(&h->pool_lock);
+    old = h->pool;
+    n = h->pool_len;
+    h->pool = NULL;
+    h->pool_len = h->pool_cap = 0;
+    pthread_mutex_unlock(&h->pool_lock);
+    for (size_t i = 0; i < n; i++)
+        (void)h->fl->C_CloseSession(old[i]);
+    free(old);
+}
+
 /* Returns s to the pool, or closes it when last_rv says it may be unhealthy. */
 static void session_put(hsm_t *h, CK_SESSION_HANDLE s, CK_RV last_rv)
 {
+    if (rv_session_lost(last_rv))
+        pool_drain(h);
     if (rv_session_reusable(last_rv)) {
         pthread_mutex_lock(&h->pool_lock);
         if (h->pool_len == h->pool_cap && h->pool_cap < HSM_POOL_MAX_IDLE) {
@@ -1629,15 +1678,20 @@ hsm_status hsm_rsa_generate(hsm_t *h, unsigned bits, unsigned long public_expone
         npriv--;
     }
 
-    rv = session_get(h, &s);
-    if (rv != CKR_OK)
-        return rv_status(rv, OP_GENERIC);
-    rv = h->fl->C_GenerateKeyPair(s, &mech, pub_t, npub, priv_t, npriv, &pub, &priv);
-    if (rv == CKR_OK) {
-        cache_new_pair(h, s, id, priv, pub, NULL);
-        (void)h->fl->C_DestroyObject(s, pub);
+    /* a lost session is retried once on a new one (nothing was created) */
+    for (int attempt = 0; attempt < 2; attempt++) {
+        rv = session_get(h, &s);
+        if (rv != CKR_OK)
+            return rv_status(rv, OP_GENERIC);
+        rv = h->fl->C_GenerateKeyPair(s, &mech, pub_t, npub, priv_t, npriv, &pub, &priv);
+        if (rv == CKR_OK) {
+            cache_new_pair(h, s, id, priv, pub, NULL);
+            (void)h->fl->C_DestroyObject(s, pub);
+        }
+        session_put(h, s, rv);
+        if (!rv_session_lost(rv))
+            break;
     }
-    session_put(h, s, rv);
     if (rv != CKR_OK)
         return rv_status(rv, OP_GENERIC);
     memcpy(id_out, id, HSM_ID_LEN);
@@ -2113,7 +2167,8 @@ out:
     return st;
 }
 
-/* One decrypt attempt with a known private handle. *stale = 1 when the handle is gone. */
+/* One decrypt attempt with a known private handle. *stale says why another attempt may work
+ * (RETRY_STALE: the handle is gone; RETRY_SESSION: the session was lost), 0 = final. */
 static hsm_status decrypt_once(hsm_t *h, CK_OBJECT_HANDLE priv, size_t k, hsm_rsa_enc_alg alg,
                                const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len,
                                int *stale)
@@ -2143,7 +2198,7 @@ static hsm_status decrypt_once(hsm_t *h, CK_OBJECT_HANDLE priv, size_t k, hsm_rs
                               alg == HSM_RSA_OAEP_SHA256 ? raw : out, &rlen);
     session_put(h, s, rv);
     if (rv != CKR_OK) {
-        *stale = rv_is_stale_handle(rv);
+        *stale = retry_reason(rv);
         st = rv_status(rv, OP_DECRYPT);
         goto out;
     }
@@ -2185,6 +2240,7 @@ hsm_status hsm_rsa_decrypt(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_rsa_enc_a
 {
     if (!h || !id || !in || !out || !out_len || !enc_alg_ok(alg))
         return HSM_ERR_ARGS;
+    hsm_status last = HSM_ERR_NOT_FOUND;
     for (int attempt = 0; attempt < 2; attempt++) {
         key_ref r;
         hsm_status st = key_get(h, id, 0, &r);
@@ -2199,9 +2255,13 @@ hsm_status hsm_rsa_decrypt(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_rsa_enc_a
         st = decrypt_once(h, r.priv, in_len, alg, in, in_len, out, out_len, &stale);
         if (!stale)
             return st;
-        cache_evict(h, id);
+        last = st;
+        if (stale == RETRY_STALE) {
+            cache_evict(h, id);
+            last = HSM_ERR_NOT_FOUND;
+        }
     }
-    return HSM_ERR_NOT_FOUND;
+    return last;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -2288,7 +2348,7 @@ static hsm_status sign_once(hsm_t *h, CK_OBJECT_HANDLE priv, const sig_info *si,
         rv = h->fl->C_Sign(s, data, dlen, sig, &slen);
     session_put(h, s, rv);
     if (rv != CKR_OK) {
-        *stale = rv_is_stale_handle(rv);
+        *stale = retry_reason(rv);
         return rv_status(rv, OP_GENERIC);
     }
     *sig_len = slen;
@@ -2303,6 +2363,7 @@ hsm_status hsm_sign(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg alg, con
     if (!h || !id || !digest || !sig || !sig_len || !sig_lookup(alg, &si) ||
         digest_len != si.digest_len)
         return HSM_ERR_ARGS;
+    hsm_status last = HSM_ERR_NOT_FOUND;
     for (int attempt = 0; attempt < 2; attempt++) {
         key_ref r;
         hsm_status st = key_get(h, id, 0, &r);
@@ -2315,9 +2376,13 @@ hsm_status hsm_sign(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg alg, con
         st = sign_once(h, r.priv, &si, digest, sig, sig_len, &stale);
         if (!stale)
             return st;
-        cache_evict(h, id);
+        last = st;
+        if (stale == RETRY_STALE) {
+            cache_evict(h, id);
+            last = HSM_ERR_NOT_FOUND;
+        }
     }
-    return HSM_ERR_NOT_FOUND;
+    return last;
 }
 
 hsm_status hsm_verify(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg alg,

@@ -32,6 +32,9 @@ typedef enum {
     HSM_ERR_PIN,         /* login refused */
     HSM_ERR_IO,          /* data directory / config / pin file problem */
     HSM_ERR_UNSUPPORTED, /* operation not supported by this token or key */
+    HSM_ERR_UNAVAILABLE, /* transient: device error, token removed, session lost (after one
+                            retry on a new session for generate/decrypt/sign); nothing was
+                            changed and the same call may succeed later */
 } hsm_status;
 
 const char *hsm_status_str(hsm_status st);

@@ -1089,7 +1089,7 @@ static void hsm_injected_token_faults_map_to_status(void **state)
 
     g_decrypt_rv = CKR_DEVICE_ERROR;
     assert_int_equal(hsm_rsa_decrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len),
-                     HSM_ERR_TOKEN);
+                     HSM_ERR_UNAVAILABLE);
     /* the session that saw a device error was closed, not pooled: the next call opens one */
     hsm_get_stats(f->h, &s0);
     g_decrypt_rv = CKR_ENCRYPTED_DATA_INVALID;

@@ -61,6 +61,11 @@ static const opt_def OPTIONS[] = {
     {"auto-reenable", "CMKEMU_AUTO_REENABLE", OPT_BOOL, OFF(auto_reenable), 0, 0, "false", {0},
      "re-enable a locked environment as soon as its customer-managed key is usable again "
      "(demos; the real service waits for an admin)"},
+    {"throttle", "CMKEMU_THROTTLE", OPT_ENUM, OFF(throttle), 0, 0, "off", {"off", "azure"},
+     "key transaction limits: off, or azure (the Key Vault service limits per vault per 10 s: "
+     "429 with Retry-After)"},
+    {"connection-timeout", "CMKEMU_CONNECTION_TIMEOUT", OPT_INT, OFF(connection_timeout), 1,
+     3600, "60", {0}, "seconds of inactivity after which a client connection is closed"},
 };
 #define N_OPTIONS (sizeof OPTIONS / sizeof OPTIONS[0])
 

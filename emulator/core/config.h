@@ -11,6 +11,7 @@
 #include <stdio.h>
 
 typedef enum { EMU_AUTH_PERMISSIVE = 0, EMU_AUTH_STRICT } emu_auth_mode;
+typedef enum { EMU_THROTTLE_OFF = 0, EMU_THROTTLE_AZURE } emu_throttle_mode;
 
 typedef struct {
     char *listen;        /* "HOST:PORT" as given */
@@ -34,6 +35,8 @@ typedef struct {
     char *tenant;        /* default tenant id */
     long pp_operation_ms; /* duration of a Power Platform link/unlink operation */
     bool auto_reenable;   /* re-enable locked environments once their key is usable again */
+    emu_throttle_mode throttle;
+    long connection_timeout; /* seconds */
 } emu_config;
 
 /* Parses argv (after the subcommand) and the environment. On error returns false and writes

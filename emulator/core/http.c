@@ -1,7 +1,9 @@
 #include "http.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,13 +21,27 @@
     "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:"       \
     "+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-RSA:-DHE-RSA"
 
+/* A request held back by the gate (injected latency), resumed by the delay thread. */
+typedef struct held {
+    struct held *next;
+    struct timespec due; /* CLOCK_MONOTONIC */
+    struct MHD_Connection *conn;
+} held;
+
 struct emu_http {
     struct MHD_Daemon *daemon;
     emu_http_config cfg;
     int port;
+    /* The delay thread: held requests sorted by due time. Guarded by delay_lock; the
+     * connections are suspended, so no event thread waits for them. */
+    pthread_mutex_t delay_lock;
+    pthread_cond_t delay_cv;
+    held *delayed;
+    bool delay_stop, delay_started;
+    pthread_t delay_thread;
 };
 
-enum { PH_NEW = 0, PH_BODY, PH_WORKER, PH_READY };
+enum { PH_NEW = 0, PH_BODY, PH_DELAYED, PH_WORKER, PH_READY };
 
 typedef struct conn_state {
     emu_http *srv;
@@ -117,6 +133,85 @@ static void run_slow(void *arg)
     MHD_resume_connection(s->conn);
 }
 
+static void *delay_main(void *arg)
+{
+    emu_http *h = arg;
+    pthread_mutex_lock(&h->delay_lock);
+    for (;;) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        held *d = h->delayed;
+        bool due = d && (h->delay_stop || d->due.tv_sec < now.tv_sec ||
+                         (d->due.tv_sec == now.tv_sec && d->due.tv_nsec <= now.tv_nsec));
+        if (due) {
+            h->delayed = d->next;
+            pthread_mutex_unlock(&h->delay_lock);
+            MHD_resume_connection(d->conn);
+            free(d);
+            pthread_mutex_lock(&h->delay_lock);
+            continue;
+        }
+        if (h->delay_stop)
+            break;
+        if (d)
+            pthread_cond_timedwait(&h->delay_cv, &h->delay_lock, &d->due);
+        else
+            pthread_cond_wait(&h->delay_cv, &h->delay_lock);
+    }
+    pthread_mutex_unlock(&h->delay_lock);
+    return NULL;
+}
+
+/* Suspends the connection and has the delay thread resume it after ms. */
+static void hold(conn_state *s, long ms)
+{
+    emu_http *h = s->srv;
+    held *d = emu_xcalloc(1, sizeof *d);
+    d->conn = s->conn;
+    clock_gettime(CLOCK_MONOTONIC, &d->due);
+    d->due.tv_sec += ms / 1000;
+    d->due.tv_nsec += (ms % 1000) * 1000000L;
+    if (d->due.tv_nsec >= 1000000000L) {
+        d->due.tv_sec++;
+        d->due.tv_nsec -= 1000000000L;
+    }
+    s->phase = PH_DELAYED;
+    MHD_suspend_connection(s->conn);
+    pthread_mutex_lock(&h->delay_lock);
+    held **pp = &h->delayed;
+    while (*pp && ((*pp)->due.tv_sec < d->due.tv_sec ||
+                   ((*pp)->due.tv_sec == d->due.tv_sec && (*pp)->due.tv_nsec <= d->due.tv_nsec)))
+        pp = &(*pp)->next;
+    d->next = *pp;
+    *pp = d;
+    pthread_cond_signal(&h->delay_cv);
+    pthread_mutex_unlock(&h->delay_lock);
+}
+
+/* Runs the matched route with the body in: on the worker pool (slow routes) or here, and
+ * holds the answer until its commit is durable. */
+static enum MHD_Result dispatch(conn_state *s)
+{
+    emu_http *srv = s->srv;
+    struct MHD_Connection *conn = s->conn;
+    const emu_route *rt = s->req->route;
+    if ((rt->flags & EMU_ROUTE_SLOW) && srv->cfg.workers) {
+        s->phase = PH_WORKER;
+        MHD_suspend_connection(conn);
+        emu_workers_submit(srv->cfg.workers, run_slow, s);
+        return MHD_YES;
+    }
+    uint64_t seq = run_route(s);
+    if (seq) {
+        /* suspended first: the sync thread may resume it at once */
+        MHD_suspend_connection(conn);
+        if (!emu_store_when_durable(srv->cfg.store, seq, resume_durable, s))
+            MHD_resume_connection(conn);
+        return MHD_YES;
+    }
+    return queue(s);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_data_size,
@@ -199,23 +294,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return queue(s);
         }
         emu_req_set_body(s->req, s->body, s->len);
-        const emu_route *rt = s->req->route;
-        if ((rt->flags & EMU_ROUTE_SLOW) && srv->cfg.workers) {
-            s->phase = PH_WORKER;
-            MHD_suspend_connection(conn);
-            emu_workers_submit(srv->cfg.workers, run_slow, s);
-            return MHD_YES;
+        if (srv->cfg.gate) {
+            long delay_ms = 0;
+            srv->cfg.gate(s->req, srv->cfg.gate_ud, &delay_ms);
+            if (delay_ms > 0) {
+                hold(s, delay_ms);
+                return MHD_YES;
+            }
+            if (s->req->responded)
+                return queue(s);
         }
-        uint64_t seq = run_route(s);
-        if (seq) {
-            /* suspended first: the sync thread may resume it at once */
-            MHD_suspend_connection(conn);
-            if (!emu_store_when_durable(srv->cfg.store, seq, resume_durable, s))
-                MHD_resume_connection(conn);
-            return MHD_YES;
-        }
-        return queue(s);
+        return dispatch(s);
     }
+    if (s->phase == PH_DELAYED) /* the delay is over */
+        return s->req->responded ? queue(s) : dispatch(s);
     if (s->phase == PH_READY)
         return queue(s);
     /* PH_WORKER: resumed before the job finished cannot happen; keep waiting */
@@ -253,8 +345,13 @@ emu_http *emu_http_start(const emu_http_config *cfg, char *err, size_t errlen)
     h->cfg = *cfg;
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_TLS |
-                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_TURBO;
+    /* poll(), not epoll, and no MHD_USE_TURBO: with libmicrohttpd 0.9.75 + GnuTLS a client
+     * that stops half way through the TLS handshake made the event thread spin (epoll: ~50%
+     * CPU until the connection timeout; turbo: a full spin that never timed out, even after
+     * the client left). poll() costs nothing measurable at these connection counts
+     * (tests/test_serve_faults.c, README "Faults and throttling"). */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_TLS |
+                     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     const char *host = cfg->host;
     if (!strcmp(host, "localhost"))
         host = "127.0.0.1";
@@ -273,21 +370,31 @@ emu_http *emu_http_start(const emu_http_config *cfg, char *err, size_t errlen)
         return NULL;
     }
     int threads = cfg->threads < 1 ? 1 : cfg->threads;
+    unsigned timeout = cfg->connection_timeout > 0 ? (unsigned)cfg->connection_timeout : 60;
+    pthread_mutex_init(&h->delay_lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->delay_cv, &ca);
+    pthread_condattr_destroy(&ca);
     h->daemon = MHD_start_daemon(
         flags, (uint16_t)cfg->port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, &ss,
         MHD_OPTION_HTTPS_MEM_KEY, cfg->key_pem, MHD_OPTION_HTTPS_MEM_CERT, cfg->cert_pem,
         MHD_OPTION_HTTPS_PRIORITIES, TLS_PRIORITIES, MHD_OPTION_THREAD_POOL_SIZE,
         (unsigned)threads, MHD_OPTION_URI_LOG_CALLBACK, uri_logger, h,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)60, MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
+        timeout, MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024), MHD_OPTION_EXTERNAL_LOGGER,
         mhd_logger, NULL, MHD_OPTION_END);
     if (!h->daemon) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use, or not allowed)",
                  cfg->host, cfg->port);
+        pthread_cond_destroy(&h->delay_cv);
+        pthread_mutex_destroy(&h->delay_lock);
         free(h);
         return NULL;
     }
+    h->delay_started = pthread_create(&h->delay_thread, NULL, delay_main, h) == 0;
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
     h->port = di ? di->port : cfg->port;
     return h;
@@ -302,6 +409,15 @@ void emu_http_stop(emu_http *h)
 {
     if (!h)
         return;
+    /* held requests are resumed (and answered) before the daemon stops */
+    pthread_mutex_lock(&h->delay_lock);
+    h->delay_stop = true;
+    pthread_cond_signal(&h->delay_cv);
+    pthread_mutex_unlock(&h->delay_lock);
+    if (h->delay_started)
+        pthread_join(h->delay_thread, NULL);
     MHD_stop_daemon(h->daemon);
+    pthread_cond_destroy(&h->delay_cv);
+    pthread_mutex_destroy(&h->delay_lock);
     free(h);
 }

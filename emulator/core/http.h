@@ -29,6 +29,14 @@ typedef struct {
      * log. May be NULL. */
     void (*on_complete)(emu_req *req, void *ud);
     void *on_complete_ud;
+    /* Called once per matched request when its body is in, before the handler (any event
+     * thread): may answer req (the handler then does not run) or set *delay_ms > 0 to hold the
+     * request that long first (the connection is suspended and resumed by a timer thread, so
+     * no event thread waits). Injected faults. May be NULL. */
+    void (*gate)(emu_req *req, void *ud, long *delay_ms);
+    void *gate_ud;
+    /* Seconds of inactivity after which a connection is closed (slow clients); 0 = 60. */
+    long connection_timeout;
 } emu_http_config;
 
 typedef struct emu_http emu_http;

@@ -134,6 +134,7 @@ const char *kv_status_str(kv_status st)
     case KV_ERR_STORE: return "store failure";
     case KV_ERR_VAULT_EXISTS: return "vault exists";
     case KV_ERR_FORBIDDEN_RBAC: return "forbidden by rbac";
+    case KV_ERR_HSM_UNAVAILABLE: return "hsm unavailable";
     }
     return "?";
 }
@@ -487,6 +488,9 @@ static bool db_delete_key(sqlite3 *db, const char *vault, const char *lname)
 
 /* Runs fn inside one transaction; true if committed. */
 typedef bool (*db_fn)(sqlite3 *db, void *ud);
+/* SQLite's words for the last failed transaction of this thread (store_fail's message). */
+static _Thread_local char db_why[96];
+
 static bool db_txn(kv_t *kv, db_fn fn, void *ud)
 {
     sqlite3 *db = emu_store_lock(kv->store);
@@ -494,12 +498,23 @@ static bool db_txn(kv_t *kv, db_fn fn, void *ud)
     if (ok) {
         ok = fn(db, ud);
         if (ok)
-            ok = emu_store_commit(db);
-        else
+            ok = emu_store_exec(db, "COMMIT");
+        if (!ok) {
+            snprintf(db_why, sizeof db_why, "%s", sqlite3_errstr(sqlite3_errcode(db)));
             emu_store_rollback(db);
+        }
+    } else {
+        snprintf(db_why, sizeof db_why, "%s", sqlite3_errstr(sqlite3_errcode(db)));
     }
     emu_store_unlock(kv->store);
     return ok;
+}
+
+/* A failed write: what could not be done, and SQLite's reason ("database or disk is full",
+ * "database is locked"). Nothing was changed (the transaction was rolled back). */
+static kv_status store_fail(kv_err *e, const char *what)
+{
+    return fail(e, KV_ERR_STORE, "The %s (store: %s); nothing was changed.", what, db_why);
 }
 
 /* ---- open / load ------------------------------------------------------------------------ */
@@ -1012,7 +1027,7 @@ kv_status kv_vault_create(kv_t *kv, const kv_vault_info *info, kv_err *e)
     if (st == KV_OK) {
         vault_put_ud ud = vault_ud(v);
         if (!db_txn(kv, db_put_vault, &ud))
-            st = fail(e, KV_ERR_STORE, "The vault could not be saved.");
+            st = store_fail(e, "vault could not be saved");
     }
     if (st == KV_OK) {
         kv->vaults = emu_xrealloc(kv->vaults, (kv->nvaults + 1) * sizeof *kv->vaults);
@@ -1166,7 +1181,7 @@ kv_status kv_vault_put(kv_t *kv, const kv_vault_state *in, bool *created, kv_err
         nv->info.updated = now;
         vault_put_ud ud = vault_ud(nv);
         if (!db_txn(kv, db_put_vault, &ud)) {
-            st = fail(e, KV_ERR_STORE, "The vault could not be saved.");
+            st = store_fail(e, "vault could not be saved");
         } else if (old) {
             /* keep the keys, take everything else */
             kv_vault tmp = *old;
@@ -1218,7 +1233,7 @@ static bool db_delete_vault(sqlite3 *db, void *ud)
 static kv_status vault_purge_locked(kv_t *kv, kv_vault *v, kv_err *e)
 {
     if (!db_txn(kv, db_delete_vault, v->info.name))
-        return fail(e, KV_ERR_STORE, "The vault could not be purged from the store.");
+        return store_fail(e, "vault could not be purged from the store");
     for (size_t i = 0; i < kv->nvaults; i++)
         if (kv->vaults[i] == v) {
             memmove(kv->vaults + i, kv->vaults + i + 1, (kv->nvaults - i - 1) * sizeof *kv->vaults);
@@ -1396,6 +1411,11 @@ static kv_status hsm_fail(kv_err *e, hsm_status hs, const char *what)
 {
     if (hs == HSM_ERR_ARGS)
         return fail(e, KV_ERR_BAD_PARAM, "The HSM refused the %s: invalid parameters.", what);
+    if (hs == HSM_ERR_UNAVAILABLE)
+        return fail(e, KV_ERR_HSM_UNAVAILABLE,
+                    "The HSM is unavailable for the %s (device error, token removed or session "
+                    "lost); nothing was changed, retry the request later.",
+                    what);
     return fail(e, KV_ERR_HSM, "The HSM failed the %s (%s).", what, hsm_status_str(hs));
 }
 
@@ -1464,7 +1484,7 @@ static kv_status add_version(kv_t *kv, const char *vault, const char *name, kv_v
         }
         put_ud ud = {v->info.name, k, new_key, &ver, 1};
         if (!db_txn(kv, db_put_key_versions, &ud)) {
-            st = fail(e, KV_ERR_STORE, "The key could not be saved.");
+            st = store_fail(e, "key could not be saved");
             if (new_key)
                 key_free(k);
         } else {
@@ -1706,7 +1726,7 @@ kv_status kv_key_update(kv_t *kv, const char *vault, const char *name, const cha
             ver_ud ud = {v->info.name, k->lname, &next};
             if (!db_txn(kv, db_put_one_version, &ud)) {
                 json_decref(next.tags);
-                st = fail(e, KV_ERR_STORE, "The key could not be saved.");
+                st = store_fail(e, "key could not be saved");
             } else {
                 json_decref(ver->tags);
                 *ver = next;
@@ -1809,7 +1829,7 @@ static kv_status purge_locked(kv_t *kv, kv_vault *v, kv_key *k, kv_err *e)
 {
     key_ud ud = {v->info.name, k};
     if (!db_txn(kv, db_delete_key_fn, &ud))
-        return fail(e, KV_ERR_STORE, "The key could not be purged from the store.");
+        return store_fail(e, "key could not be purged from the store");
     key_remove(v, k);
     for (size_t i = 0; i < k->nversions; i++) {
         hsm_status hs = hsm_key_destroy(kv->hsm, k->versions[i]->hsm_id);
@@ -1846,7 +1866,7 @@ kv_status kv_key_delete(kv_t *kv, const char *vault, const char *name, kv_key_vi
             next.scheduled_purge = next.deleted_date + (int64_t)v->info.retention_days * 86400;
             key_ud ud = {v->info.name, &next};
             if (!db_txn(kv, db_put_key_only, &ud)) {
-                st = fail(e, KV_ERR_STORE, "The key could not be deleted.");
+                st = store_fail(e, "key could not be deleted");
             } else {
                 k->deleted = true;
                 k->deleted_date = next.deleted_date;
@@ -1919,7 +1939,7 @@ kv_status kv_deleted_recover(kv_t *kv, const char *vault, const char *name, kv_k
         next.deleted = false;
         key_ud ud = {v->info.name, &next};
         if (!db_txn(kv, db_put_key_only, &ud)) {
-            st = fail(e, KV_ERR_STORE, "The key could not be recovered.");
+            st = store_fail(e, "key could not be recovered");
         } else {
             k->deleted = false;
             k->deleted_date = k->scheduled_purge = 0;
@@ -2251,7 +2271,7 @@ kv_status kv_rotation_policy_set(kv_t *kv, const char *vault, const char *name,
         next.rp_updated = now;
         key_ud ud = {v->info.name, &next};
         if (!db_txn(kv, db_put_key_only, &ud)) {
-            st = fail(e, KV_ERR_STORE, "The rotation policy could not be saved.");
+            st = store_fail(e, "rotation policy could not be saved");
         } else {
             json_decref(k->rotation_policy);
             k->rotation_policy = norm;
@@ -2581,7 +2601,7 @@ kv_status kv_key_restore(kv_t *kv, const char *vault, const char *blob, size_t b
                 list[i]->seq = kv->next_seq++;
             put_ud ud = {v->info.name, k, true, list, made};
             if (!db_txn(kv, db_put_key_versions, &ud)) {
-                st = fail(e, KV_ERR_STORE, "The restored key could not be saved.");
+                st = store_fail(e, "restored key could not be saved");
                 key_free(k);
             } else {
                 key_insert(v, k);

@@ -44,6 +44,8 @@ typedef enum {
     KV_ERR_STORE,              /* 500 store failure */
     KV_ERR_VAULT_EXISTS,       /* 409 vault name in use */
     KV_ERR_FORBIDDEN_RBAC,     /* 403 Forbidden / ForbiddenByRbac (RBAC vault) */
+    KV_ERR_HSM_UNAVAILABLE,    /* 503 ServiceUnavailable / HsmUnavailable: transient HSM fault,
+                                  nothing changed, retry later */
 } kv_status;
 
 const char *kv_status_str(kv_status st);

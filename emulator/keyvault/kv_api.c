@@ -50,6 +50,12 @@ void kv_send_error(emu_req *req, kv_status st, const char *msg)
     case KV_ERR_FORBIDDEN_RBAC: status = 403; code = "Forbidden"; inner = "ForbiddenByRbac"; break;
     case KV_ERR_HSM: status = 500; code = "InternalServerError"; inner = "HsmFailure"; break;
     case KV_ERR_STORE: status = 500; code = "InternalServerError"; inner = "StoreFailure"; break;
+    case KV_ERR_HSM_UNAVAILABLE:
+        status = 503;
+        code = "ServiceUnavailable";
+        inner = "HsmUnavailable";
+        emu_resp_header_add(req, "Retry-After", "1");
+        break;
     }
     json_t *err = json_pack("{s:s,s:s}", "code", code, "message", msg ? msg : kv_status_str(st));
     if (inner)
@@ -120,6 +126,69 @@ static void kv_precheck(emu_req *req, void *ud)
                                        "are accepted."));
 }
 
+/* ---- service limits (--throttle azure) ------------------------------------------------------ */
+
+enum { TB_CREATE, TB_OTHER };
+/* Budgets in units per 10 s: a software RSA create costs 1 of 20, an HSM create 2; another
+ * transaction costs 4,000 / (its key type's limit): RSA-2048 1, RSA-HSM-2048 2, RSA-3072 4,
+ * RSA-HSM-3072 8, RSA-4096 8, RSA-HSM-4096 16. Requests without a key (list, rng, restore)
+ * count as RSA-2048. */
+static const long TB_BUDGETS[] = {[TB_CREATE] = 20, [TB_OTHER] = 4000};
+
+emu_throttle *kv_api_throttle_new(emu_throttle_clock_fn clock)
+{
+    return emu_throttle_new(10000, TB_BUDGETS, 2, clock);
+}
+
+static long other_cost(bool hsm, unsigned bits)
+{
+    long c = bits >= 4096 ? 8 : bits >= 3072 ? 4 : 1;
+    return hsm ? 2 * c : c;
+}
+
+/* Classifies the request (create or other; key type and size from the body of a create or
+ * import, else from the key it names) and takes its cost from the vault's window; false when
+ * over the limit, answered 429 with Retry-After and the service's error body. */
+static bool throttle_ok(emu_req *req, kv_call *c)
+{
+    const emu_route *rt = req->route;
+    const char *pat = rt->pattern;
+    bool put = !strcasecmp(req->method, "PUT") && !strcmp(pat, "/keys/{name}");
+    bool create = put || !strcmp(pat, "/keys/{name}/create") ||
+                  !strcmp(pat, "/keys/{name}/rotate") || !strcmp(pat, "/keys/restore");
+    bool hsm = false;
+    unsigned bits = 2048;
+    if (put || !strcmp(pat, "/keys/{name}/create")) {
+        json_t *b = req->body_len ? json_loadb(req->body, req->body_len, 0, NULL) : NULL;
+        json_t *src = put ? json_object_get(b, "key") : b;
+        const char *kty = json_string_value(json_object_get(src, "kty"));
+        hsm = kty && !strcmp(kty, "RSA-HSM");
+        json_decref(b);
+    } else if (req->nparams > 0 && (!strncmp(pat, "/keys/{name}", 12) ||
+                                    !strncmp(pat, "/deletedkeys/{name}", 19))) {
+        kv_key_view v;
+        memset(&v, 0, sizeof v);
+        kv_err e;
+        if (kv_key_get(c->ctx->kv, c->vault, emu_req_param(req, 0), "", &v, &e) == KV_OK) {
+            hsm = !strcmp(v.kty, "RSA-HSM");
+            bits = v.bits;
+            kv_key_view_cleanup(&v);
+        }
+    }
+    long retry = 1;
+    if (emu_throttle_take(c->ctx->throttle, c->vault, create ? TB_CREATE : TB_OTHER,
+                          create ? (hsm ? 2 : 1) : other_cost(hsm, bits), &retry))
+        return true;
+    char ra[24];
+    snprintf(ra, sizeof ra, "%ld", retry);
+    emu_resp_header_add(req, "Retry-After", ra);
+    emu_send_json(req, 429,
+                  json_pack("{s:{s:s,s:s}}", "error", "code", "Throttled", "message",
+                            "Request was not processed because too many requests were "
+                            "received. Reason: VaultRequestTypeLimitReached"));
+    return false;
+}
+
 static bool begin(emu_req *req, void *ud, kv_call *c)
 {
     memset(c, 0, sizeof *c);
@@ -158,6 +227,8 @@ static bool begin(emu_req *req, void *ud, kv_call *c)
         kv_send_error(req, KV_ERR_VAULT_NOT_FOUND, msg);
         return false;
     }
+    if (c->ctx->throttle && !throttle_ok(req, c))
+        return false;
     c->base = emu_req_base_url(req);
     return true;
 }

@@ -10,6 +10,7 @@
 #include "auth/auth.h"
 #include "kv.h"
 #include "router.h"
+#include "throttle.h"
 
 /* Authorization decision for one operation. NULL = the vault's own decision
  * (kv_access_authorize: access policies, or the RBAC hook for RBAC vaults; callers that
@@ -24,7 +25,15 @@ typedef struct {
     auth_t *auth; /* NULL: only the presence of a bearer token is checked */
     kv_authorize_fn authorize;
     void *authorize_ud;
+    /* --throttle azure: the service limits per vault (kv_api_throttle_new); NULL = off */
+    emu_throttle *throttle;
 } kv_api_ctx;
+
+/* The Key Vault service limits as a throttle: per vault per 10 s, creates (RSA 20, RSA-HSM 10)
+ * and all other key transactions weighted by key type and size (RSA-2048 4,000, RSA-HSM-2048
+ * 2,000, 3072: 1,000 / 500, 4096: 500 / 250), enforced on their sum as the service does.
+ * clock NULL = the monotonic clock. Free with emu_throttle_free. */
+emu_throttle *kv_api_throttle_new(emu_throttle_clock_fn clock);
 
 void kv_api_register(emu_router *r, kv_api_ctx *ctx);
 

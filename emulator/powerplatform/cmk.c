@@ -58,6 +58,13 @@ static bool cmk_resolve(pp_envs_t *p, const char *system_id, pp_policy *pol, aut
     return true;
 }
 
+/* A failure of the emulator's own parts (HSM, store), not of the key or its access: the key
+ * may well be usable, so it is no reason to lock an environment. */
+static bool kv_status_transient(kv_status st)
+{
+    return st == KV_ERR_HSM_UNAVAILABLE || st == KV_ERR_HSM || st == KV_ERR_STORE;
+}
+
 static bool cmk_crypt(cmk_ud *u, kv_crypt_op op, const uint8_t *in, size_t in_len, uint8_t *out,
                       size_t *out_len, char *err, size_t errlen)
 {
@@ -72,6 +79,7 @@ static bool cmk_crypt(cmk_ud *u, kv_crypt_op op, const uint8_t *in, size_t in_le
                                    HSM_RSA_OAEP_SHA256, in, in_len, out, out_len, u->version_out,
                                    &ke);
     if (st != KV_OK) {
+        u->transient = kv_status_transient(st);
         snprintf(err, errlen, "key '%.100s' in vault '%.64s' (%s as identity %s of policy "
                  "'%.100s'): %s: %.300s",
                  pol.key_name, vault, op == KV_CRYPT_WRAP ? "wrapKey" : "unwrapKey", who.oid,
@@ -719,7 +727,7 @@ typedef struct {
     size_t wrapped_len;
 } recheck_item;
 static bool probe(pp_envs_t *p, const recheck_item *it, pp_policy *pol, pp_dek *dek,
-                  char *why, size_t whylen, char *latest, size_t latestlen);
+                  char *why, size_t whylen, char *latest, size_t latestlen, bool *transient);
 
 pp_env_status pp_env_reenable(pp_envs_t *p, const char *id, const auth_principal *caller,
                               pp_env_err *e)
@@ -760,7 +768,8 @@ pp_env_status pp_env_reenable(pp_envs_t *p, const char *id, const auth_principal
         memset(&pol, 0, sizeof pol);
         pp_dek dek = {0};
         char why[400] = "", latest[40] = "";
-        bool ok = probe(p, &it, &pol, &dek, why, sizeof why, latest, sizeof latest);
+        bool transient = false;
+        bool ok = probe(p, &it, &pol, &dek, why, sizeof why, latest, sizeof latest, &transient);
         pp_dek_wipe(&dek);
         OPENSSL_cleanse(&it, sizeof it);
         if (!ok) {
@@ -830,12 +839,15 @@ static void lock_cause(pp_envs_t *p, const char *vault, const pp_policy *pol,
     snprintf(out, outlen, "%s: %.300s", kv_status_str(st), kvmsg);
 }
 
-/* Checks one linked environment's key as the policy identity; ok -> *dek holds the data key. */
+/* Checks one linked environment's key as the policy identity; ok -> *dek holds the data key.
+ * On failure *transient says the check could not tell (HSM or store fault), which is no
+ * revocation. */
 static bool probe(pp_envs_t *p, const recheck_item *it, pp_policy *pol, pp_dek *dek,
-                  char *why, size_t whylen, char *latest, size_t latestlen)
+                  char *why, size_t whylen, char *latest, size_t latestlen, bool *transient)
 {
     auth_principal who;
     char vault[64];
+    *transient = false;
     __atomic_fetch_add(&p->probes, 1, __ATOMIC_RELAXED);
     if (!cmk_resolve(p, it->system_id, pol, &who, vault, sizeof vault, why, whylen))
         return false;
@@ -843,6 +855,7 @@ static bool probe(pp_envs_t *p, const recheck_item *it, pp_policy *pol, pp_dek *
     kv_status st = kv_key_cmk_probe_as(p->cmk.kv, &who, vault, pol->key_name, it->version, NULL,
                                        &ke);
     if (st != KV_OK) {
+        *transient = kv_status_transient(st);
         lock_cause(p, vault, pol, it->version, st, ke.msg, why, whylen);
         return false;
     }
@@ -850,6 +863,7 @@ static bool probe(pp_envs_t *p, const recheck_item *it, pp_policy *pol, pp_dek *
     pp_key_wrapper w = cmk_wrapper(&u, p, it->system_id, it->version);
     char e2[400] = "";
     if (pp_dek_unwrap(&w, it->wrapped, it->wrapped_len, dek, e2, sizeof e2) != PP_ENVELOPE_OK) {
+        *transient = u.transient;
         snprintf(why, whylen, "%s", e2);
         return false;
     }
@@ -982,7 +996,19 @@ static void recheck(pp_envs_t *p, const char *vault_filter, const char *key_filt
         memset(&pol, 0, sizeof pol);
         pp_dek dek = {0};
         char why[400] = "", latest[40] = "";
-        bool ok = probe(p, it, &pol, &dek, why, sizeof why, latest, sizeof latest);
+        bool transient = false;
+        bool ok = probe(p, it, &pol, &dek, why, sizeof why, latest, sizeof latest, &transient);
+        if (!ok && transient) {
+            /* an HSM or store fault says nothing about the key: no lock, no health change;
+             * the next re-check probes again */
+            char detail[500];
+            snprintf(detail, sizeof detail,
+                     "key check deferred, environment left as it is: %.400s", why);
+            envi_audit(p, "LockWatch", it->id, "Deferred", NULL, NULL, NULL, detail);
+            emu_log(EMU_LOG_WARN, "pp-env", "environment %s: %s", it->id, detail);
+            pp_dek_wipe(&dek);
+            continue;
+        }
         if (pol.system_id[0]) {
             pp_health h = ok ? PP_HEALTH_HEALTHY : PP_HEALTH_UNHEALTHY;
             if (pol.health != h)

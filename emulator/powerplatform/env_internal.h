@@ -74,6 +74,9 @@ typedef struct {
     const char *system_id;
     const char *version; /* unwrap: the version that wrapped; wrap: "" = the policy's */
     char version_out[33];
+    /* set when the call failed for a reason that says nothing about the key (HSM unavailable
+     * or failing, store failure): not a revocation, so the lock watch must not lock on it */
+    bool transient;
 } cmk_ud;
 pp_key_wrapper envi_wrapper_for(pp_envs_t *p, const env_rec *r, cmk_ud *u);
 
