@@ -22,6 +22,8 @@ typedef struct {
     int64_t started; /* wall clock */
     auth_t *auth;    /* strict mode: mutating endpoints need an emulator admin */
     emu_audit *audit;
+    /* start-up reconciliation (kv_reconciled): orphan key pairs destroyed, rows without one */
+    size_t reconciled_orphans, reconciled_missing;
 } emu_admin_ctx;
 
 void emu_admin_register(emu_router *r, emu_admin_ctx *ctx);
