@@ -34,9 +34,9 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
-#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
@@ -1299,9 +1299,8 @@ static int token_dir_exists(const char *tokens)
         return 0;
     while (!found && (e = readdir(d)) != NULL) {
         char obj[PATH_MAX];
-        if (e->d_name[0] != '.' &&
-            (size_t)snprintf(obj, sizeof(obj), "%s/%s/token.object", tokens, e->d_name) <
-                sizeof(obj))
+        if (e->d_name[0] != '.' && (size_t)snprintf(obj, sizeof(obj), "%s/%s/token.object", tokens,
+                                                    e->d_name) < sizeof(obj))
             found = access(obj, F_OK) == 0;
     }
     closedir(d);
