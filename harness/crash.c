@@ -578,9 +578,19 @@ static int key_op_run(cr_client *c, cr_opkind kind, int slot)
         k->bstate = *s;
         break;
     }
-    case OP_RESTORE:
+    case OP_RESTORE: {
+        char cur[33];
+        kid_version(jstr(rs.json, "key.kid"), cur);
         *s = k->bstate;
+        if (strcmp(cur, s->latest)) {
+            snprintf(c->fail, sizeof(c->fail),
+                     "restore %s: the current version is %.8s, at backup it was %.8s", name, cur,
+                     s->latest);
+            hx_resp_cleanup(&rs);
+            return -1;
+        }
         break;
+    }
     default:
         break;
     }

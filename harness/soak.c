@@ -138,18 +138,44 @@ static void note_error(sk_conn *c, sk_op op, long status, const char *detail)
     pthread_mutex_unlock(&r->err_lock);
 }
 
+/* The weights in use: SK_MIX, or only the operations named by --ops. */
+static unsigned g_weight[SK_NOPS];
+
 static sk_op pick(sk_conn *c)
 {
     unsigned total = 0;
     for (int i = 0; i < SK_NOPS; i++)
-        total += SK_MIX[i].weight;
+        total += g_weight[i];
     unsigned p = (unsigned)(rng_next(&c->rng) % total);
     for (int i = 0; i < SK_NOPS; i++) {
-        if (p < SK_MIX[i].weight)
+        if (p < g_weight[i])
             return (sk_op)i;
-        p -= SK_MIX[i].weight;
+        p -= g_weight[i];
     }
     return SK_GET;
+}
+
+/* "get,unwrap" -> only those weights; 0 on success. */
+static int ops_select(const char *list)
+{
+    char buf[256];
+    int any = 0;
+    snprintf(buf, sizeof(buf), "%s", list);
+    memset(g_weight, 0, sizeof(g_weight));
+    for (char *tok = buf, *comma; tok; tok = comma ? comma + 1 : NULL) {
+        comma = strchr(tok, ',');
+        if (comma)
+            *comma = '\0';
+        int found = 0;
+        for (int i = 0; i < SK_NOPS; i++)
+            if (!strcmp(tok, SK_MIX[i].name)) {
+                g_weight[i] = SK_MIX[i].weight;
+                found = any = 1;
+            }
+        if (!found)
+            return -1;
+    }
+    return any ? 0 : -1;
 }
 
 /* One operation; returns 1 when every answer was the expected one. */
@@ -346,14 +372,16 @@ static double growth_pct(long base, long last)
 static void usage(FILE *f)
 {
     fprintf(f, "usage: cmkharness soak [--seconds N] [--connections N] [--sample SECONDS]\n"
-               "                       [--emulator PATH] [--no-growth-check]\n"
+               "                       [--emulator PATH] [--no-growth-check] [--ops A,B]\n"
                "Mixed traffic at saturation against a cmkemu serve of its own; samples its RSS\n"
                "and open fds. Fails on any unexpected answer, or when RSS or fds grow by 5 %% or\n"
                "more after the warm-up (the first 20 %% of the run).\n"
                "  --seconds N        duration (default 600)\n"
                "  --connections N    keep-alive client connections (default 8)\n"
                "  --sample S         seconds between samples (default: duration / 60, >= 1)\n"
-               "  --no-growth-check  report growth but do not fail on it (short smoke runs)\n");
+               "  --no-growth-check  report growth but do not fail on it (short smoke runs)\n"
+               "  --ops A,B,...      only these operations of the mix (get wrap unwrap update\n"
+               "                     create record-read record-write arm-read env-read token)\n");
 }
 
 int hx_soak_main(int argc, char **argv)
@@ -366,6 +394,8 @@ int hx_soak_main(int argc, char **argv)
 
     if (!r)
         return 1;
+    for (int i = 0; i < SK_NOPS; i++)
+        g_weight[i] = SK_MIX[i].weight;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         unsigned long *num = NULL, lo = 1, hi = 0;
@@ -375,6 +405,15 @@ int hx_soak_main(int argc, char **argv)
             return 0;
         } else if (!strcmp(a, "--no-growth-check")) {
             growth_check = 0;
+            continue;
+        } else if (!strcmp(a, "--ops") && v) {
+            if (ops_select(v) != 0) {
+                fprintf(stderr, "cmkharness soak: --ops takes names from the mix, e.g. "
+                                "get,unwrap,token\n");
+                free(r);
+                return 2;
+            }
+            i++;
             continue;
         } else if (!strcmp(a, "--emulator") && v) {
             bin = v;
@@ -489,7 +528,10 @@ int hx_soak_main(int argc, char **argv)
     printf("  after warm-up (t=%.0f s): RSS %ld kB, fds %ld; last (t=%.0f s): RSS %ld kB, fds %ld; "
            "max RSS %ld kB, max fds %ld\n",
            b->t, b->rss_kb, b->fds, l->t, l->rss_kb, l->fds, rss_max, fds_max);
-    printf("  growth after warm-up: RSS %+.1f %%, fds %+.1f %%%s\n", rss_g, fds_g,
+    printf("  RSS MB by sample:");
+    for (size_t i = 0; i < r->nsamples; i++)
+        printf(" %.1f", (double)r->samples[i].rss_kb / 1024.0);
+    printf("\n  growth after warm-up: RSS %+.1f %%, fds %+.1f %%%s\n", rss_g, fds_g,
            growth_check ? "" : " (not checked)");
     if (errors)
         fprintf(stderr, "cmkharness soak: first unexpected answer: %s\n", r->first_error);
