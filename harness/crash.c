@@ -789,7 +789,8 @@ static int verify_keys(cr_run *r, cr_client *c, hx_http *h)
                                       c->fl.kind == OP_ROTATE ? ks_latest_tag(&c->fl.before) : -1)
                         : ks_after(&c->fl, k, &after) && ks_equal(&actual, &after))) {
             r->inflight_applied++;
-            k->s = actual;
+            /* a deleted key shows only its latest version: keep the versions it had */
+            k->s = actual.st == K_DELETED ? after : actual;
         } else {
             ks_describe(&k->s, want, sizeof(want));
             ks_describe(&actual, got, sizeof(got));
