@@ -26,6 +26,8 @@ typedef struct {
     auth_t *auth;    /* strict mode: mutating endpoints need an emulator admin */
     emu_audit *audit;
     emu_faults *faults; /* /_emulator/faults; NULL = not offered */
+    /* start-up reconciliation (kv_reconciled): orphan key pairs destroyed, rows without one */
+    size_t reconciled_orphans, reconciled_missing;
 } emu_admin_ctx;
 
 void emu_admin_register(emu_router *r, emu_admin_ctx *ctx);

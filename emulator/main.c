@@ -24,6 +24,7 @@
 #include "clock.h"
 #include "config.h"
 #include "faults.h"
+#include "fsck.h"
 #include "hsm.h"
 #include "http.h"
 #include "keyvault/kv.h"
@@ -100,6 +101,8 @@ static kv_status kv_rbac_via_roles(const char *vault, const char *key, const aut
 static int usage(FILE *out, int rc)
 {
     fprintf(out, "usage: cmkemu serve [options]\n"
+                 "       cmkemu fsck [--json] [--data-dir DIR]   token/store cross-check "
+                 "(server stopped)\n"
                  "       cmkemu --version\n\n"
                  "cmkemu emulates Azure Key Vault keys (backed by a PKCS#11 token), the ARM\n"
                  "endpoints around them and Power Platform customer-managed keys.\n\n"
@@ -207,6 +210,7 @@ static int serve(int argc, char **argv)
                            .auth = auth,
                            .audit = audit,
                            .faults = faults};
+    kv_reconciled(kv, &admin.reconciled_orphans, &admin.reconciled_missing);
     emu_admin_register(router, &admin);
     char identity_header[128] = "";
     if (!emu_store_meta_get(store, "identity_header", identity_header, sizeof identity_header))
@@ -395,6 +399,8 @@ int main(int argc, char **argv)
         return usage(stderr, 2);
     if (!strcmp(argv[1], "serve"))
         return serve(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "fsck"))
+        return emu_fsck_main(argc - 2, argv + 2);
     if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
         printf("cmkemu %s\n", CMKEMU_VERSION);
         return 0;

@@ -10,6 +10,7 @@
 #include "bench/bench.h"
 #include "conformance.h"
 #include "coverage.h"
+#include "crash.h"
 #include "scenario.h"
 
 #ifndef CMKH_VERSION
@@ -22,9 +23,10 @@ static void usage(FILE *f)
                "  conformance --url URL ...   run the conformance cases (--help for options)\n"
                "  bench ...                   load generator\n"
                "  bench-crypto ...            in-process record encryption vs OpenSSL\n"
-               "  bench-crypto ...            in-process record encryption vs OpenSSL\n"
                "  scenario list | run NAME   narrated trainer scenarios (--help for options)\n"
                "  coverage ENV --url URL ...  CMK coverage of an environment's components\n"
+               "  crash --cycles N            SIGKILL/restart consistency of a real cmkemu\n"
+               "  soak --seconds N            mixed load on a real cmkemu; RSS and fds flat\n"
                "  --help, --version\n");
 }
 
@@ -51,6 +53,10 @@ int main(int argc, char **argv)
         return cmkh_bench_crypto_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "scenario"))
         return hx_scenario_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "crash"))
+        return hx_crash_main(argc - 1, argv + 1);
+    if (!strcmp(cmd, "soak"))
+        return hx_soak_main(argc - 1, argv + 1);
     if (!strcmp(cmd, "coverage"))
         return hx_coverage_main(argc - 1, argv + 1);
     fprintf(stderr, "cmkharness: unknown command %s\n", cmd);

@@ -34,6 +34,7 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1279,6 +1280,82 @@ static hsm_status libp11_fail(const char *what, hsm_status fallback, char *err, 
     return st;
 }
 
+/*
+ * SoftHSM rewrites a token's token.object in place (truncate, then write), also at a
+ * login, so a SIGKILL at the wrong moment leaves it empty: the token, and every key in it,
+ * becomes invisible, and a naive start would create a fresh token beside it. So in managed
+ * mode each token dir keeps token.object.good, a copy taken after every successful login
+ * (file_write_atomic), and a token.object that is empty or shorter
+ * than that copy is put back from it before the module is loaded. And a new token is never
+ * created while a token dir exists (see token_dir_exists).
+ */
+static int file_read_all(const char *path, uint8_t *buf, size_t cap, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t r;
+
+    *len = 0;
+    if (fd < 0)
+        return -1;
+    while ((r = read(fd, buf + *len, cap - *len)) > 0 && *len + (size_t)r < cap)
+        *len += (size_t)r;
+    if (r > 0)
+        *len += (size_t)r;
+    close(fd);
+    return r < 0 || *len == cap ? -1 : 0; /* cap reached: not a token.object we know */
+}
+
+/* For each token dir under tokens: keep (1) copies token.object to token.object.good;
+ * keep (0) restores a damaged token.object from it. Returns the number of dirs acted on. */
+static int token_objects_guard(const char *tokens, int keep)
+{
+    DIR *d = opendir(tokens);
+    struct dirent *e;
+    int n = 0;
+
+    if (!d)
+        return 0;
+    while ((e = readdir(d)) != NULL) {
+        char obj[PATH_MAX], good[PATH_MAX];
+        uint8_t a[8192], b[8192];
+        size_t al = 0, bl = 0;
+
+        if (e->d_name[0] == '.' ||
+            (size_t)snprintf(obj, sizeof(obj), "%s/%s/token.object", tokens, e->d_name) >=
+                sizeof(obj) ||
+            (size_t)snprintf(good, sizeof(good), "%s.good", obj) >= sizeof(good))
+            continue;
+        int have_obj = file_read_all(obj, a, sizeof(a), &al) == 0;
+        int have_good = file_read_all(good, b, sizeof(b), &bl) == 0 && bl > 0;
+        char ignored[256];
+        if (keep && have_obj && al > 0 && (al != bl || memcmp(a, b, al) != 0))
+            n += file_write_atomic(good, a, al, ignored, sizeof(ignored)) == HSM_OK;
+        else if (!keep && have_good && (!have_obj || al < bl))
+            n += file_write_atomic(obj, b, bl, ignored, sizeof(ignored)) == HSM_OK;
+    }
+    closedir(d);
+    return n;
+}
+
+/* Is there a token dir (with a token.object, even a damaged one) under tokens? */
+static int token_dir_exists(const char *tokens)
+{
+    DIR *d = opendir(tokens);
+    struct dirent *e;
+    int found = 0;
+
+    if (!d)
+        return 0;
+    while (!found && (e = readdir(d)) != NULL) {
+        char obj[PATH_MAX];
+        if (e->d_name[0] != '.' && (size_t)snprintf(obj, sizeof(obj), "%s/%s/token.object", tokens,
+                                                    e->d_name) < sizeof(obj))
+            found = access(obj, F_OK) == 0;
+    }
+    closedir(d);
+    return found;
+}
+
 /* Creates the SoftHSM token: PINs first (files written before the token exists, so a crash
  * never leaves a token whose PIN is lost), then C_InitToken through libp11. */
 static hsm_status token_create(hsm_t *h, const managed_paths *mp, const char *label32, char *pin,
@@ -1462,6 +1539,7 @@ hsm_status hsm_open(const hsm_config *cfg, hsm_t **out, char *err, size_t errlen
         st = managed_prepare(cfg->data_dir, &mp, err, errlen);
         if (st != HSM_OK)
             goto out;
+        token_objects_guard(mp.tokens, 0);
         if (!cfg->pin) {
             st = pin_file_read(mp.pin, pin, &have_pin, err, errlen);
             if (st != HSM_OK)
@@ -1515,6 +1593,14 @@ hsm_status hsm_open(const hsm_config *cfg, hsm_t **out, char *err, size_t errlen
             st = HSM_ERR_TOKEN;
             goto out;
         }
+        if (token_dir_exists(mp.tokens)) {
+            err_set(err, errlen,
+                    "token '%s' is in %s but SoftHSM cannot read it (a damaged token.object?); "
+                    "not creating a new token, its keys would be lost",
+                    h->token_label, mp.tokens);
+            st = HSM_ERR_TOKEN;
+            goto out;
+        }
         st = token_create(h, &mp, label32, pin, &have_pin, so_pin, &have_so, err, errlen);
         if (st != HSM_OK)
             goto out;
@@ -1555,6 +1641,8 @@ hsm_status hsm_open(const hsm_config *cfg, hsm_t **out, char *err, size_t errlen
         goto out;
     }
     h->logged_in = 1;
+    if (managed)
+        token_objects_guard(mp.tokens, 1);
     st = raw_attach(h, err, errlen);
 out:
     OPENSSL_cleanse(pin, sizeof(pin));

@@ -31,6 +31,7 @@
 
 #include "clock.h"
 #include "fixture.h"
+#include "fsck.h"
 #include "hsm.h"
 #include "keyvault/kv.h"
 #include "log.h"
@@ -1494,6 +1495,13 @@ static void state_survives_reopen(void **state)
     assert_int_equal(hsm_rsa_generate(f->hsm, 2048, 0, "orphan", orphan), HSM_OK);
     f->generated++;
     assert_int_equal(token_pairs(f), pairs + 1);
+    /* fsck sees it as an orphan; every row has its key pair */
+    emu_fsck_report rep;
+    char ferr[256];
+    assert_true(emu_fsck_run(f->store, f->hsm, &rep, ferr, sizeof ferr));
+    assert_int_equal(rep.orphans, 1);
+    assert_int_equal(rep.missing, 0);
+    assert_int_equal(rep.token_keys, pairs + 1);
 
     close_all(f);
     if (open_all(f) != 0)
@@ -1511,6 +1519,13 @@ static void state_survives_reopen(void **state)
         assert_int_equal(kv_key_count(f->kv, vaults[i]), counts[i]);
     /* reconciliation at open destroyed the orphan and nothing else */
     assert_int_equal(token_pairs(f), pairs);
+    size_t rec_orphans = 9, rec_missing = 9;
+    kv_reconciled(f->kv, &rec_orphans, &rec_missing);
+    assert_int_equal(rec_orphans, 1);
+    assert_int_equal(rec_missing, 0);
+    assert_true(emu_fsck_run(f->store, f->hsm, &rep, ferr, sizeof ferr));
+    assert_int_equal(rep.orphans, 0);
+    assert_int_equal(rep.missing, 0);
     uint8_t *on = NULL, *oe = NULL;
     size_t onl, oel;
     assert_int_equal(hsm_rsa_public(f->hsm, orphan, &on, &onl, &oe, &oel), HSM_ERR_NOT_FOUND);

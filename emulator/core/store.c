@@ -145,6 +145,15 @@ void emu_store_wait_durable(emu_store *s, uint64_t seq)
     pthread_mutex_unlock(&s->sync_lock);
 }
 
+void emu_store_wait_all_durable(emu_store *s)
+{
+    pthread_mutex_lock(&s->sync_lock);
+    uint64_t seq = s->written;
+    pthread_mutex_unlock(&s->sync_lock);
+    if (seq)
+        emu_store_wait_durable(s, seq);
+}
+
 bool emu_store_when_durable(emu_store *s, uint64_t seq, emu_store_durable_fn fn, void *ud)
 {
     pthread_mutex_lock(&s->sync_lock);
@@ -440,6 +449,21 @@ bool emu_store_own_hsm_object(emu_store *s, const void *id, size_t id_len, const
         else
             emu_store_rollback(db);
     }
+    emu_store_unlock(s);
+    return ok;
+}
+
+bool emu_store_owned_foreach(emu_store *s, void (*fn)(const void *id, size_t id_len, void *ud),
+                             void *ud)
+{
+    sqlite3 *db = emu_store_lock(s);
+    sqlite3_stmt *st = NULL;
+    bool ok = sqlite3_prepare_v2(db, "SELECT hsm_id FROM hsm_owned", -1, &st, NULL) == SQLITE_OK;
+    int rc = SQLITE_DONE;
+    while (ok && (rc = sqlite3_step(st)) == SQLITE_ROW)
+        fn(sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0), ud);
+    ok = ok && rc == SQLITE_DONE;
+    sqlite3_finalize(st);
     emu_store_unlock(s);
     return ok;
 }

@@ -66,6 +66,16 @@ void emu_store_rollback(sqlite3 *db);
 bool emu_store_own_hsm_object(emu_store *s, const void *id, size_t id_len, const char *owner,
                               const char *meta_key, const char *meta_value);
 
+/* Blocks until every commit made so far (by any thread) is durable. For an effect outside the
+ * store that must never get ahead of a commit on disk, e.g. destroying a token object after
+ * the commit that deleted its row (a power loss must not leave the row without its object). */
+void emu_store_wait_all_durable(emu_store *s);
+
+/* Calls fn for every token object id in table hsm_owned (fsck). false if the table cannot be
+ * read. Takes the store lock; fn must not call into the store. */
+bool emu_store_owned_foreach(emu_store *s, void (*fn)(const void *id, size_t id_len, void *ud),
+                             void *ud);
+
 /* Small key/value table for core settings (clock offset, world loaded flag). */
 bool emu_store_meta_get(emu_store *s, const char *key, char *out, size_t outlen);
 bool emu_store_meta_set(emu_store *s, const char *key, const char *value);

@@ -70,6 +70,8 @@ struct kv {
     void *change_ud;
     kv_rbac_check_fn rbac_fn;
     void *rbac_ud;
+    /* what reconcile() found at open (read-only after) */
+    size_t reconciled_orphans, reconciled_missing;
 };
 
 static const emu_migration KV_MIGRATIONS[] = {
@@ -789,6 +791,8 @@ static void reconcile(kv_t *kv)
     for (size_t i = 0; i < rows.n; i++)
         if (!token.n || !bsearch(rows.ids[i], token.ids, token.n, HSM_ID_LEN, cmp_id))
             missing++;
+    kv->reconciled_orphans = orphans;
+    kv->reconciled_missing = missing;
     if (orphans)
         emu_log(EMU_LOG_WARN, "kv", "destroyed %zu token key pair(s) that no key version refers to",
                 orphans);
@@ -822,6 +826,28 @@ static bool ensure_backup_signing_key(kv_t *kv, char *err, size_t errlen)
         hsm_key_destroy(kv->hsm, kv->backup_sign_id);
         snprintf(err, errlen, "cannot record the backup signing key");
     }
+    return ok;
+}
+
+void kv_reconciled(const kv_t *kv, size_t *orphans, size_t *missing)
+{
+    *orphans = kv->reconciled_orphans;
+    *missing = kv->reconciled_missing;
+}
+
+bool kv_store_hsm_ids(emu_store *store, void (*fn)(const uint8_t id[HSM_ID_LEN], void *ud),
+                      void *ud)
+{
+    sqlite3 *db = emu_store_lock(store);
+    sqlite3_stmt *st = NULL;
+    bool ok = sqlite3_prepare_v2(db, "SELECT hsm_id FROM kv_versions", -1, &st, NULL) == SQLITE_OK;
+    int rc = SQLITE_DONE;
+    while (ok && (rc = sqlite3_step(st)) == SQLITE_ROW)
+        if (sqlite3_column_bytes(st, 0) == HSM_ID_LEN)
+            fn(sqlite3_column_blob(st, 0), ud);
+    ok = ok && rc == SQLITE_DONE;
+    sqlite3_finalize(st);
+    emu_store_unlock(store);
     return ok;
 }
 
@@ -1234,6 +1260,8 @@ static kv_status vault_purge_locked(kv_t *kv, kv_vault *v, kv_err *e)
 {
     if (!db_txn(kv, db_delete_vault, v->info.name))
         return store_fail(e, "vault could not be purged from the store");
+    /* rows first, durably (an HTTP caller's commit is not synced yet), then the objects */
+    emu_store_wait_all_durable(kv->store);
     for (size_t i = 0; i < kv->nvaults; i++)
         if (kv->vaults[i] == v) {
             memmove(kv->vaults + i, kv->vaults + i + 1, (kv->nvaults - i - 1) * sizeof *kv->vaults);
@@ -1830,6 +1858,8 @@ static kv_status purge_locked(kv_t *kv, kv_vault *v, kv_key *k, kv_err *e)
     key_ud ud = {v->info.name, k};
     if (!db_txn(kv, db_delete_key_fn, &ud))
         return store_fail(e, "key could not be purged from the store");
+    /* rows first, durably (an HTTP caller's commit is not synced yet), then the objects */
+    emu_store_wait_all_durable(kv->store);
     key_remove(v, k);
     for (size_t i = 0; i < k->nversions; i++) {
         hsm_status hs = hsm_key_destroy(kv->hsm, k->versions[i]->hsm_id);

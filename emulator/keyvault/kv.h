@@ -61,6 +61,17 @@ kv_t *kv_open(emu_store *store, hsm_t *hsm, char *err, size_t errlen);
 /* Closes the domain. The clock hook registered by kv_open stays registered: call
  * emu_clock_hooks_clear() before kv_close (main and the tests do). */
 void kv_close(kv_t *kv);
+
+/* What kv_open's reconciliation found: token key pairs no row referred to (destroyed) and
+ * key versions whose key pair is missing (reported; never expected). */
+void kv_reconciled(const kv_t *kv, size_t *orphans, size_t *missing);
+
+/* Offline check (cmkemu fsck): calls fn with the token id of every key version row in the
+ * store, without loading the domain. The caller must have opened store only (the server is
+ * not running). false if the rows cannot be read (no key vault schema yet). fn must not call
+ * into the store. */
+bool kv_store_hsm_ids(emu_store *store, void (*fn)(const uint8_t id[HSM_ID_LEN], void *ud),
+                      void *ud);
 hsm_t *kv_hsm(kv_t *kv);
 
 /* ---- vaults ---------------------------------------------------------------------------- */

@@ -759,8 +759,8 @@ static int jwk_param(json_t *jwk, const EVP_PKEY *pk, const char *param, const c
     return rc;
 }
 
-/* One RSA-2048 key pair made here, as the body of every import request. */
-static int import_setup(hx_bench *b)
+/* One RSA-2048 key pair made here, as the body of an import request (also crash.c). */
+char *hx_bench_import_body(void)
 {
     static const struct {
         const char *param, *name;
@@ -776,7 +776,7 @@ static int import_setup(hx_bench *b)
     json_t *jwk = json_pack("{s:s,s:[s,s,s,s]}", "kty", "RSA", "key_ops", "wrapKey", "unwrapKey",
                             "encrypt", "decrypt");
     json_t *body = NULL;
-    int rc = -1;
+    char *text = NULL;
 
     if (!pk || !jwk)
         goto out;
@@ -784,13 +784,18 @@ static int import_setup(hx_bench *b)
         if (jwk_param(jwk, pk, parts[i].param, parts[i].name) != 0)
             goto out;
     body = json_pack("{s:O}", "key", jwk);
-    b->import_body = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    rc = b->import_body ? 0 : -1;
+    text = body ? json_dumps(body, JSON_COMPACT) : NULL;
 out:
     json_decref(body);
     json_decref(jwk);
     EVP_PKEY_free(pk);
-    return rc;
+    return text;
+}
+
+static int import_setup(hx_bench *b)
+{
+    b->import_body = hx_bench_import_body();
+    return b->import_body ? 0 : -1;
 }
 
 /* Walks the versions list with maxresults=25 and keeps the URL of its last page. */

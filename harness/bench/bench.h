@@ -9,5 +9,8 @@
 int cmkh_bench_main(int argc, char **argv);
 /* `cmkharness bench-crypto`: the in-process record encryption path (bench_crypto.c). */
 int cmkh_bench_crypto_main(int argc, char **argv);
+/* {"key": JWK} of a fresh client-made RSA-2048 key with its private parts (an import body);
+ * malloc'd, the caller wipes and frees it. NULL on failure. */
+char *hx_bench_import_body(void);
 
 #endif
