@@ -44,13 +44,8 @@
 
 #define CMKEMU_VERSION "0.1.0"
 
+/* Set by the main thread once SIGINT or SIGTERM arrived (sigwait); read by the tick thread. */
 static volatile sig_atomic_t stop_requested;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_requested = 1;
-}
 
 static void *tick_main(void *arg)
 {
@@ -113,6 +108,17 @@ static int usage(FILE *out, int rc)
 
 static int serve(int argc, char **argv)
 {
+    /* SIGINT and SIGTERM are blocked in every thread (threads inherit the mask, so this comes
+     * before any is created) and taken by the main thread with sigwait: a signal that arrives
+     * during start-up waits, pending, and one delivered while another thread runs cannot be
+     * lost. (pause() with a flag lost a SIGTERM that landed between the check and the call, or
+     * on another thread, and the server never stopped.) */
+    sigset_t stop_set;
+    sigemptyset(&stop_set);
+    sigaddset(&stop_set, SIGINT);
+    sigaddset(&stop_set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop_set, NULL);
+    signal(SIGPIPE, SIG_IGN); /* a client that went away is an error return, not a signal */
     int rc = 1;
     char err[512] = "";
     emu_config cfg;
@@ -310,12 +316,6 @@ static int serve(int argc, char **argv)
     }
     int port = emu_http_port(http);
 
-    signal(SIGPIPE, SIG_IGN);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
     if (pthread_create(&tick, NULL, tick_main, NULL) == 0)
         tick_started = true;
 
@@ -360,8 +360,10 @@ static int serve(int argc, char **argv)
                     ? "; with --auth permissive any bearer token is accepted (use --auth strict)"
                     : "");
 
-    while (!stop_requested)
-        pause();
+    int sig = 0;
+    while (sigwait(&stop_set, &sig) != 0)
+        ;
+    stop_requested = 1;
     emu_log(EMU_LOG_INFO, "main", "stopping");
     rc = 0;
 out:
