@@ -28,6 +28,35 @@ void cmk_serve_make_dir(char *out, size_t len)
     assert_non_null(mkdtemp(out));
 }
 
+/* Servers started and not yet stopped: a failed assertion leaves its test half way, so they
+ * are killed at exit instead of outliving the test binary. */
+enum { MAX_LIVE = 16 };
+static pid_t live[MAX_LIVE];
+
+static void kill_live(void)
+{
+    for (int i = 0; i < MAX_LIVE; i++)
+        if (live[i] > 0) {
+            kill(live[i], SIGKILL);
+            waitpid(live[i], NULL, 0);
+            live[i] = 0;
+        }
+}
+
+static void live_set(pid_t pid, pid_t to)
+{
+    static bool registered;
+    if (!registered) {
+        atexit(kill_live);
+        registered = true;
+    }
+    for (int i = 0; i < MAX_LIVE; i++)
+        if (live[i] == pid) {
+            live[i] = to;
+            return;
+        }
+}
+
 void cmk_serve_start(cmk_server *s, const char *const *extra)
 {
     enum { MAX_ARGS = 40 };
@@ -76,6 +105,7 @@ void cmk_serve_start(cmk_server *s, const char *const *extra)
     }
     fclose(f); /* the banner is short: nothing more to drain */
     s->pid = pid;
+    live_set(0, pid);
     if (s->port <= 0) {
         char *err = cmk_serve_stderr(s);
         fprintf(stderr, "cmkemu did not start; its stderr:\n%s\n", err);
@@ -93,6 +123,7 @@ void cmk_serve_start1(cmk_server *s, const char *extra)
 
 int cmk_serve_stop(cmk_server *s)
 {
+    live_set(s->pid, 0);
     kill(s->pid, SIGTERM);
     int status = 0;
     for (int i = 0; i < 100; i++) {
