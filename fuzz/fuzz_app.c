@@ -122,14 +122,13 @@ static void register_routes(fz_app *a)
         fail("armres_open", err);
     armres_set_authenticator(a->arm, arm_authenticate, a->auth);
     armres_register(a->router, a->arm);
-    arm_common common = {
-        .tenant = FZ_TENANT, .authenticate = arm_authenticate, .auth_ud = a->auth};
+    arm_common common = {.tenant = FZ_TENANT, .authenticate = arm_authenticate, .auth_ud = a->auth};
     a->rolesctx = (auth_roles_api_ctx){.common = common, .roles = a->roles};
     auth_roles_api_register(a->router, &a->rolesctx);
     a->kvarm = (kv_arm_ctx){.common = common, .kv = a->kv, .arm = a->arm};
     kv_vaults_arm_register(a->router, &a->kvarm);
-    a->deploy = (arm_deploy_ctx){
-        .common = common, .arm = a->arm, .store = a->store, .router = a->router};
+    a->deploy =
+        (arm_deploy_ctx){.common = common, .arm = a->arm, .store = a->store, .router = a->router};
     if (!arm_deployments_init(&a->deploy, err, sizeof err))
         fail("arm_deployments_init", err);
     arm_deployments_register(a->router, &a->deploy);
@@ -140,8 +139,9 @@ static void register_routes(fz_app *a)
     if (!(a->envs = pp_envs_open(a->store, a->hsm, err, sizeof err)))
         fail("pp_envs_open", err);
     pp_envs_set_audit(a->envs, a->audit);
-    pp_envs_set_cmk(a->envs, &(pp_cmk_deps){
-                                 .kv = a->kv, .policies = a->pp, .roles = a->roles, .auth = a->auth});
+    pp_envs_set_cmk(
+        a->envs,
+        &(pp_cmk_deps){.kv = a->kv, .policies = a->pp, .roles = a->roles, .auth = a->auth});
     if (!(a->comps = pp_comps_open(a->store, a->hsm, a->envs, a->audit, err, sizeof err)))
         fail("pp_comps_open", err);
     a->bap = (pp_bap_ctx){.envs = a->envs, .auth = a->auth, .comps = a->comps};
@@ -225,13 +225,34 @@ void fz_app_free(fz_app *a)
     free(a);
 }
 
-hsm_t *fz_app_hsm(fz_app *a) { return a->hsm; }
-emu_store *fz_app_store(fz_app *a) { return a->store; }
-auth_t *fz_app_auth(fz_app *a) { return a->auth; }
-kv_t *fz_app_kv(fz_app *a) { return a->kv; }
-emu_router *fz_app_router(fz_app *a) { return a->router; }
-const char *fz_app_dir(const fz_app *a) { return a->dir; }
-const char *fz_app_bearer(fz_app *a) { return a->bearer; }
+hsm_t *fz_app_hsm(fz_app *a)
+{
+    return a->hsm;
+}
+emu_store *fz_app_store(fz_app *a)
+{
+    return a->store;
+}
+auth_t *fz_app_auth(fz_app *a)
+{
+    return a->auth;
+}
+kv_t *fz_app_kv(fz_app *a)
+{
+    return a->kv;
+}
+emu_router *fz_app_router(fz_app *a)
+{
+    return a->router;
+}
+const char *fz_app_dir(const fz_app *a)
+{
+    return a->dir;
+}
+const char *fz_app_bearer(fz_app *a)
+{
+    return a->bearer;
+}
 
 void fz_dispatch(emu_router *r, emu_req *req)
 {

@@ -36,7 +36,8 @@ static void setup(void)
         !emu_hex_decode(hex, key_id, HSM_ID_LEN))
         abort();
     json_t *jwks = auth_jwks(fz_app_auth(app));
-    const char *k = json_string_value(json_object_get(json_array_get(json_object_get(jwks, "keys"), 0), "kid"));
+    const char *k =
+        json_string_value(json_object_get(json_array_get(json_object_get(jwks, "keys"), 0), "kid"));
     if (!k)
         abort();
     snprintf(kid, sizeof kid, "%s", k);
@@ -116,7 +117,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else if (mode == 1) {
         const uint8_t *nl = memchr(data, '\n', size);
         size_t hl = nl ? (size_t)(nl - data) : size;
-        token = nl ? sign_parts(data, hl, nl + 1, size - hl - 1) : sign_parts(data, hl, (const uint8_t *)"", 0);
+        token = nl ? sign_parts(data, hl, nl + 1, size - hl - 1)
+                   : sign_parts(data, hl, (const uint8_t *)"", 0);
     } else {
         token = emu_xstrdup(minted);
         size_t len = strlen(token);

@@ -84,8 +84,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cfg.world_file = path;
     emu_world_info info;
     char err[512] = "";
-    bool ok = emu_world_load(&cfg, fz_app_store(app), fz_app_auth(app), fz_app_kv(app), &info,
-                             err, sizeof err);
+    bool ok = emu_world_load(&cfg, fz_app_store(app), fz_app_auth(app), fz_app_kv(app), &info, err,
+                             sizeof err);
     if (!ok && !err[0])
         abort(); /* a refusal must say why */
     return 0;
