@@ -254,6 +254,13 @@ const char *fz_app_bearer(fz_app *a)
     return a->bearer;
 }
 
+long fz_env_long(const char *name, long min, long max, long def)
+{
+    const char *s = getenv(name);
+    int64_t v;
+    return s && emu_parse_i64(s, min, max, &v) ? (long)v : def;
+}
+
 void fz_dispatch(emu_router *r, emu_req *req)
 {
     if (req->query_overflow) {

@@ -54,6 +54,9 @@ const char *fz_app_bearer(fz_app *app);
  * CMKEMU_FUZZ_LOG is set in the environment. */
 void fz_quiet_log(void);
 
+/* A whole number from the environment in [min, max], else def (the fuzz knobs). */
+long fz_env_long(const char *name, long min, long max, long def);
+
 /* Runs a request through the router the way core/http does once the body is in: query
  * overflow -> 400, no route -> 404/405, precheck, handler. */
 void fz_dispatch(emu_router *r, emu_req *req);

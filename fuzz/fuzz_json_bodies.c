@@ -127,9 +127,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!reset_every) {
         fz_quiet_log();
-        const char *r = getenv("CMKEMU_FUZZ_RESET");
-        int64_t v;
-        reset_every = r && emu_parse_i64(r, 1, 1000000, &v) ? (long)v : 1000;
+        reset_every = fz_env_long("CMKEMU_FUZZ_RESET", 1, 1000000, 1000);
     }
     if (size < 1 || size > FZ_MAX_INPUT)
         return 0;
