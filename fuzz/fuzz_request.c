@@ -11,7 +11,8 @@
  * value "$TOKEN" becomes "Bearer <a real token>" of the demo world's kv-admin-app.
  * Invariants checked: the normalised path starts with '/', has no "//" and no trailing '/'
  * (except "/"); percent decoding never grows; every request ends with exactly one response
- * with a status in 100..599.
+ * with a status in 100..599; a response typed JSON parses, and every error (but HEAD's) has a
+ * JSON body.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -129,6 +130,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (!req->responded || req->status < 100 || req->status > 599)
         abort();
+    /* an answer that says it is JSON is JSON, and an error carries a body saying why */
+    bool says_json = req->resp_type && strstr(req->resp_type, "json");
+    bool needs_body = req->status >= 400 && strcasecmp(method, "HEAD") != 0;
+    if ((says_json && req->status != 204) || needs_body) {
+        json_t *j = req->resp_len ? json_loadb(req->resp_body, req->resp_len, 0, NULL) : NULL;
+        if (!j)
+            abort();
+        json_decref(j);
+    }
     emu_req_free(req);
     free(first);
     return 0;

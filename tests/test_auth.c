@@ -397,7 +397,8 @@ static void test_auth_managed_identity(void **state)
 }
 
 /* Fuzzing finding (fuzz_request): a resource that is not UTF-8 made the token's claims
- * unbuildable and auth_token_issue dereferenced NULL; now 400 and a clean false. */
+ * unbuildable and auth_token_issue dereferenced NULL. The router now answers such a query
+ * 400 before the handler, and auth_token_issue itself fails cleanly. */
 static void test_auth_resource_not_utf8(void **state)
 {
     fixture *f = *state;
@@ -411,8 +412,9 @@ static void test_auth_resource_not_utf8(void **state)
         emu_router_dispatch(f->router, req);
         assert_int_equal(req->status, 400);
         json_t *j = json_loadb(req->resp_body, req->resp_len, 0, NULL);
-        assert_string_equal(json_string_value(json_object_get(j, "error")), "invalid_request");
-        assert_non_null(strstr(json_string_value(json_object_get(j, "error_description")), "UTF-8"));
+        json_t *e = json_object_get(j, "error");
+        assert_string_equal(json_string_value(json_object_get(e, "code")), "BadRequest");
+        assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "UTF-8"));
         json_decref(j);
         emu_req_free(req);
     }

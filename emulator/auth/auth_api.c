@@ -272,14 +272,6 @@ static void mi_common(emu_req *req, auth_api_ctx *ctx, bool imds)
         }
     }
     const char *resource = emu_req_query(req, "resource");
-    json_t *utf8 = resource ? json_string(resource) : NULL; /* NULL: not UTF-8 */
-    json_decref(utf8);
-    if (resource && !utf8) {
-        emu_send_json(req, 400,
-                      json_pack("{s:s,s:s}", "error", "invalid_request", "error_description",
-                                "The query variable 'resource' is not valid UTF-8."));
-        return;
-    }
     char aud[512];
     if (!resource || !scope_audience(resource, aud, sizeof aud)) {
         /* a bare resource without a path is its own audience */

@@ -60,6 +60,10 @@ void emu_guid(char out[37]);
 /* ASCII-lowercased copy of src into dst (truncated to dstlen - 1 bytes, always terminated). */
 void emu_lower_copy(char *dst, size_t dstlen, const char *src);
 
+/* Whether s[0..len) is well-formed UTF-8 as JSON needs it (RFC 3629: no overlong forms, no
+ * surrogates, nothing above U+10FFFF). */
+bool emu_utf8_valid(const char *s, size_t len);
+
 /* Case-insensitive ASCII compare helpers */
 bool emu_streq_ci(const char *a, const char *b);
 
