@@ -333,6 +333,39 @@ static void router_host_not_utf8(void **state)
             fail_msg("emu_utf8_valid case %zu: want %d", i, cases[i].ok);
 }
 
+/* Fuzzing finding (fuzz_json_bodies): error messages carry client text and are cut by their
+ * buffers; one that was not UTF-8 made the error answer's JSON unbuildable (a 4xx with an
+ * empty body). The error senders repair the text first. */
+static void error_message_not_utf8(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"plain", "plain"},
+        {"caf\xc3\xa9", "caf\xc3\xa9"},
+        {"a\xff"
+         "b",
+         "a?b"},
+        {"cut \xe2\x82", "cut ??"},
+        {"\xed\xa0\x80", "???"},
+        {"\xf0\x9f\x94\x91 ok", "\xf0\x9f\x94\x91 ok"},
+        {"", ""},
+    };
+    for (size_t i = 0; i < N_ELEMS(cases); i++) {
+        char buf[64];
+        snprintf(buf, sizeof buf, "%s", cases[i].in);
+        emu_utf8_repair(buf);
+        if (strcmp(buf, cases[i].out) != 0)
+            fail_msg("repair case %zu: '%s', want '%s'", i, buf, cases[i].out);
+    }
+    emu_req *req = emu_req_new("POST", "/x");
+    emu_send_error(req, 400, "BadParameter", "The name '%s' is invalid.", "n\xc3");
+    assert_int_equal(req->status, 400);
+    assert_string_equal(resp_error_code(req), "BadParameter");
+    emu_req_free(req);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* request: path normalisation and query decoding                                            */
 
@@ -551,6 +584,12 @@ static void req_json_table(void **state)
         {"{\"a\":}", false, 0, false, "line 1", "column"},
         {"{\n\"a\": 1,\n\"b\": }", false, 0, false, "line 3", "column"},
         {"{\"a\":1} x", false, 0, false, "not valid JSON", NULL},
+        /* fuzzing finding (fuzz_json_bodies): jansson quotes the bytes it stopped at; a bad
+         * escape before a multi-byte character gave a message that was not UTF-8 */
+        {"{\"\\\xde\x8d"
+         "dtime\":3600}",
+         false, 0, false, "not valid JSON", NULL},
+        {"{\"a\":\"\xff\"}", false, 0, false, "not valid JSON", NULL},
     };
     for (size_t i = 0; i < N_ELEMS(cases); i++) {
         const json_case *c = &cases[i];
@@ -571,6 +610,8 @@ static void req_json_table(void **state)
             json_decref(j);
         } else {
             assert_true(err[0] != '\0');
+            if (!emu_utf8_valid(err, strlen(err)))
+                fail_msg("case %zu: err is not UTF-8", i);
             if (c->msg_has && !strstr(err, c->msg_has))
                 fail_msg("body '%s': err '%s' lacks '%s'", c->body, err, c->msg_has);
             if (c->msg_has2 && !strstr(err, c->msg_has2))
@@ -1634,6 +1675,7 @@ int main(void)
         cmocka_unit_test(router_precheck_answer_skips_handler),
         cmocka_unit_test(router_nomatch_body_names_method_and_path),
         cmocka_unit_test(router_host_not_utf8),
+        cmocka_unit_test(error_message_not_utf8),
         cmocka_unit_test(req_path_normalised),
         cmocka_unit_test(req_query_decoding_table),
         cmocka_unit_test(req_query_overflow),

@@ -64,6 +64,10 @@ void emu_lower_copy(char *dst, size_t dstlen, const char *src);
  * surrogates, nothing above U+10FFFF). */
 bool emu_utf8_valid(const char *s, size_t len);
 
+/* Replaces, in place, every byte of s that is not part of well-formed UTF-8 with '?' (a
+ * sequence cut by snprintf, a client's stray byte), so s can go into JSON. */
+void emu_utf8_repair(char *s);
+
 /* Case-insensitive ASCII compare helpers */
 bool emu_streq_ci(const char *a, const char *b);
 
