@@ -5,7 +5,8 @@ set -euo pipefail
 PKGS=(build-essential cmake pkg-config
       softhsm2 libsofthsm2-dev libp11-dev libp11-kit-dev libssl-dev opensc
       libcmocka-dev libsqlite3-dev libjansson-dev libmicrohttpd-dev libgnutls28-dev
-      libcurl4-openssl-dev curl ca-certificates nodejs npm valgrind)
+      libcurl4-openssl-dev curl ca-certificates nodejs npm valgrind
+      clang libclang-rt-14-dev)
 missing=()
 for p in "${PKGS[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

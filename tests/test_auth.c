@@ -442,6 +442,35 @@ static void test_auth_managed_identity(void **state)
     emu_req_free(req);
 }
 
+/* Fuzzing finding (fuzz_request): a resource that is not UTF-8 made the token's claims
+ * unbuildable and auth_token_issue dereferenced NULL. The router now answers such a query
+ * 400 before the handler, and auth_token_issue itself fails cleanly. */
+static void test_auth_resource_not_utf8(void **state)
+{
+    fixture *f = *state;
+    static const char *const uris[] = {
+        "/msi/token?api-version=2019-08-01&resource=ht%A1tps://vault.azure.net",
+        "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net%FF"};
+    for (size_t i = 0; i < 2; i++) {
+        emu_req *req = emu_req_new("GET", uris[i]);
+        emu_req_add_header(req, "X-IDENTITY-HEADER", "hdr");
+        emu_req_add_header(req, "Metadata", "true");
+        emu_router_dispatch(f->router, req);
+        assert_int_equal(req->status, 400);
+        json_t *j = json_loadb(req->resp_body, req->resp_len, 0, NULL);
+        json_t *e = json_object_get(j, "error");
+        assert_string_equal(json_string_value(json_object_get(e, "code")), "BadRequest");
+        assert_non_null(strstr(json_string_value(json_object_get(e, "message")), "UTF-8"));
+        json_decref(j);
+        emu_req_free(req);
+    }
+    auth_principal p = sp(f);
+    char *tok = NULL;
+    int64_t exp = 0;
+    assert_false(auth_token_issue(f->auth, &p, "https://vault.azure.net\xa1", 600, 0, &tok, &exp));
+    assert_null(tok);
+}
+
 static void test_auth_authenticate_modes(void **state)
 {
     fixture *f = *state;
@@ -512,6 +541,7 @@ int main(void)
         cmocka_unit_test(test_auth_token_cache),
         cmocka_unit_test(test_auth_token_endpoint),
         cmocka_unit_test(test_auth_managed_identity),
+        cmocka_unit_test(test_auth_resource_not_utf8),
         cmocka_unit_test(test_auth_authenticate_modes),
         cmocka_unit_test(test_auth_permissive_mapping),
     };

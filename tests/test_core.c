@@ -173,6 +173,20 @@ static void router_dispatch_table(void **state)
         {"GET", "/keys/x/wrapkey%4", 404, "NotFound"},
         /* a route whose handler sends nothing gets a 500 */
         {"GET", "/silent", 500, "InternalError"},
+        /* fuzzing finding (fuzz_request): text that is not UTF-8 once decoded reached the
+         * handlers, whose JSON answers then could not be built (empty error bodies); now one
+         * 400 with a body, before any handler */
+        {"GET", "/keys/%FF/wrapkey", 400, "BadRequest"},
+        {"GET", "/keys/%C0%AF/wrapkey", 400, "BadRequest"},    /* overlong '/' */
+        {"GET", "/keys/%ED%A0%80/wrapkey", 400, "BadRequest"}, /* surrogate */
+        {"GET", "/files/a/\xff", 400, "BadRequest"},           /* raw byte in {*} */
+        {"GET", "/subscriptions/a?api-version=%FE", 400, "BadRequest"},
+        {"GET", "/subscriptions/a?%A0=1", 400, "BadRequest"},
+        {"GET", "/nothing?x=%FF", 400, "BadRequest"},
+        /* well-formed UTF-8 is a capture like any other */
+        {"GET", "/keys/caf%C3%A9/wrapkey", 200, "wrap-get|caf\xc3\xa9"},
+        /* a method that is not text is escaped in the 405 message */
+        {"\xff", "/keys/x/wrapkey", 405, "MethodNotAllowed"},
     };
     emu_router *r = test_router();
     for (size_t i = 0; i < N_ELEMS(cases); i++) {
@@ -279,6 +293,77 @@ static void router_nomatch_body_names_method_and_path(void **state)
     assert_string_equal(resp_error_code(req), "NotFound");
     emu_req_free(req);
     emu_router_free(r);
+}
+
+/* Fuzzing finding (fuzz_request): a Host that is not UTF-8 went into the base URL of every
+ * answer (key ids, links); refused with the same 400. And the validator itself. */
+static void router_host_not_utf8(void **state)
+{
+    (void)state;
+    emu_router *r = test_router();
+    emu_req *req = emu_req_new("GET", "/subscriptions/a");
+    emu_req_add_header(req, "Host", "vault\xc3.localhost:8443");
+    emu_router_dispatch(r, req);
+    assert_int_equal(req->status, 400);
+    assert_string_equal(resp_error_code(req), "BadRequest");
+    emu_req_free(req);
+    emu_router_free(r);
+    static const struct {
+        const char *s;
+        bool ok;
+    } cases[] = {
+        {"", true},
+        {"plain ascii", true},
+        {"caf\xc3\xa9", true},
+        {"\xe2\x82\xac", true},
+        {"\xf0\x9f\x94\x91", true},
+        {"\xf4\x8f\xbf\xbf", true},
+        {"\xff", false},
+        {"\xc3", false},
+        {"\xc0\xaf", false},
+        {"\xe0\x80\xaf", false},
+        {"\xed\xa0\x80", false},
+        {"\xf4\x90\x80\x80", false},
+        {"\xf8\x88\x80\x80\x80", false},
+        {"a\x80", false},
+        {"\xe2\x82", false},
+    };
+    for (size_t i = 0; i < N_ELEMS(cases); i++)
+        if (emu_utf8_valid(cases[i].s, strlen(cases[i].s)) != cases[i].ok)
+            fail_msg("emu_utf8_valid case %zu: want %d", i, cases[i].ok);
+}
+
+/* Fuzzing finding (fuzz_json_bodies): error messages carry client text and are cut by their
+ * buffers; one that was not UTF-8 made the error answer's JSON unbuildable (a 4xx with an
+ * empty body). The error senders repair the text first. */
+static void error_message_not_utf8(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"plain", "plain"},
+        {"caf\xc3\xa9", "caf\xc3\xa9"},
+        {"a\xff"
+         "b",
+         "a?b"},
+        {"cut \xe2\x82", "cut ??"},
+        {"\xed\xa0\x80", "???"},
+        {"\xf0\x9f\x94\x91 ok", "\xf0\x9f\x94\x91 ok"},
+        {"", ""},
+    };
+    for (size_t i = 0; i < N_ELEMS(cases); i++) {
+        char buf[64];
+        snprintf(buf, sizeof buf, "%s", cases[i].in);
+        emu_utf8_repair(buf);
+        if (strcmp(buf, cases[i].out) != 0)
+            fail_msg("repair case %zu: '%s', want '%s'", i, buf, cases[i].out);
+    }
+    emu_req *req = emu_req_new("POST", "/x");
+    emu_send_error(req, 400, "BadParameter", "The name '%s' is invalid.", "n\xc3");
+    assert_int_equal(req->status, 400);
+    assert_string_equal(resp_error_code(req), "BadParameter");
+    emu_req_free(req);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -499,6 +584,12 @@ static void req_json_table(void **state)
         {"{\"a\":}", false, 0, false, "line 1", "column"},
         {"{\n\"a\": 1,\n\"b\": }", false, 0, false, "line 3", "column"},
         {"{\"a\":1} x", false, 0, false, "not valid JSON", NULL},
+        /* fuzzing finding (fuzz_json_bodies): jansson quotes the bytes it stopped at; a bad
+         * escape before a multi-byte character gave a message that was not UTF-8 */
+        {"{\"\\\xde\x8d"
+         "dtime\":3600}",
+         false, 0, false, "not valid JSON", NULL},
+        {"{\"a\":\"\xff\"}", false, 0, false, "not valid JSON", NULL},
     };
     for (size_t i = 0; i < N_ELEMS(cases); i++) {
         const json_case *c = &cases[i];
@@ -519,6 +610,8 @@ static void req_json_table(void **state)
             json_decref(j);
         } else {
             assert_true(err[0] != '\0');
+            if (!emu_utf8_valid(err, strlen(err)))
+                fail_msg("case %zu: err is not UTF-8", i);
             if (c->msg_has && !strstr(err, c->msg_has))
                 fail_msg("body '%s': err '%s' lacks '%s'", c->body, err, c->msg_has);
             if (c->msg_has2 && !strstr(err, c->msg_has2))
@@ -1538,6 +1631,21 @@ static void log_escape_table(void **state)
         {"abcdef", 100, 4, "abc"},
         {"", 100, 64, ""},
         {NULL, 100, 64, ""},
+        /* fuzzing finding (fuzz_request): stray bytes and a UTF-8 sequence cut by the
+         * length limit made the escaped text invalid UTF-8, so the 404/405 bodies that quote
+         * it could not be built; whole sequences are kept, anything else is \\xNN */
+        {"caf\xc3\xa9", 100, 64, "caf\xc3\xa9"},
+        {"a\xff"
+         "b",
+         100, 64,
+         "a\\\\xff"
+         "b"},
+        {"\xc3(", 100, 64, "\\\\xc3("},
+        {"ab\xe2\x82", 100, 64, "ab\\\\xe2\\\\x82"},
+        {"ab\xe2\x82\xac"
+         "cd",
+         3, 64, "ab\xe2\x82\xac..."}, /* never cut inside */
+        {"ab\xe2\x82\xac", 100, 5, "ab"},
     };
     for (size_t i = 0; i < N_ELEMS(cases); i++) {
         char out[64];
@@ -1566,6 +1674,8 @@ int main(void)
         cmocka_unit_test(router_empty_segment_never_captured),
         cmocka_unit_test(router_precheck_answer_skips_handler),
         cmocka_unit_test(router_nomatch_body_names_method_and_path),
+        cmocka_unit_test(router_host_not_utf8),
+        cmocka_unit_test(error_message_not_utf8),
         cmocka_unit_test(req_path_normalised),
         cmocka_unit_test(req_query_decoding_table),
         cmocka_unit_test(req_query_overflow),

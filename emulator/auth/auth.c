@@ -495,6 +495,11 @@ bool auth_token_issue(auth_t *a, const auth_principal *p, const char *audience, 
                            (json_int_t)exp, "oid", p->oid, "tid", p->tid, "sub", p->oid, "name",
                            p->name, "idtyp",
                            p->kind == AUTH_KIND_USER ? "user" : "app", "ver", "1.0");
+    if (!hdr || !cl) { /* a claim that is not UTF-8 (an audience from a query string) */
+        json_decref(hdr);
+        json_decref(cl);
+        return false;
+    }
     if (p->appid[0])
         json_object_set_new(cl, "appid", json_string(p->appid));
     char *h = json_dumps(hdr, JSON_COMPACT), *c = json_dumps(cl, JSON_COMPACT);

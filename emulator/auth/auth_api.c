@@ -28,6 +28,7 @@ static void oauth_error(emu_req *req, int status, const char *error, int code, c
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     snprintf(full, sizeof full, "AADSTS%d: %s", code, msg);
+    emu_utf8_repair(full); /* client text in it, or a sequence cut by the size */
     char when[40];
     emu_time_rfc3339(emu_wall_now(), when, sizeof when);
     emu_send_json(req, status,

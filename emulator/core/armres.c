@@ -101,6 +101,7 @@ void arm_send_error(emu_req *req, int status, const char *code, const char *targ
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    emu_utf8_repair(msg); /* client text in it, or a sequence cut by the size */
     json_t *err = json_pack("{s:s,s:s}", "code", code, "message", msg);
     if (target)
         json_object_set_new(err, "target", json_string(target));

@@ -6,6 +6,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "util.h"
+
 emu_log_level emu_log_min_level = EMU_LOG_INFO;
 static bool log_json;
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -49,6 +51,18 @@ void emu_log_escape(const char *s, size_t max, char *out, size_t outlen)
             n = 2;
         } else if (c < 0x20 || c == 0x7f) {
             n = (size_t)snprintf(tmp, sizeof tmp, "\\u%04x", c);
+        } else if (c >= 0x80) {
+            /* a whole UTF-8 sequence is kept; a stray byte becomes backslash, backslash, x, two
+             * hex digits (valid inside a JSON string, like the \u escapes), so the text stays
+             * UTF-8 for JSON log lines and the error messages built from it */
+            size_t sl = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+            if (sl > 1 && strnlen(s + i, sl) == sl && emu_utf8_valid(s + i, sl)) {
+                memcpy(tmp, s + i, sl);
+                n = sl;
+                i += sl - 1;
+            } else {
+                n = (size_t)snprintf(tmp, sizeof tmp, "\\\\x%02x", c);
+            }
         } else {
             tmp[0] = (char)c;
             n = 1;

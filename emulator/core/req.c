@@ -211,8 +211,12 @@ json_t *emu_req_json(emu_req *req, bool allow_empty, char *err, size_t errlen)
     json_error_t je;
     json_t *j = json_loadb(b, len, JSON_REJECT_DUPLICATES, &je);
     if (!j) {
-        snprintf(err, errlen, "The request body is not valid JSON: %s (line %d, column %d).",
-                 je.text, je.line, je.column);
+        /* jansson quotes the offending bytes: escaped, so the message stays UTF-8 and the
+         * error answer that carries it can be built */
+        char esc[4 * JSON_ERROR_TEXT_LENGTH];
+        emu_log_escape(je.text, JSON_ERROR_TEXT_LENGTH, esc, sizeof esc);
+        snprintf(err, errlen, "The request body is not valid JSON: %s (line %d, column %d).", esc,
+                 je.line, je.column);
         return NULL;
     }
     if (!json_is_object(j)) {
@@ -314,5 +318,6 @@ void emu_send_error(emu_req *req, int status, const char *code, const char *fmt,
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    emu_utf8_repair(msg); /* client text in it, or a sequence cut by the size */
     emu_send_json(req, status, json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg));
 }

@@ -83,11 +83,24 @@ static bool match_route(const emu_route *rt, emu_req *req, const char **params, 
     }
 }
 
+static bool req_text_utf8(const emu_req *req)
+{
+    if (req->host && !emu_utf8_valid(req->host, strlen(req->host)))
+        return false;
+    for (size_t i = 0; i < req->nquery; i++)
+        if (!emu_utf8_valid(req->query[i].name, strlen(req->query[i].name)) ||
+            !emu_utf8_valid(req->query[i].value, strlen(req->query[i].value)))
+            return false;
+    return true;
+}
+
 emu_match_result emu_router_match(const emu_router *r, emu_req *req)
 {
     const char *params[EMU_MAX_PARAMS];
     size_t np;
     bool path_seen = false;
+    if (!req_text_utf8(req))
+        return EMU_MATCH_BAD_ENCODING;
     for (size_t i = 0; i < r->n; i++) {
         const emu_route *rt = &r->routes[i];
         if (!match_route(rt, req, params, &np))
@@ -96,6 +109,9 @@ emu_match_result emu_router_match(const emu_router *r, emu_req *req)
             path_seen = true;
             continue;
         }
+        for (size_t k = 0; k < np; k++)
+            if (!emu_utf8_valid(params[k], strlen(params[k])))
+                return EMU_MATCH_BAD_ENCODING;
         req->route = rt;
         memcpy(req->params, params, np * sizeof params[0]);
         req->nparams = np;
@@ -106,11 +122,16 @@ emu_match_result emu_router_match(const emu_router *r, emu_req *req)
 
 void emu_router_send_nomatch(emu_req *req, emu_match_result m)
 {
-    char esc[200];
+    char esc[200], mesc[80];
     emu_log_escape(req->path, 120, esc, sizeof esc);
-    if (m == EMU_MATCH_NO_METHOD)
-        emu_send_error(req, 405, "MethodNotAllowed", "The method %s is not allowed on %s.",
-                       req->method, esc);
+    emu_log_escape(req->method, 40, mesc, sizeof mesc);
+    if (m == EMU_MATCH_BAD_ENCODING)
+        emu_send_error(req, 400, "BadRequest",
+                       "The request's path, query or Host is not valid UTF-8 once "
+                       "percent-decoded.");
+    else if (m == EMU_MATCH_NO_METHOD)
+        emu_send_error(req, 405, "MethodNotAllowed", "The method %s is not allowed on %s.", mesc,
+                       esc);
     else
         emu_send_error(req, 404, "NotFound", "No API answers at path %s.", esc);
 }

@@ -34,8 +34,15 @@ void emu_router_free(emu_router *r);
 void emu_router_add(emu_router *r, const char *method, const char *pattern, unsigned flags,
                     emu_handler_fn precheck, emu_handler_fn handler, void *ud);
 
-typedef enum { EMU_MATCH_OK, EMU_MATCH_NO_PATH, EMU_MATCH_NO_METHOD } emu_match_result;
-/* Matches req->method/req->path; on OK sets req->route and req->params. */
+typedef enum {
+    EMU_MATCH_OK,
+    EMU_MATCH_NO_PATH,
+    EMU_MATCH_NO_METHOD,
+    EMU_MATCH_BAD_ENCODING, /* a query parameter, the Host or a capture is not UTF-8 */
+} emu_match_result;
+/* Matches req->method/req->path; on OK sets req->route and req->params. Text that is not
+ * UTF-8 once decoded (query, Host, the captures of the matching route) is refused before any
+ * handler sees it: JSON cannot carry it, and handlers echo those strings into their answers. */
 emu_match_result emu_router_match(const emu_router *r, emu_req *req);
 
 /* Sends the 404/405 answer for a failed match. */

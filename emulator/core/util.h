@@ -60,6 +60,14 @@ void emu_guid(char out[37]);
 /* ASCII-lowercased copy of src into dst (truncated to dstlen - 1 bytes, always terminated). */
 void emu_lower_copy(char *dst, size_t dstlen, const char *src);
 
+/* Whether s[0..len) is well-formed UTF-8 as JSON needs it (RFC 3629: no overlong forms, no
+ * surrogates, nothing above U+10FFFF). */
+bool emu_utf8_valid(const char *s, size_t len);
+
+/* Replaces, in place, every byte of s that is not part of well-formed UTF-8 with '?' (a
+ * sequence cut by snprintf, a client's stray byte), so s can go into JSON. */
+void emu_utf8_repair(char *s);
+
 /* Case-insensitive ASCII compare helpers */
 bool emu_streq_ci(const char *a, const char *b);
 

@@ -57,7 +57,10 @@ void kv_send_error(emu_req *req, kv_status st, const char *msg)
         emu_resp_header_add(req, "Retry-After", "1");
         break;
     }
-    json_t *err = json_pack("{s:s,s:s}", "code", code, "message", msg ? msg : kv_status_str(st));
+    char text[1024];
+    snprintf(text, sizeof text, "%s", msg ? msg : kv_status_str(st));
+    emu_utf8_repair(text); /* client text in it, or a sequence cut by a size */
+    json_t *err = json_pack("{s:s,s:s}", "code", code, "message", text);
     if (inner)
         json_object_set_new(err, "innererror", json_pack("{s:s}", "code", inner));
     emu_send_json(req, status, json_pack("{s:o}", "error", err));

@@ -1,0 +1,272 @@
+/* fuzz_app: see fuzz_app.h. The wiring follows main.c's serve(); keep the two in step. */
+#include "fuzz_app.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "admin_api.h"
+#include "arm/deployments.h"
+#include "armres.h"
+#include "audit.h"
+#include "auth/auth_api.h"
+#include "auth/roles.h"
+#include "auth/roles_api.h"
+#include "clock.h"
+#include "config.h"
+#include "keyvault/kv_api.h"
+#include "keyvault/vaults_arm.h"
+#include "log.h"
+#include "powerplatform/bap_api.h"
+#include "powerplatform/components.h"
+#include "powerplatform/environments.h"
+#include "powerplatform/policies.h"
+#include "powerplatform/policies_arm.h"
+#include "ui/ui.h"
+#include "util.h"
+#include "world.h"
+
+#define FZ_ADMIN_OID "0b000001-0000-4000-8000-00000000b001" /* demo world: kv-admin-app */
+
+typedef struct {
+    kv_t *kv;
+    roles_t *roles;
+} fz_rbac;
+
+struct fz_app {
+    char dir[PATH_MAX];
+    hsm_t *hsm;
+    emu_store *store;
+    auth_t *auth;
+    kv_t *kv;
+    armres_t *arm;
+    roles_t *roles;
+    pp_policies_t *pp;
+    pp_envs_t *envs;
+    pp_comps_t *comps;
+    emu_audit *audit;
+    emu_router *router;
+    char *bearer;
+    fz_rbac rbac;
+    emu_admin_ctx admin;
+    auth_api_ctx authctx;
+    kv_api_ctx kvctx;
+    auth_roles_api_ctx rolesctx;
+    kv_arm_ctx kvarm;
+    arm_deploy_ctx deploy;
+    pp_arm_ctx pparm;
+    pp_bap_ctx bap;
+    emu_ui_ctx ui;
+};
+
+void fz_quiet_log(void)
+{
+    if (!getenv("CMKEMU_FUZZ_LOG"))
+        emu_log_setup(EMU_LOG_OFF, false);
+}
+
+static void fail(const char *what, const char *err)
+{
+    fprintf(stderr, "fuzz_app: %s: %s\n", what, err);
+    abort();
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static bool arm_authenticate(emu_req *req, void *ud, bool *missing, char *err, size_t errlen)
+{
+    return auth_authenticate(ud, req, AUTH_AUD_ARM, missing, err, errlen);
+}
+
+static kv_status rbac_via_roles(const char *vault, const char *key, const auth_principal *p,
+                                const char *permission, kv_err *e, void *ud)
+{
+    const fz_rbac *w = ud;
+    kv_vault_info vi;
+    if (kv_vault_get(w->kv, vault, &vi) != KV_OK) {
+        snprintf(e->msg, sizeof e->msg, "Vault '%.64s' does not exist.", vault);
+        return KV_ERR_VAULT_NOT_FOUND;
+    }
+    return auth_roles_kv_check(w->roles, p, vi.subscription, vi.resource_group, vi.name,
+                               vi.location, key, permission, e->msg, sizeof e->msg)
+               ? KV_OK
+               : KV_ERR_FORBIDDEN_RBAC;
+}
+
+static void register_routes(fz_app *a)
+{
+    char err[512] = "";
+    a->router = emu_router_new();
+    a->admin = (emu_admin_ctx){.store = a->store,
+                               .hsm = a->hsm,
+                               .version = "fuzz",
+                               .data_dir = a->dir,
+                               .started = emu_wall_now(),
+                               .auth = a->auth,
+                               .audit = a->audit};
+    emu_admin_register(a->router, &a->admin);
+    a->authctx = (auth_api_ctx){.auth = a->auth, .identity_header = "cmkemu-identity-header"};
+    a->kvctx = (kv_api_ctx){.kv = a->kv, .tenant = FZ_TENANT, .auth = a->auth};
+    kv_api_register(a->router, &a->kvctx);
+    if (!(a->arm = armres_open(a->store, FZ_TENANT, err, sizeof err)))
+        fail("armres_open", err);
+    armres_set_authenticator(a->arm, arm_authenticate, a->auth);
+    armres_register(a->router, a->arm);
+    arm_common common = {.tenant = FZ_TENANT, .authenticate = arm_authenticate, .auth_ud = a->auth};
+    a->rolesctx = (auth_roles_api_ctx){.common = common, .roles = a->roles};
+    auth_roles_api_register(a->router, &a->rolesctx);
+    a->kvarm = (kv_arm_ctx){.common = common, .kv = a->kv, .arm = a->arm};
+    kv_vaults_arm_register(a->router, &a->kvarm);
+    a->deploy =
+        (arm_deploy_ctx){.common = common, .arm = a->arm, .store = a->store, .router = a->router};
+    if (!arm_deployments_init(&a->deploy, err, sizeof err))
+        fail("arm_deployments_init", err);
+    arm_deployments_register(a->router, &a->deploy);
+    if (!(a->pp = pp_policies_open(a->store, a->auth, err, sizeof err)))
+        fail("pp_policies_open", err);
+    a->pparm = (pp_arm_ctx){.common = common, .pp = a->pp, .arm = a->arm};
+    pp_policies_arm_register(a->router, &a->pparm);
+    if (!(a->envs = pp_envs_open(a->store, a->hsm, err, sizeof err)))
+        fail("pp_envs_open", err);
+    pp_envs_set_audit(a->envs, a->audit);
+    pp_envs_set_cmk(
+        a->envs,
+        &(pp_cmk_deps){.kv = a->kv, .policies = a->pp, .roles = a->roles, .auth = a->auth});
+    if (!(a->comps = pp_comps_open(a->store, a->hsm, a->envs, a->audit, err, sizeof err)))
+        fail("pp_comps_open", err);
+    a->bap = (pp_bap_ctx){.envs = a->envs, .auth = a->auth, .comps = a->comps};
+    pp_bap_register(a->router, &a->bap);
+    auth_api_register(a->router, &a->authctx);
+    a->ui = (emu_ui_ctx){.router = a->router, .auth = a->auth};
+    emu_ui_register(a->router, &a->ui);
+}
+
+fz_app *fz_app_new(unsigned flags)
+{
+    fz_app *a = emu_xcalloc(1, sizeof *a);
+    char err[512] = "";
+    const char *base = getenv("CMKEMU_FUZZ_TMP");
+    if (!base || !*base)
+        base = getenv("TMPDIR");
+    if (!base || !*base)
+        base = "/tmp";
+    int n = snprintf(a->dir, sizeof a->dir, "%s/cmkemu-fuzz-XXXXXX", base);
+    if (n < 0 || (size_t)n >= sizeof a->dir || !mkdtemp(a->dir))
+        fail("mkdtemp", strerror(errno));
+    emu_clock_set_offset(0);
+    emu_clock_hooks_clear();
+    char db[PATH_MAX + 16];
+    snprintf(db, sizeof db, "%s/cmkemu.db", a->dir);
+    hsm_config hc = {.data_dir = a->dir};
+    if (hsm_open(&hc, &a->hsm, err, sizeof err) != HSM_OK)
+        fail("hsm_open", err);
+    if (!(a->store = emu_store_open(db, err, sizeof err)))
+        fail("emu_store_open", err);
+    a->audit = emu_audit_new();
+    auth_mode mode = (flags & FZ_APP_STRICT) ? AUTH_STRICT : AUTH_PERMISSIVE;
+    if (!(a->auth = auth_open(a->store, a->hsm, mode, FZ_TENANT, err, sizeof err)))
+        fail("auth_open", err);
+    if (!(a->kv = kv_open(a->store, a->hsm, err, sizeof err)))
+        fail("kv_open", err);
+    if (flags & FZ_APP_WORLD) {
+        emu_config cfg;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.tenant = FZ_TENANT;
+        emu_world_info info;
+        if (!emu_world_load(&cfg, a->store, a->auth, a->kv, &info, err, sizeof err))
+            fail("emu_world_load", err);
+        auth_principal p;
+        char *tok = NULL;
+        if (auth_principal_get(a->auth, FZ_ADMIN_OID, &p) &&
+            auth_token_issue(a->auth, &p, "https://management.azure.com", 365 * 86400, 0, &tok,
+                             NULL)) {
+            a->bearer = emu_xasprintf("Bearer %s", tok);
+            free(tok);
+        }
+    }
+    if (!(a->roles = auth_roles_open(a->store, a->auth, err, sizeof err)))
+        fail("auth_roles_open", err);
+    a->rbac = (fz_rbac){.kv = a->kv, .roles = a->roles};
+    kv_set_rbac_check(a->kv, rbac_via_roles, &a->rbac);
+    if (flags & FZ_APP_ROUTES)
+        register_routes(a);
+    return a;
+}
+
+void fz_app_free(fz_app *a)
+{
+    if (!a)
+        return;
+    emu_router_free(a->router);
+    pp_comps_close(a->comps);
+    pp_envs_close(a->envs);
+    pp_policies_close(a->pp);
+    armres_close(a->arm);
+    emu_clock_hooks_clear();
+    kv_close(a->kv);
+    auth_roles_close(a->roles);
+    auth_close(a->auth);
+    emu_audit_free(a->audit);
+    emu_store_close(a->store);
+    hsm_close(a->hsm);
+    free(a->bearer);
+    if (!getenv("CMKEMU_FUZZ_KEEP"))
+        (void)nftw(a->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    free(a);
+}
+
+hsm_t *fz_app_hsm(fz_app *a)
+{
+    return a->hsm;
+}
+emu_store *fz_app_store(fz_app *a)
+{
+    return a->store;
+}
+auth_t *fz_app_auth(fz_app *a)
+{
+    return a->auth;
+}
+kv_t *fz_app_kv(fz_app *a)
+{
+    return a->kv;
+}
+emu_router *fz_app_router(fz_app *a)
+{
+    return a->router;
+}
+const char *fz_app_dir(const fz_app *a)
+{
+    return a->dir;
+}
+const char *fz_app_bearer(fz_app *a)
+{
+    return a->bearer;
+}
+
+long fz_env_long(const char *name, long min, long max, long def)
+{
+    const char *s = getenv(name);
+    int64_t v;
+    return s && emu_parse_i64(s, min, max, &v) ? (long)v : def;
+}
+
+void fz_dispatch(emu_router *r, emu_req *req)
+{
+    if (req->query_overflow) {
+        emu_send_error(req, 400, "BadParameter", "The query string has more than %d parameters.",
+                       EMU_MAX_QUERY);
+        return;
+    }
+    emu_router_dispatch(r, req);
+}
