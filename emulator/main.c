@@ -71,28 +71,6 @@ static bool arm_authenticate(emu_req *req, void *ud, bool *missing, char *err, s
     return auth_authenticate(ud, req, AUTH_AUD_ARM, missing, err, errlen);
 }
 
-/* RBAC vaults: the Key Vault data plane asks the role assignments (auth/roles), with the
- * vault's ARM id that only the vault domain knows (auth sits below keyvault). */
-typedef struct {
-    kv_t *kv;
-    roles_t *roles;
-} kv_rbac_wiring;
-
-static kv_status kv_rbac_via_roles(const char *vault, const char *key, const auth_principal *p,
-                                   const char *permission, kv_err *e, void *ud)
-{
-    const kv_rbac_wiring *w = ud;
-    kv_vault_info vi;
-    if (kv_vault_get(w->kv, vault, &vi) != KV_OK) {
-        snprintf(e->msg, sizeof e->msg, "Vault '%.64s' does not exist.", vault);
-        return KV_ERR_VAULT_NOT_FOUND;
-    }
-    return auth_roles_kv_check(w->roles, p, vi.subscription, vi.resource_group, vi.name,
-                               vi.location, key, permission, e->msg, sizeof e->msg)
-               ? KV_OK
-               : KV_ERR_FORBIDDEN_RBAC;
-}
-
 static int usage(FILE *out, int rc)
 {
     fprintf(out, "usage: cmkemu serve [options]\n"
@@ -202,8 +180,7 @@ static int serve(int argc, char **argv)
         fprintf(stderr, "cmkemu: role assignments: %s\n", err);
         goto out;
     }
-    kv_rbac_wiring rbac = {.kv = kv, .roles = roles};
-    kv_set_rbac_check(kv, kv_rbac_via_roles, &rbac);
+    kv_set_rbac_roles(kv, roles);
 
     int ncores = (int)sysconf(_SC_NPROCESSORS_ONLN);
     int threads = cfg.threads > 0 ? cfg.threads : (ncores > 0 ? ncores : 2);

@@ -32,11 +32,6 @@
 
 #define FZ_ADMIN_OID "0b000001-0000-4000-8000-00000000b001" /* demo world: kv-admin-app */
 
-typedef struct {
-    kv_t *kv;
-    roles_t *roles;
-} fz_rbac;
-
 struct fz_app {
     char dir[PATH_MAX];
     hsm_t *hsm;
@@ -51,7 +46,6 @@ struct fz_app {
     emu_audit *audit;
     emu_router *router;
     char *bearer;
-    fz_rbac rbac;
     emu_admin_ctx admin;
     auth_api_ctx authctx;
     kv_api_ctx kvctx;
@@ -86,21 +80,6 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 static bool arm_authenticate(emu_req *req, void *ud, bool *missing, char *err, size_t errlen)
 {
     return auth_authenticate(ud, req, AUTH_AUD_ARM, missing, err, errlen);
-}
-
-static kv_status rbac_via_roles(const char *vault, const char *key, const auth_principal *p,
-                                const char *permission, kv_err *e, void *ud)
-{
-    const fz_rbac *w = ud;
-    kv_vault_info vi;
-    if (kv_vault_get(w->kv, vault, &vi) != KV_OK) {
-        snprintf(e->msg, sizeof e->msg, "Vault '%.64s' does not exist.", vault);
-        return KV_ERR_VAULT_NOT_FOUND;
-    }
-    return auth_roles_kv_check(w->roles, p, vi.subscription, vi.resource_group, vi.name,
-                               vi.location, key, permission, e->msg, sizeof e->msg)
-               ? KV_OK
-               : KV_ERR_FORBIDDEN_RBAC;
 }
 
 static void register_routes(fz_app *a)
@@ -196,8 +175,7 @@ fz_app *fz_app_new(unsigned flags)
     }
     if (!(a->roles = auth_roles_open(a->store, a->auth, err, sizeof err)))
         fail("auth_roles_open", err);
-    a->rbac = (fz_rbac){.kv = a->kv, .roles = a->roles};
-    kv_set_rbac_check(a->kv, rbac_via_roles, &a->rbac);
+    kv_set_rbac_roles(a->kv, a->roles);
     if (flags & FZ_APP_ROUTES)
         register_routes(a);
     return a;

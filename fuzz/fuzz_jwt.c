@@ -11,7 +11,6 @@
  * Every verification runs twice: the second answer may come from the signature cache and
  * must agree with the first.
  */
-#include <openssl/evp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +22,6 @@
 #define FZ_MAX_INPUT 16384
 
 static fz_app *app;
-static uint8_t key_id[HSM_ID_LEN];
 static char kid[64];
 static char *minted;
 
@@ -31,10 +29,6 @@ static void setup(void)
 {
     fz_quiet_log();
     app = fz_app_new(FZ_APP_STRICT | FZ_APP_WORLD);
-    char hex[40];
-    if (!emu_store_meta_get(fz_app_store(app), "auth_signing_key", hex, sizeof hex) ||
-        !emu_hex_decode(hex, key_id, HSM_ID_LEN))
-        abort();
     json_t *jwks = auth_jwks(fz_app_auth(app));
     const char *k =
         json_string_value(json_object_get(json_array_get(json_object_get(jwks, "keys"), 0), "kid"));
@@ -48,7 +42,7 @@ static void setup(void)
     minted = emu_xstrdup(b + 7);
 }
 
-/* header + '.' + claims, base64url each, signed with the real key. */
+/* header + '.' + claims, base64url each, signed with the real key (auth_jws_sign). */
 static char *sign_parts(const uint8_t *h, size_t hl, const uint8_t *c, size_t cl)
 {
     /* "$KID" -> the real kid, so seeds carry a header the emulator accepts */
@@ -60,22 +54,10 @@ static char *sign_parts(const uint8_t *h, size_t hl, const uint8_t *c, size_t cl
         free(hs);
         hs = nh;
     }
-    char *hb = emu_b64url_encode((const uint8_t *)hs, strlen(hs));
-    char *cb = emu_b64url_encode(c, cl);
+    char *token = auth_jws_sign(fz_app_auth(app), hs, strlen(hs), c, cl);
     free(hs);
-    char *signing = emu_xasprintf("%s.%s", hb, cb);
-    free(hb);
-    free(cb);
-    uint8_t digest[32], sig[512];
-    unsigned int dl = 32;
-    size_t sl = sizeof sig;
-    EVP_Digest(signing, strlen(signing), digest, &dl, EVP_sha256(), NULL);
-    if (hsm_sign(fz_app_hsm(app), key_id, HSM_RS256, digest, 32, sig, &sl) != HSM_OK)
+    if (!token)
         abort();
-    char *sb = emu_b64url_encode(sig, sl);
-    char *token = emu_xasprintf("%s.%s", signing, sb);
-    free(sb);
-    free(signing);
     return token;
 }
 

@@ -945,21 +945,6 @@ static void test_async_operations(void **state)
     assert_int_equal(read_record(f, env, rid, NULL), 200);
 }
 
-static kv_status rbac_via_roles(const char *vault, const char *key, const auth_principal *p,
-                                const char *permission, kv_err *e, void *ud)
-{
-    fixture *f = ud;
-    kv_vault_info vi;
-    if (kv_vault_get(f->fx->kv, vault, &vi) != KV_OK) {
-        snprintf(e->msg, sizeof e->msg, "Vault '%.64s' does not exist.", vault);
-        return KV_ERR_VAULT_NOT_FOUND;
-    }
-    return auth_roles_kv_check(f->roles, p, vi.subscription, vi.resource_group, vi.name,
-                               vi.location, key, permission, e->msg, sizeof e->msg)
-               ? KV_OK
-               : KV_ERR_FORBIDDEN_RBAC;
-}
-
 static int group_setup(void **state)
 {
     fixture *f = calloc(1, sizeof *f);
@@ -976,7 +961,7 @@ static int group_setup(void **state)
         fprintf(stderr, "open: %s\n", err);
         return -1;
     }
-    kv_set_rbac_check(f->fx->kv, rbac_via_roles, f);
+    kv_set_rbac_roles(f->fx->kv, f->roles);
     f->audit = emu_audit_new();
     pp_envs_set_audit(f->envs, f->audit);
     pp_envs_set_cmk(f->envs, &(pp_cmk_deps){.kv = f->fx->kv, .policies = f->pol,

@@ -77,20 +77,6 @@ typedef struct {
     char last_change[ROLES_MAX_SCOPE];
 } fixture;
 
-/* what main.c installs (kv_rbac_via_roles) */
-static kv_status rbac_hook(const char *vault, const char *key, const auth_principal *p,
-                           const char *permission, kv_err *e, void *ud)
-{
-    fixture *f = ud;
-    kv_vault_info vi;
-    if (kv_vault_get(f->fx->kv, vault, &vi) != KV_OK)
-        return KV_ERR_VAULT_NOT_FOUND;
-    return auth_roles_kv_check(f->roles, p, vi.subscription, vi.resource_group, vi.name,
-                               vi.location, key, permission, e->msg, sizeof e->msg)
-               ? KV_OK
-               : KV_ERR_FORBIDDEN_RBAC;
-}
-
 static void on_change(const char *scope, void *ud)
 {
     fixture *f = ud;
@@ -659,7 +645,7 @@ static int group_setup(void **state)
     f->rapi = (auth_roles_api_ctx){.common = {.tenant = TENANT}, .roles = f->roles};
     auth_roles_api_register(f->fx->router, &f->rapi);
     cmk_fixture_register(f->fx, CMK_FX_KV_API | CMK_FX_ARM_ROUTES | CMK_FX_VAULTS_ARM);
-    kv_set_rbac_check(f->fx->kv, rbac_hook, f);
+    kv_set_rbac_roles(f->fx->kv, f->roles);
     if (!armres_rg_put(f->fx->arm, SUB, "rg1", "eastus", NULL, NULL))
         return -1;
     kv_vault_info vi = {.soft_delete = true, .retention_days = 7, .rbac = true};

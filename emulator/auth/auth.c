@@ -481,6 +481,28 @@ static bool default_principal(auth_t *a, auth_principal *out)
 
 /* ---- JWT ---------------------------------------------------------------------------------- */
 
+char *auth_jws_sign(auth_t *a, const void *header, size_t header_len, const void *claims,
+                    size_t claims_len)
+{
+    char *hb = emu_b64url_encode(header, header_len);
+    char *cb = emu_b64url_encode(claims, claims_len);
+    char *signing = emu_xasprintf("%s.%s", hb, cb);
+    free(hb);
+    free(cb);
+    uint8_t digest[32], sig[512];
+    unsigned int dl = 32;
+    size_t sl = sizeof sig;
+    char *token = NULL;
+    EVP_Digest(signing, strlen(signing), digest, &dl, EVP_sha256(), NULL);
+    if (hsm_sign(a->hsm, a->key_id, HSM_RS256, digest, 32, sig, &sl) == HSM_OK) {
+        char *sb = emu_b64url_encode(sig, sl);
+        token = emu_xasprintf("%s.%s", signing, sb);
+        free(sb);
+    }
+    free(signing);
+    return token;
+}
+
 bool auth_token_issue(auth_t *a, const auth_principal *p, const char *audience, int64_t lifetime,
                       int64_t nbf_offset, char **token, int64_t *expires_on)
 {
@@ -505,25 +527,11 @@ bool auth_token_issue(auth_t *a, const auth_principal *p, const char *audience, 
     char *h = json_dumps(hdr, JSON_COMPACT), *c = json_dumps(cl, JSON_COMPACT);
     json_decref(hdr);
     json_decref(cl);
-    char *hb = emu_b64url_encode((const uint8_t *)h, strlen(h));
-    char *cb = emu_b64url_encode((const uint8_t *)c, strlen(c));
+    *token = auth_jws_sign(a, h, strlen(h), c, strlen(c));
     free(h);
     free(c);
-    char *signing = emu_xasprintf("%s.%s", hb, cb);
-    free(hb);
-    free(cb);
-    uint8_t digest[32], sig[512];
-    unsigned int dl = 32;
-    size_t sl = sizeof sig;
-    EVP_Digest(signing, strlen(signing), digest, &dl, EVP_sha256(), NULL);
-    if (hsm_sign(a->hsm, a->key_id, HSM_RS256, digest, 32, sig, &sl) != HSM_OK) {
-        free(signing);
+    if (!*token)
         return false;
-    }
-    char *sb = emu_b64url_encode(sig, sl);
-    *token = emu_xasprintf("%s.%s", signing, sb);
-    free(sb);
-    free(signing);
     if (expires_on)
         *expires_on = exp;
     return true;

@@ -71,6 +71,12 @@ size_t auth_principal_list(auth_t *a, auth_principal **out);
 bool auth_token_issue(auth_t *a, const auth_principal *p, const char *audience, int64_t lifetime,
                       int64_t nbf_offset, char **token, int64_t *expires_on);
 
+/* Signs base64url(header) "." base64url(claims) with the token signing key (RS256) and returns
+ * the compact JWS (malloc'd), or NULL when the HSM refuses. The bytes are taken as given:
+ * auth_token_issue builds them; tests and the fuzzer sign headers and claims of their own. */
+char *auth_jws_sign(auth_t *a, const void *header, size_t header_len, const void *claims,
+                    size_t claims_len);
+
 typedef enum {
     AUTH_AUD_KEYVAULT = 1,
     AUTH_AUD_ARM = 2,

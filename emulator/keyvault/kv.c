@@ -12,6 +12,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "auth/roles.h"
 #include "clock.h"
 #include "log.h"
 #include "util.h"
@@ -70,6 +71,7 @@ struct kv {
     void *change_ud;
     kv_rbac_check_fn rbac_fn;
     void *rbac_ud;
+    roles_t *rbac_roles; /* kv_set_rbac_roles */
     /* what reconcile() found at open (read-only after) */
     size_t reconciled_orphans, reconciled_missing;
 };
@@ -1424,6 +1426,28 @@ void kv_set_rbac_check(kv_t *kv, kv_rbac_check_fn fn, void *ud)
 {
     kv->rbac_fn = fn;
     kv->rbac_ud = ud;
+}
+
+/* The hook kv_set_rbac_roles installs: the role assignments decide, at the vault's ARM id. */
+static kv_status rbac_via_roles(const char *vault, const char *key, const auth_principal *p,
+                                const char *permission, kv_err *e, void *ud)
+{
+    kv_t *kv = ud;
+    kv_vault_info vi;
+    if (kv_vault_get(kv, vault, &vi) != KV_OK) {
+        snprintf(e->msg, sizeof e->msg, "Vault '%.64s' does not exist.", vault);
+        return KV_ERR_VAULT_NOT_FOUND;
+    }
+    return auth_roles_kv_check(kv->rbac_roles, p, vi.subscription, vi.resource_group, vi.name,
+                               vi.location, key, permission, e->msg, sizeof e->msg)
+               ? KV_OK
+               : KV_ERR_FORBIDDEN_RBAC;
+}
+
+void kv_set_rbac_roles(kv_t *kv, roles_t *roles)
+{
+    kv->rbac_roles = roles;
+    kv_set_rbac_check(kv, roles ? rbac_via_roles : NULL, roles ? kv : NULL);
 }
 
 kv_rbac_check_fn kv_rbac_check(kv_t *kv, void **ud)

@@ -193,6 +193,10 @@ typedef kv_status (*kv_rbac_check_fn)(const char *vault, const char *key,
                                       kv_err *e, void *ud);
 void kv_set_rbac_check(kv_t *kv, kv_rbac_check_fn fn, void *ud);
 kv_rbac_check_fn kv_rbac_check(kv_t *kv, void **ud);
+/* The RBAC decision the server uses: the role assignments in roles (auth/roles.h) at the
+ * vault's ARM id. roles must outlive kv's use of it; NULL removes the hook (RBAC vaults deny). */
+typedef struct auth_roles roles_t; /* auth/roles.h */
+void kv_set_rbac_roles(kv_t *kv, roles_t *roles);
 
 /* ---- keys ------------------------------------------------------------------------------ */
 
