@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -176,15 +177,35 @@ static size_t on_data(char *p, size_t size, size_t n, void *ud)
     return size * n;
 }
 
-long cmk_serve_https(const cmk_server *s, const char *method, const char *host, const char *path,
-                     const char *auth, const char *body, char **out)
+typedef struct {
+    const char *name; /* the response header wanted, with its colon: "Retry-After:" */
+    char *out;
+    size_t len;
+} header_want;
+
+static size_t on_header(char *p, size_t size, size_t n, void *ud)
 {
-    return cmk_serve_request(s, method, host, path, auth, "application/json", body, out);
+    header_want *w = ud;
+    size_t len = size * n, nl = strlen(w->name);
+    if (len > nl && !strncasecmp(p, w->name, nl)) {
+        const char *v = p + nl;
+        size_t vl = len - nl;
+        while (vl > 0 && (*v == ' ' || *v == '\t'))
+            v++, vl--;
+        while (vl > 0 && (v[vl - 1] == '\r' || v[vl - 1] == '\n'))
+            vl--;
+        snprintf(w->out, w->len, "%.*s", (int)vl, v);
+    }
+    return len;
 }
 
-long cmk_serve_request(const cmk_server *s, const char *method, const char *host, const char *path,
-                       const char *auth, const char *content_type, const char *body, char **out)
+long cmk_serve_call(const cmk_server *s, const char *method, const char *path,
+                    const cmk_serve_opts *o, char **out)
 {
+    static const cmk_serve_opts none = {0};
+    if (!o)
+        o = &none;
+    const char *host = o->host ? o->host : "localhost";
     CURL *c = curl_easy_init();
     assert_non_null(c);
     char url[1024];
@@ -193,25 +214,37 @@ long cmk_serve_request(const cmk_server *s, const char *method, const char *host
     char resolve[256];
     snprintf(resolve, sizeof resolve, "%s:%d:127.0.0.1", host, s->port);
     struct curl_slist *res = curl_slist_append(NULL, resolve);
-    if (auth) {
+    if (o->auth) {
         char a[4096];
-        snprintf(a, sizeof a, "Authorization: Bearer %s", auth);
+        snprintf(a, sizeof a, "Authorization: Bearer %s", o->auth);
         h = curl_slist_append(h, a);
     }
     char ct[200];
-    snprintf(ct, sizeof ct, "Content-Type: %s", content_type);
+    snprintf(ct, sizeof ct, "Content-Type: %s",
+             o->content_type ? o->content_type : "application/json");
     h = curl_slist_append(h, ct);
+    if (o->extra_header)
+        h = curl_slist_append(h, o->extra_header);
+    header_want want = {0};
+    if (o->header_name && o->header_out && o->header_len) {
+        char name[128];
+        snprintf(name, sizeof name, "%s:", o->header_name);
+        want = (header_want){strdup(name), o->header_out, o->header_len};
+        o->header_out[0] = '\0';
+        curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(c, CURLOPT_HEADERDATA, &want);
+    }
     resp_buf b = {0};
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CAINFO, s->cert);
     curl_easy_setopt(c, CURLOPT_RESOLVE, res);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    if (body)
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    if (o->body)
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, o->body);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_data);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 30L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
     CURLcode rc = curl_easy_perform(c);
     long status = 0;
     if (rc == CURLE_OK)
@@ -221,11 +254,26 @@ long cmk_serve_request(const cmk_server *s, const char *method, const char *host
     curl_easy_cleanup(c);
     curl_slist_free_all(h);
     curl_slist_free_all(res);
+    free((char *)want.name);
     if (out)
         *out = b.data ? b.data : strdup("");
     else
         free(b.data);
     return status;
+}
+
+long cmk_serve_https(const cmk_server *s, const char *method, const char *host, const char *path,
+                     const char *auth, const char *body, char **out)
+{
+    cmk_serve_opts o = {.host = host, .auth = auth, .body = body};
+    return cmk_serve_call(s, method, path, &o, out);
+}
+
+long cmk_serve_request(const cmk_server *s, const char *method, const char *host, const char *path,
+                       const char *auth, const char *content_type, const char *body, char **out)
+{
+    cmk_serve_opts o = {.host = host, .auth = auth, .content_type = content_type, .body = body};
+    return cmk_serve_call(s, method, path, &o, out);
 }
 
 json_t *cmk_serve_parse(const char *text)

@@ -49,6 +49,23 @@ long cmk_serve_https(const cmk_server *s, const char *method, const char *host, 
 long cmk_serve_request(const cmk_server *s, const char *method, const char *host, const char *path,
                        const char *auth, const char *content_type, const char *body, char **out);
 
+/* Everything a request may carry; zero fields take the defaults. */
+typedef struct {
+    const char *host;         /* NULL = "localhost" (resolved to 127.0.0.1 either way) */
+    const char *auth;         /* bearer token, NULL = none */
+    const char *content_type; /* NULL = application/json */
+    const char *body;         /* NULL = none */
+    const char *extra_header; /* one more "Name: value" request header, NULL = none */
+    const char *header_name;  /* a response header to capture (e.g. "Retry-After"), or NULL */
+    char *header_out;         /* its value ("" when absent) */
+    size_t header_len;
+} cmk_serve_opts;
+
+/* One HTTPS request (o NULL = all defaults). Returns the status (0 when the request failed);
+ * *out = the body (malloc'd) when out is given. */
+long cmk_serve_call(const cmk_server *s, const char *method, const char *path,
+                    const cmk_serve_opts *o, char **out);
+
 /* json_loads that fails the test on bad JSON. */
 json_t *cmk_serve_parse(const char *text);
 

@@ -88,66 +88,22 @@ typedef struct {
     char retry_after[16];
 } reply;
 
-typedef struct {
-    char *p;
-    size_t n;
-} growbuf;
-
-static size_t on_body(char *p, size_t sz, size_t n, void *ud)
-{
-    growbuf *b = ud;
-    char *np = realloc(b->p, b->n + sz * n + 1);
-    if (!np)
-        return 0;
-    b->p = np;
-    memcpy(b->p + b->n, p, sz * n);
-    b->n += sz * n;
-    b->p[b->n] = '\0';
-    return sz * n;
-}
-
-static size_t on_header(char *p, size_t sz, size_t n, void *ud)
-{
-    reply *r = ud;
-    if (sz * n > 13 && !strncasecmp(p, "Retry-After:", 12))
-        snprintf(r->retry_after, sizeof r->retry_after, "%.*s", (int)strcspn(p + 13, "\r\n"),
-                 p + 13);
-    return sz * n;
-}
-
-/* One request; form = true sends the body as a form (token endpoint). */
+/* One request through tests/serve_fixture; form = true sends the body as a form (token
+ * endpoint). */
 static reply call(const emu *e, const char *method, const char *path, const char *token,
                   const char *body, bool form)
 {
-    CURL *c = curl_easy_init();
-    char url[600], auth[4200];
-    snprintf(url, sizeof url, "https://localhost:%d%s", e->port, path);
-    struct curl_slist *h = NULL;
-    if (token) {
-        snprintf(auth, sizeof auth, "Authorization: Bearer %s", token);
-        h = curl_slist_append(h, auth);
-    }
-    h = curl_slist_append(h, form ? "Content-Type: application/x-www-form-urlencoded"
-                                  : "Content-Type: application/json");
     reply r = {0};
-    growbuf b = {0};
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_CAINFO, e->cert);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    if (body)
-        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
-    if (curl_easy_perform(c) == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &r.status);
-    r.body = b.p ? json_loads(b.p, 0, NULL) : NULL;
-    free(b.p);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(c);
+    cmk_serve_opts o = {.auth = token,
+                        .body = body,
+                        .content_type = form ? "application/x-www-form-urlencoded" : NULL,
+                        .header_name = "Retry-After",
+                        .header_out = r.retry_after,
+                        .header_len = sizeof r.retry_after};
+    char *text = NULL;
+    r.status = cmk_serve_call(e, method, path, &o, &text);
+    r.body = *text ? json_loads(text, 0, NULL) : NULL;
+    free(text);
     return r;
 }
 
@@ -519,25 +475,13 @@ static void test_garbage(void **state)
     char *big = malloc(100 * 1024);
     memset(big, 'a', 100 * 1024 - 1);
     big[100 * 1024 - 1] = '\0';
-    CURL *cu = curl_easy_init();
-    char url[200], hdr[100 * 1024 + 16];
-    snprintf(url, sizeof url, "https://localhost:%d/_emulator/health", e.port);
-    snprintf(hdr, sizeof hdr, "X-Big: %s", big);
-    struct curl_slist *h = curl_slist_append(NULL, hdr);
-    curl_easy_setopt(cu, CURLOPT_URL, url);
-    curl_easy_setopt(cu, CURLOPT_CAINFO, e.cert);
-    curl_easy_setopt(cu, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(cu, CURLOPT_WRITEFUNCTION, on_body);
-    growbuf b = {0};
-    curl_easy_setopt(cu, CURLOPT_WRITEDATA, &b);
-    long st = 0;
-    if (curl_easy_perform(cu) == CURLE_OK)
-        curl_easy_getinfo(cu, CURLINFO_RESPONSE_CODE, &st);
+    char *hdr = malloc(100 * 1024 + 16);
+    snprintf(hdr, 100 * 1024 + 16, "X-Big: %s", big);
+    long st = cmk_serve_call(&e, "GET", "/_emulator/health", &(cmk_serve_opts){.extra_header = hdr},
+                             NULL);
     printf("100 KiB header: status %ld\n", st);
     assert_true(st == 431 || st == 413 || st == 400);
-    free(b.p);
-    curl_slist_free_all(h);
-    curl_easy_cleanup(cu);
+    free(hdr);
     free(big);
 
     /* a huge Content-Length without a body: 413 at once */
