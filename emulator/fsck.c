@@ -91,6 +91,27 @@ out:
     return ok;
 }
 
+emu_data_status emu_data_dir_open(const emu_config *cfg, hsm_t **hsm, emu_store **store, char *err,
+                                  size_t errlen)
+{
+    hsm_config hc = {.data_dir = cfg->data_dir,
+                     .module_path = cfg->pkcs11_module,
+                     .token_label = cfg->token_label,
+                     .pin = cfg->pin};
+    *store = NULL;
+    if (hsm_open(&hc, hsm, err, errlen) != HSM_OK)
+        return EMU_DATA_HSM;
+    char dbpath[4200];
+    snprintf(dbpath, sizeof dbpath, "%s/cmkemu.db", cfg->data_dir);
+    *store = emu_store_open(dbpath, err, errlen);
+    if (!*store) {
+        hsm_close(*hsm);
+        *hsm = NULL;
+        return EMU_DATA_STORE;
+    }
+    return EMU_DATA_OK;
+}
+
 int emu_fsck_main(int argc, char **argv)
 {
     int rc = 2;
@@ -120,19 +141,13 @@ int emu_fsck_main(int argc, char **argv)
         goto out;
     }
     emu_log_setup(EMU_LOG_ERROR, false);
-    hsm_config hc = {.data_dir = cfg.data_dir,
-                     .module_path = cfg.pkcs11_module,
-                     .token_label = cfg.token_label,
-                     .pin = cfg.pin};
-    hsm_status hs = hsm_open(&hc, &hsm, err, sizeof err);
-    if (hs != HSM_OK) {
+    switch (emu_data_dir_open(&cfg, &hsm, &store, err, sizeof err)) {
+    case EMU_DATA_OK:
+        break;
+    case EMU_DATA_HSM:
         fprintf(stderr, "cmkemu fsck: HSM: %s\n", err);
         goto out;
-    }
-    char dbpath[4200];
-    snprintf(dbpath, sizeof dbpath, "%s/cmkemu.db", cfg.data_dir);
-    store = emu_store_open(dbpath, err, sizeof err);
-    if (!store) {
+    case EMU_DATA_STORE:
         fprintf(stderr, "cmkemu fsck: store: %s (is the server still running?)\n", err);
         goto out;
     }

@@ -17,8 +17,16 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "config.h"
 #include "hsm.h"
 #include "store.h"
+
+/* Opens the data dir's token (cfg's module, label and PIN; SoftHSM in the data dir by default)
+ * and its store (DATA_DIR/cmkemu.db), as `cmkemu serve` and `cmkemu fsck` both do. On failure
+ * returns EMU_DATA_HSM or EMU_DATA_STORE with the reason in err, and nothing is left open. */
+typedef enum { EMU_DATA_OK = 0, EMU_DATA_HSM, EMU_DATA_STORE } emu_data_status;
+emu_data_status emu_data_dir_open(const emu_config *cfg, hsm_t **hsm, emu_store **store, char *err,
+                                  size_t errlen);
 
 typedef struct {
     size_t token_keys; /* RSA key pairs in the token */

@@ -139,19 +139,13 @@ static int serve(int argc, char **argv)
         fprintf(stderr, "cmkemu: %s\n", err);
         goto out;
     }
-    hsm_config hc = {.data_dir = cfg.data_dir,
-                     .module_path = cfg.pkcs11_module,
-                     .token_label = cfg.token_label,
-                     .pin = cfg.pin};
-    hsm_status hs = hsm_open(&hc, &hsm, err, sizeof err);
-    if (hs != HSM_OK) {
+    switch (emu_data_dir_open(&cfg, &hsm, &store, err, sizeof err)) {
+    case EMU_DATA_OK:
+        break;
+    case EMU_DATA_HSM:
         fprintf(stderr, "cmkemu: HSM: %s\n", err);
         goto out;
-    }
-    char dbpath[4200];
-    snprintf(dbpath, sizeof dbpath, "%s/cmkemu.db", cfg.data_dir);
-    store = emu_store_open(dbpath, err, sizeof err);
-    if (!store) {
+    case EMU_DATA_STORE:
         fprintf(stderr, "cmkemu: store: %s\n", err);
         goto out;
     }
