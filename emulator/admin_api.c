@@ -26,9 +26,12 @@ static void h_health(emu_req *req, void *ud)
     hsm_stats st;
     hsm_get_stats(ctx->hsm, &st);
     json_t *j =
-        json_pack("{s:s,s:s,s:I,s:o,s:{s:s},s:{s:I,s:I}}", "status", "ok", "version", ctx->version,
-                  "uptimeSeconds", (json_int_t)(emu_wall_now() - ctx->started), "clock",
-                  clock_json(), "hsm", "module", hsm_module_path(ctx->hsm), "reconciliation",
+        json_pack("{s:s,s:s,s:I,s:o,s:{s:s,s:I,s:I,s:I},s:{s:I,s:I}}", "status", "ok", "version",
+                  ctx->version, "uptimeSeconds", (json_int_t)(emu_wall_now() - ctx->started),
+                  "clock", clock_json(), "hsm", "module", hsm_module_path(ctx->hsm),
+                  "moduleReloads", (json_int_t)st.module_reloads, "moduleHeals",
+                  (json_int_t)st.module_heals, "destroyedSinceReload",
+                  (json_int_t)st.destroyed_since_reload, "reconciliation",
                   "orphansDestroyed", (json_int_t)ctx->reconciled_orphans, "rowsWithoutObject",
                   (json_int_t)ctx->reconciled_missing);
     emu_send_json(req, 200, j);

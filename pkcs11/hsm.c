@@ -47,6 +47,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef CMKEMU_SOFTHSM_MODULE
@@ -57,6 +58,8 @@
 #define HSM_MAX_EXP_BYTES 8     /* public exponent fits an unsigned long */
 #define HSM_MAX_LABEL 200       /* CKA_LABEL of keys */
 #define HSM_PIN_MAX 256         /* PIN buffer incl. NUL */
+#define HSM_RELOAD_AFTER_DEFAULT 1000 /* destroyed objects between module reloads */
+#define HSM_HEAL_INTERVAL 5           /* seconds between healing reloads at most */
 #define HSM_PIN_RANDOM_BYTES 16 /* generated PINs: 32 hex characters */
 #define HSM_TOKEN_LABEL_MAX 32  /* CK_TOKEN_INFO.label */
 #define HSM_POOL_MAX_IDLE 256   /* idle sessions kept; more are closed on return */
@@ -203,9 +206,19 @@ typedef enum {
     OP_UNWRAP,  /* C_UnwrapKey of a backup blob */
 } rv_context;
 
+/* The CK_RV of this thread's last failed conversion (for hsm_last_rv_name). */
+static _Thread_local CK_RV last_failed_rv = CKR_OK;
+
+const char *hsm_last_rv_name(void)
+{
+    return last_failed_rv == CKR_OK ? "no PKCS#11 code" : ckr_name(last_failed_rv);
+}
+
 /* The one place that converts a CK_RV into an hsm_status. */
 static hsm_status rv_status(CK_RV rv, rv_context ctx)
 {
+    if (rv != CKR_OK)
+        last_failed_rv = rv;
     switch (rv) {
     case CKR_OK:
         return HSM_OK;
@@ -425,6 +438,19 @@ struct hsm {
 
     atomic_ulong find_objects;
     atomic_ulong sessions;
+
+    /* Module reload (see "Module reload" below). Every public operation holds module_lock
+     * for reading; a reload holds it for writing (writer-preferring, so a reload is not
+     * starved by a steady stream of operations). */
+    pthread_rwlock_t module_lock;
+    int module_lock_ready;
+    char *pin;                   /* user PIN for the re-login (secure heap, cleansed at close) */
+    unsigned long reload_after;  /* destroyed objects before a reload; 0 = never */
+    atomic_ulong garbage;        /* objects destroyed since the last (re)load */
+    atomic_int reload_claimed;   /* one reloader at a time */
+    atomic_ulong reloads;        /* reloads since open (both kinds) */
+    atomic_ulong heals;          /* of which after a token failure */
+    atomic_long last_heal;       /* CLOCK_MONOTONIC seconds of the last healing reload */
 };
 
 /* The one mutable global: 1 while an hsm_t is open in this process (see the file comment). */
@@ -759,6 +785,15 @@ static void session_put(hsm_t *h, CK_SESSION_HANDLE s, CK_RV last_rv)
         pthread_mutex_unlock(&h->pool_lock);
     }
     (void)h->fl->C_CloseSession(s);
+}
+
+/* Destroys one object; a destroyed object is counted towards the next module reload. */
+static CK_RV obj_destroy(hsm_t *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o)
+{
+    CK_RV rv = h->fl->C_DestroyObject(s, o);
+    if (rv == CKR_OK)
+        atomic_fetch_add(&h->garbage, 1);
+    return rv;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1527,6 +1562,21 @@ hsm_status hsm_open(const hsm_config *cfg, hsm_t **out, char *err, size_t errlen
     pthread_rwlock_init(&h->cache_lock, NULL);
     pthread_mutex_init(&h->backup_lock, NULL);
     h->locks_ready = 1;
+    {
+        pthread_rwlockattr_t ra;
+        pthread_rwlockattr_init(&ra);
+        pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+        h->module_lock_ready = pthread_rwlock_init(&h->module_lock, &ra) == 0;
+        pthread_rwlockattr_destroy(&ra);
+    }
+    if (!h->module_lock_ready) {
+        err_set(err, errlen, "pthread_rwlock_init failed");
+        st = HSM_ERR_MODULE;
+        goto out;
+    }
+    h->reload_after = cfg->reload_after < 0    ? 0
+                      : cfg->reload_after == 0 ? HSM_RELOAD_AFTER_DEFAULT
+                                               : (unsigned long)cfg->reload_after;
     snprintf(h->token_label, sizeof(h->token_label), "%s", label);
     snprintf(h->module_path, sizeof(h->module_path), "%s",
              managed ? CMKEMU_SOFTHSM_MODULE : cfg->module_path);
@@ -1644,6 +1694,16 @@ hsm_status hsm_open(const hsm_config *cfg, hsm_t **out, char *err, size_t errlen
     if (managed)
         token_objects_guard(mp.tokens, 1);
     st = raw_attach(h, err, errlen);
+    if (st == HSM_OK) {
+        /* kept for the re-login after a module reload; secure heap when there is one */
+        size_t plen = strlen(pin) + 1;
+        h->pin = OPENSSL_secure_malloc(plen);
+        if (!h->pin) {
+            err_set(err, errlen, "out of memory");
+            st = HSM_ERR_MODULE;
+        } else
+            memcpy(h->pin, pin, plen);
+    }
 out:
     OPENSSL_cleanse(pin, sizeof(pin));
     OPENSSL_cleanse(so_pin, sizeof(so_pin));
@@ -1686,6 +1746,10 @@ void hsm_close(hsm_t *h)
     ERR_clear_error();
     cache_buckets_free(h->buckets, h->nbuckets);
     free(h->pool);
+    if (h->pin)
+        OPENSSL_secure_clear_free(h->pin, strlen(h->pin) + 1);
+    if (h->module_lock_ready)
+        pthread_rwlock_destroy(&h->module_lock);
     if (h->locks_ready) {
         pthread_mutex_destroy(&h->pool_lock);
         pthread_rwlock_destroy(&h->cache_lock);
@@ -1718,7 +1782,7 @@ static size_t ulong_be(unsigned long v, uint8_t out[HSM_MAX_EXP_BYTES])
     return n;
 }
 
-hsm_status hsm_rsa_generate(hsm_t *h, unsigned bits, unsigned long public_exponent,
+static hsm_status op_rsa_generate(hsm_t *h, unsigned bits, unsigned long public_exponent,
                             const char *label, uint8_t id_out[HSM_ID_LEN])
 {
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
@@ -1774,7 +1838,7 @@ hsm_status hsm_rsa_generate(hsm_t *h, unsigned bits, unsigned long public_expone
         rv = h->fl->C_GenerateKeyPair(s, &mech, pub_t, npub, priv_t, npriv, &pub, &priv);
         if (rv == CKR_OK) {
             cache_new_pair(h, s, id, priv, pub, NULL);
-            (void)h->fl->C_DestroyObject(s, pub);
+            (void)obj_destroy(h, s, pub);
         }
         session_put(h, s, rv);
         if (!rv_session_lost(rv))
@@ -1810,12 +1874,12 @@ static void objects_destroy_quiet(hsm_t *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDL
                                   CK_OBJECT_HANDLE b)
 {
     if (a != CK_INVALID_HANDLE)
-        (void)h->fl->C_DestroyObject(s, a);
+        (void)obj_destroy(h, s, a);
     if (b != CK_INVALID_HANDLE)
-        (void)h->fl->C_DestroyObject(s, b);
+        (void)obj_destroy(h, s, b);
 }
 
-hsm_status hsm_rsa_import(hsm_t *h, const hsm_rsa_components *c, const char *label,
+static hsm_status op_rsa_import(hsm_t *h, const hsm_rsa_components *c, const char *label,
                           uint8_t id_out[HSM_ID_LEN])
 {
     enum { N, E, D, P, Q, DP, DQ, QI, NCOMP };
@@ -1998,7 +2062,7 @@ out:
     return ok;
 }
 
-hsm_status hsm_rsa_public(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t **n, size_t *n_len,
+static hsm_status op_rsa_public(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t **n, size_t *n_len,
                           uint8_t **e, size_t *e_len)
 {
     key_ref r;
@@ -2023,7 +2087,7 @@ hsm_status hsm_rsa_public(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t **n, s
     return st;
 }
 
-hsm_status hsm_rsa_bits(hsm_t *h, const uint8_t id[HSM_ID_LEN], unsigned *bits)
+static hsm_status op_rsa_bits(hsm_t *h, const uint8_t id[HSM_ID_LEN], unsigned *bits)
 {
     key_ref r;
     hsm_status st;
@@ -2036,7 +2100,7 @@ hsm_status hsm_rsa_bits(hsm_t *h, const uint8_t id[HSM_ID_LEN], unsigned *bits)
     return st;
 }
 
-hsm_status hsm_key_destroy(hsm_t *h, const uint8_t id[HSM_ID_LEN])
+static hsm_status op_key_destroy(hsm_t *h, const uint8_t id[HSM_ID_LEN])
 {
     CK_SESSION_HANDLE s;
     key_ref r;
@@ -2053,9 +2117,9 @@ hsm_status hsm_key_destroy(hsm_t *h, const uint8_t id[HSM_ID_LEN])
     if (rv != CKR_OK)
         return rv_status(rv, OP_GENERIC);
     if (r.priv != CK_INVALID_HANDLE)
-        rv1 = h->fl->C_DestroyObject(s, r.priv);
+        rv1 = obj_destroy(h, s, r.priv);
     if (r.pub != CK_INVALID_HANDLE)
-        rv2 = h->fl->C_DestroyObject(s, r.pub);
+        rv2 = obj_destroy(h, s, r.pub);
     /* Again: a concurrent search may have cached the pair between the first eviction and
      * the C_DestroyObject calls. */
     cache_evict(h, id);
@@ -2081,7 +2145,9 @@ static int info_cmp(const void *a, const void *b)
     return x->cls < y->cls ? -1 : x->cls > y->cls;
 }
 
-hsm_status hsm_key_foreach(hsm_t *h, void (*fn)(const uint8_t id[HSM_ID_LEN], void *ud), void *ud)
+/* Lists the token's key pair ids into *ids_out (malloc'd, *nids_out entries) and refreshes the
+ * handle cache; the public wrapper calls back with no lock held. */
+static hsm_status op_key_foreach(hsm_t *h, uint8_t (**ids_out)[HSM_ID_LEN], size_t *nids_out)
 {
     CK_OBJECT_CLASS classes[2] = {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY};
     CK_KEY_TYPE kt = CKK_RSA;
@@ -2096,8 +2162,8 @@ hsm_status hsm_key_foreach(hsm_t *h, void (*fn)(const uint8_t id[HSM_ID_LEN], vo
     unsigned long gen;
     CK_RV rv;
 
-    if (!h || !fn)
-        return HSM_ERR_ARGS;
+    *ids_out = NULL;
+    *nids_out = 0;
     gen = cache_gen(h);
     rv = session_get(h, &s);
     if (rv != CKR_OK)
@@ -2174,9 +2240,9 @@ hsm_status hsm_key_foreach(hsm_t *h, void (*fn)(const uint8_t id[HSM_ID_LEN], vo
     pthread_rwlock_unlock(&h->cache_lock);
     nbuckets = NULL;
     cache_buckets_free(old, old_n);
-    /* Call back without any lock held: fn may call into hsm (e.g. hsm_key_destroy). */
-    for (size_t i = 0; i < nids; i++)
-        fn(ids[i], ud);
+    *ids_out = ids;
+    *nids_out = nids;
+    ids = NULL;
 out:
     for (size_t i = 0; i < ninfos; i++)
         EVP_PKEY_free(infos[i].pkey);
@@ -2207,7 +2273,7 @@ static int enc_alg_ok(hsm_rsa_enc_alg alg)
     return alg == HSM_RSA_OAEP_SHA1 || alg == HSM_RSA_OAEP_SHA256 || alg == HSM_RSA_PKCS1;
 }
 
-hsm_status hsm_rsa_encrypt(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_rsa_enc_alg alg,
+static hsm_status op_rsa_encrypt(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_rsa_enc_alg alg,
                            const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len)
 {
     static const uint8_t empty[1] = {0};
@@ -2323,7 +2389,7 @@ out:
     return st;
 }
 
-hsm_status hsm_rsa_decrypt(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_rsa_enc_alg alg,
+static hsm_status op_rsa_decrypt(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_rsa_enc_alg alg,
                            const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len)
 {
     if (!h || !id || !in || !out || !out_len || !enc_alg_ok(alg))
@@ -2443,7 +2509,7 @@ static hsm_status sign_once(hsm_t *h, CK_OBJECT_HANDLE priv, const sig_info *si,
     return HSM_OK;
 }
 
-hsm_status hsm_sign(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg alg, const uint8_t *digest,
+static hsm_status op_sign(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg alg, const uint8_t *digest,
                     size_t digest_len, uint8_t *sig, size_t *sig_len)
 {
     sig_info si;
@@ -2473,7 +2539,7 @@ hsm_status hsm_sign(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg alg, con
     return last;
 }
 
-hsm_status hsm_verify(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg alg,
+static hsm_status op_verify(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg alg,
                       const uint8_t *digest, size_t digest_len, const uint8_t *sig, size_t sig_len)
 {
     EVP_PKEY_CTX *pctx = NULL;
@@ -2600,7 +2666,7 @@ static size_t get_u16(const uint8_t *p)
  *   "CMKB1" | mech (1 = CKM_AES_KEY_WRAP_PAD) | n_len n | e_len e | w_len wrapped-PKCS#8
  * The private key is only present wrapped. n and e are not authenticated by the wrap; import
  * checks them against the modulus and exponent of the unwrapped private key. */
-hsm_status hsm_key_export_wrapped(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t **blob,
+static hsm_status op_key_export_wrapped(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t **blob,
                                   size_t *blob_len)
 {
     CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
@@ -2714,7 +2780,7 @@ static int blob_parse(const uint8_t *blob, size_t len, blob_parts *bp)
     return 1;
 }
 
-hsm_status hsm_key_import_wrapped(hsm_t *h, const uint8_t *blob, size_t blob_len, const char *label,
+static hsm_status op_key_import_wrapped(hsm_t *h, const uint8_t *blob, size_t blob_len, const char *label,
                                   uint8_t id_out[HSM_ID_LEN])
 {
     CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
@@ -2801,7 +2867,7 @@ out:
 /* ---------------------------------------------------------------------------------------- */
 /* Misc                                                                                      */
 
-hsm_status hsm_random(hsm_t *h, uint8_t *buf, size_t len)
+static hsm_status op_random(hsm_t *h, uint8_t *buf, size_t len)
 {
     CK_SESSION_HANDLE s;
     CK_RV rv = CKR_OK;
@@ -2832,6 +2898,280 @@ void hsm_get_stats(hsm_t *h, hsm_stats *out)
         return;
     out->find_objects = atomic_load(&h->find_objects);
     out->sessions = atomic_load(&h->sessions);
+    out->module_reloads = atomic_load(&h->reloads);
+    out->module_heals = atomic_load(&h->heals);
+    out->destroyed_since_reload = atomic_load(&h->garbage);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Module reload                                                                             */
+
+/*
+ * SoftHSM 2.6 never frees the in-memory record of a destroyed object until the token is
+ * closed (OSToken and the session object store keep every object they ever held, so that
+ * stale handles stay harmless): a server that creates and deletes keys grows by about 1 KB
+ * per destroyed object, forever. And a token that SoftHSM once found inconsistent stays
+ * "invalid" for the life of the module (every later key creation fails with
+ * CKR_GENERAL_ERROR) even when the files on disk are fine.
+ *
+ * Both are cured by finalising and re-initialising the module, which is what a reload does:
+ * with every operation excluded (module_lock held for writing), close the sessions,
+ * C_Finalize, C_Initialize, open the anchor session, log in again, and drop every cached
+ * handle (handles are renumbered; the public keys are read again on first use). It runs
+ * after reload_after destroyed objects, and once (at most every HSM_HEAL_INTERVAL seconds)
+ * when a key creation or destruction fails with a general token error, before one retry.
+ */
+static long monotonic_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long)ts.tv_sec;
+}
+
+/* The slot that holds the token labelled h->token_label, straight from the module. */
+static CK_RV slot_by_label(hsm_t *h, CK_FUNCTION_LIST *fl, CK_SLOT_ID *out)
+{
+    CK_SLOT_ID slots[64];
+    CK_ULONG n = sizeof(slots) / sizeof(slots[0]);
+    char want[HSM_TOKEN_LABEL_MAX];
+    size_t len = strlen(h->token_label);
+    CK_RV rv = fl->C_GetSlotList(CK_TRUE, slots, &n);
+
+    if (rv != CKR_OK)
+        return rv;
+    memset(want, ' ', sizeof(want));
+    memcpy(want, h->token_label, len < sizeof(want) ? len : sizeof(want));
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        if (fl->C_GetTokenInfo(slots[i], &ti) == CKR_OK &&
+            (ti.flags & CKF_TOKEN_INITIALIZED) &&
+            memcmp(ti.label, want, sizeof(want)) == 0) {
+            *out = slots[i];
+            return CKR_OK;
+        }
+    }
+    return CKR_TOKEN_NOT_PRESENT;
+}
+
+/* Reloads the module. Caller holds module_lock for writing. */
+static hsm_status module_reload_locked(hsm_t *h)
+{
+    CK_FUNCTION_LIST *fl = h->module_fl;
+    CK_C_INITIALIZE_ARGS args;
+    CK_SESSION_INFO info;
+    cache_entry **old;
+    size_t old_n;
+    CK_RV rv;
+
+    if (!fl || !h->pin)
+        return HSM_ERR_MODULE;
+    pthread_mutex_lock(&h->pool_lock);
+    h->pool_len = 0; /* C_Finalize closes them all */
+    pthread_mutex_unlock(&h->pool_lock);
+    h->have_anchor = 0;
+    (void)fl->C_Finalize(NULL);
+    memset(&args, 0, sizeof(args));
+    args.flags = CKF_OS_LOCKING_OK;
+    rv = fl->C_Initialize(&args);
+    if (rv == CKR_OK)
+        rv = slot_by_label(h, fl, &h->slot_id); /* SoftHSM renumbers a token made this run */
+    if (rv == CKR_OK)
+        rv = fl->C_OpenSession(h->slot_id, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+                               &h->anchor);
+    if (rv == CKR_OK) {
+        h->have_anchor = 1;
+        atomic_fetch_add(&h->sessions, 1);
+        rv = fl->C_Login(h->anchor, CKU_USER, (CK_UTF8CHAR_PTR)h->pin, (CK_ULONG)strlen(h->pin));
+        if (rv == CKR_USER_ALREADY_LOGGED_IN)
+            rv = CKR_OK;
+    }
+    if (rv == CKR_OK)
+        rv = fl->C_GetSessionInfo(h->anchor, &info);
+    if (rv == CKR_OK && info.state != CKS_RW_USER_FUNCTIONS)
+        rv = CKR_USER_NOT_LOGGED_IN;
+    /* Every cached handle belonged to the old module instance. */
+    pthread_rwlock_wrlock(&h->cache_lock);
+    old = h->buckets;
+    old_n = h->nbuckets;
+    h->buckets = NULL;
+    h->nbuckets = 0;
+    h->count = 0;
+    h->gen++;
+    pthread_rwlock_unlock(&h->cache_lock);
+    cache_buckets_free(old, old_n);
+    pthread_mutex_lock(&h->backup_lock);
+    h->backup_key = CK_INVALID_HANDLE;
+    pthread_mutex_unlock(&h->backup_lock);
+    atomic_store(&h->garbage, 0);
+    atomic_fetch_add(&h->reloads, 1);
+    return rv_status(rv, OP_GENERIC);
+}
+
+static hsm_status module_reload(hsm_t *h)
+{
+    hsm_status st;
+
+    pthread_rwlock_wrlock(&h->module_lock);
+    st = module_reload_locked(h);
+    pthread_rwlock_unlock(&h->module_lock);
+    return st;
+}
+
+hsm_status hsm_reload(hsm_t *h)
+{
+    return h ? module_reload(h) : HSM_ERR_ARGS;
+}
+
+static void op_enter(hsm_t *h)
+{
+    pthread_rwlock_rdlock(&h->module_lock);
+}
+
+/* Ends an operation; the thread that ends one when enough objects were destroyed reloads. */
+static void op_leave(hsm_t *h)
+{
+    pthread_rwlock_unlock(&h->module_lock);
+    if (h->reload_after && atomic_load(&h->garbage) >= h->reload_after &&
+        !atomic_exchange(&h->reload_claimed, 1)) {
+        if (atomic_load(&h->garbage) >= h->reload_after)
+            (void)module_reload(h);
+        atomic_store(&h->reload_claimed, 0);
+    }
+}
+
+/* After a failed key creation or destruction: is it the token's general failure that a
+ * reload cures (and has no healing reload run in the last HSM_HEAL_INTERVAL seconds)? Then
+ * reload and tell the caller to retry once. */
+static int heal(hsm_t *h, hsm_status st, CK_RV rv)
+{
+    long now, last;
+
+    if (st != HSM_ERR_TOKEN || (rv != CKR_GENERAL_ERROR && rv != CKR_FUNCTION_FAILED))
+        return 0;
+    now = monotonic_seconds();
+    last = atomic_load(&h->last_heal);
+    if (last && now - last < HSM_HEAL_INTERVAL)
+        return 0;
+    if (!atomic_compare_exchange_strong(&h->last_heal, &last, now))
+        return 0; /* another thread is healing */
+    if (module_reload(h) != HSM_OK)
+        return 0;
+    atomic_fetch_add(&h->heals, 1);
+    return 1;
+}
+
+/* Runs one operation under the module lock: OP(call). */
+#define LOCKED(h, call)                                                                       \
+    do {                                                                                      \
+        if (!(h))                                                                             \
+            return HSM_ERR_ARGS;                                                              \
+        op_enter(h);                                                                          \
+        hsm_status st_ = (call);                                                              \
+        op_leave(h);                                                                          \
+        return st_;                                                                           \
+    } while (0)
+
+/* The same for operations that create or destroy token objects: healed and retried once. */
+#define LOCKED_HEALED(h, call)                                                                \
+    do {                                                                                      \
+        if (!(h))                                                                             \
+            return HSM_ERR_ARGS;                                                              \
+        for (int attempt_ = 0;; attempt_++) {                                                 \
+            last_failed_rv = CKR_OK;                                                          \
+            op_enter(h);                                                                      \
+            hsm_status st_ = (call);                                                          \
+            CK_RV rv_ = last_failed_rv;                                                       \
+            op_leave(h);                                                                      \
+            if (st_ == HSM_OK || attempt_ > 0 || !heal((h), st_, rv_))                        \
+                return st_;                                                                   \
+        }                                                                                     \
+    } while (0)
+
+hsm_status hsm_rsa_generate(hsm_t *h, unsigned bits, unsigned long public_exponent,
+                            const char *label, uint8_t id_out[HSM_ID_LEN])
+{
+    LOCKED_HEALED(h, op_rsa_generate(h, bits, public_exponent, label, id_out));
+}
+
+hsm_status hsm_rsa_import(hsm_t *h, const hsm_rsa_components *c, const char *label,
+                          uint8_t id_out[HSM_ID_LEN])
+{
+    LOCKED_HEALED(h, op_rsa_import(h, c, label, id_out));
+}
+
+hsm_status hsm_key_import_wrapped(hsm_t *h, const uint8_t *blob, size_t blob_len,
+                                  const char *label, uint8_t id_out[HSM_ID_LEN])
+{
+    LOCKED_HEALED(h, op_key_import_wrapped(h, blob, blob_len, label, id_out));
+}
+
+hsm_status hsm_key_destroy(hsm_t *h, const uint8_t id[HSM_ID_LEN])
+{
+    LOCKED_HEALED(h, op_key_destroy(h, id));
+}
+
+hsm_status hsm_rsa_public(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t **n, size_t *n_len,
+                          uint8_t **e, size_t *e_len)
+{
+    LOCKED(h, op_rsa_public(h, id, n, n_len, e, e_len));
+}
+
+hsm_status hsm_rsa_bits(hsm_t *h, const uint8_t id[HSM_ID_LEN], unsigned *bits)
+{
+    LOCKED(h, op_rsa_bits(h, id, bits));
+}
+
+hsm_status hsm_rsa_encrypt(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_rsa_enc_alg alg,
+                           const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len)
+{
+    LOCKED(h, op_rsa_encrypt(h, id, alg, in, in_len, out, out_len));
+}
+
+hsm_status hsm_rsa_decrypt(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_rsa_enc_alg alg,
+                           const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len)
+{
+    LOCKED(h, op_rsa_decrypt(h, id, alg, in, in_len, out, out_len));
+}
+
+hsm_status hsm_sign(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg alg, const uint8_t *digest,
+                    size_t digest_len, uint8_t *sig, size_t *sig_len)
+{
+    LOCKED(h, op_sign(h, id, alg, digest, digest_len, sig, sig_len));
+}
+
+hsm_status hsm_verify(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg alg,
+                      const uint8_t *digest, size_t digest_len, const uint8_t *sig, size_t sig_len)
+{
+    LOCKED(h, op_verify(h, id, alg, digest, digest_len, sig, sig_len));
+}
+
+hsm_status hsm_key_export_wrapped(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t **blob,
+                                  size_t *blob_len)
+{
+    LOCKED(h, op_key_export_wrapped(h, id, blob, blob_len));
+}
+
+hsm_status hsm_random(hsm_t *h, uint8_t *buf, size_t len)
+{
+    LOCKED(h, op_random(h, buf, len));
+}
+
+hsm_status hsm_key_foreach(hsm_t *h, void (*fn)(const uint8_t id[HSM_ID_LEN], void *ud), void *ud)
+{
+    uint8_t(*ids)[HSM_ID_LEN] = NULL;
+    size_t nids = 0;
+    hsm_status st;
+
+    if (!h || !fn)
+        return HSM_ERR_ARGS;
+    op_enter(h);
+    st = op_key_foreach(h, &ids, &nids);
+    op_leave(h);
+    /* Call back without any lock held: fn may call into hsm (e.g. hsm_key_destroy). */
+    for (size_t i = 0; st == HSM_OK && i < nids; i++)
+        fn(ids[i], ud);
+    free(ids);
+    return st;
 }
 
 const char *hsm_module_path(const hsm_t *h)

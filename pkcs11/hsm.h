@@ -38,6 +38,9 @@ typedef enum {
 } hsm_status;
 
 const char *hsm_status_str(hsm_status st);
+/* The PKCS#11 return code (e.g. "CKR_GENERAL_ERROR") behind the calling thread's last failed
+ * hsm_* call, for error messages and logs; never names key material. */
+const char *hsm_last_rv_name(void);
 
 #define HSM_ID_LEN 16
 
@@ -54,6 +57,10 @@ typedef struct {
     const char *module_path;
     const char *token_label; /* NULL = "cmkemu" */
     const char *pin;         /* NULL = read DATA_DIR/hsm/pin (SoftHSM mode only) */
+    /* Reload the module (C_Finalize + C_Initialize + login, see hsm_reload) after this many
+     * destroyed objects: SoftHSM keeps every destroyed object in memory until then.
+     * 0 = the default (1000, about 0.5 MB); negative = never. */
+    long reload_after;
 } hsm_config;
 
 /* Opens (and on first use creates) the token and logs in. On failure returns a status and
@@ -162,10 +169,21 @@ hsm_status hsm_key_import_wrapped(hsm_t *hsm, const uint8_t *blob, size_t blob_l
 /* Random bytes from the token (C_GenerateRandom). */
 hsm_status hsm_random(hsm_t *hsm, uint8_t *buf, size_t len);
 
+/* Finalises and re-initialises the PKCS#11 module and logs in again, with every operation
+ * excluded meanwhile; cached handles are dropped (keys are found again on first use). It
+ * frees what SoftHSM keeps of destroyed objects and clears a token state that SoftHSM
+ * marked invalid. Runs by itself after cfg->reload_after destroyed objects, and once before
+ * a retry when a key creation or destruction fails with CKR_GENERAL_ERROR or
+ * CKR_FUNCTION_FAILED (at most every 5 s). Operations running meanwhile wait; none fails. */
+hsm_status hsm_reload(hsm_t *hsm);
+
 /* Counters for tests and benchmarks. */
 typedef struct {
     unsigned long find_objects; /* C_FindObjectsInit calls since open */
     unsigned long sessions;     /* sessions opened since open */
+    unsigned long module_reloads;         /* module reloads since open (hsm_reload) */
+    unsigned long module_heals;           /* of which after a general token failure */
+    unsigned long destroyed_since_reload; /* objects destroyed since the last (re)load */
 } hsm_stats;
 void hsm_get_stats(hsm_t *hsm, hsm_stats *out);
 

@@ -1120,6 +1120,221 @@ static void hsm_injected_token_faults_map_to_status(void **state)
     assert_ptr_equal(hsm_testing_get_functions(f->h), g_real_fl);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* Module reload                                                                             */
+
+/* Decrypts with id and checks the plaintext (one round trip through the token). */
+static void roundtrip(hsm_t *h, const uint8_t id[HSM_ID_LEN])
+{
+    static const uint8_t msg[32] = "still the same key after reload";
+    uint8_t ct[512], pt[512];
+    size_t ct_len = 0, pt_len = 0;
+
+    hsm_status st = hsm_rsa_encrypt(h, id, HSM_RSA_OAEP_SHA256, msg, 32, ct, &ct_len);
+    if (st != HSM_OK)
+        fail_msg("encrypt after reload: %s (%s)", hsm_status_str(st), hsm_last_rv_name());
+    st = hsm_rsa_decrypt(h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len);
+    if (st != HSM_OK)
+        fail_msg("decrypt after reload: %s (%s)", hsm_status_str(st), hsm_last_rv_name());
+    assert_int_equal(pt_len, 32);
+    assert_memory_equal(pt, msg, 32);
+}
+
+static void hsm_reload_keeps_keys_and_drops_stale_handles(void **state)
+{
+    fixture *f = *state;
+    uint8_t digest[32], sig[512], *blob = NULL, id[HSM_ID_LEN];
+    size_t sig_len = 0, blob_len = 0;
+    hsm_stats s0, s1;
+    EVP_PKEY *pub;
+
+    roundtrip(f->h, f->k2048); /* the handle is cached now */
+    hsm_get_stats(f->h, &s0);
+    assert_int_equal(hsm_reload(f->h), HSM_OK);
+    hsm_get_stats(f->h, &s1);
+    assert_int_equal(s1.module_reloads, s0.module_reloads + 1);
+    assert_int_equal(s1.destroyed_since_reload, 0);
+    /* the old handle is gone from the cache: the key is searched again, and works */
+    roundtrip(f->h, f->k2048);
+    hsm_get_stats(f->h, &s0);
+    assert_true(s0.find_objects > s1.find_objects);
+    roundtrip(f->h, f->k3072);
+    make_digest(HSM_RS256, "signed after a reload", digest);
+    assert_int_equal(hsm_sign(f->h, f->k2048, HSM_RS256, digest, 32, sig, &sig_len), HSM_OK);
+    pub = pub_from_hsm(f->h, f->k2048);
+    assert_int_equal(ossl_verify(pub, HSM_RS256, digest, sig, sig_len), 1);
+    EVP_PKEY_free(pub);
+    assert_int_equal(probe(f->h, f->k3072).found, 1);
+    /* the backup key handle was dropped too: export and import find it again */
+    assert_int_equal(hsm_key_export_wrapped(f->h, f->k2048, &blob, &blob_len), HSM_OK);
+    assert_int_equal(hsm_reload(f->h), HSM_OK);
+    assert_int_equal(hsm_key_import_wrapped(f->h, blob, blob_len, "test/reload/restored", id),
+                     HSM_OK);
+    roundtrip(f->h, id);
+    assert_int_equal(hsm_key_destroy(f->h, id), HSM_OK);
+    free(blob);
+}
+
+static void hsm_reloads_itself_after_destroyed_objects(void **state)
+{
+    fixture *f = *state;
+    char dir[PATH_MAX];
+    char err[256];
+    hsm_config cfg = {0};
+    hsm_t *h = NULL;
+    uint8_t keep[HSM_ID_LEN], id[HSM_ID_LEN];
+    hsm_stats st;
+
+    assert_true(snprintf(dir, sizeof(dir), "%s/reload", f->root) < (int)sizeof(dir));
+    hsm_close(f->h); /* one hsm_t per process */
+    f->h = NULL;
+    cfg.data_dir = dir;
+    cfg.reload_after = 6; /* a generate+destroy cycle destroys 2 objects (session public half) */
+    assert_int_equal(hsm_open(&cfg, &h, err, sizeof(err)), HSM_OK);
+    assert_int_equal(hsm_rsa_generate(h, 2048, 0, "test/keep", keep), HSM_OK);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(hsm_rsa_generate(h, 2048, 0, "test/churn", id), HSM_OK);
+        assert_int_equal(hsm_key_destroy(h, id), HSM_OK);
+    }
+    hsm_get_stats(h, &st);
+    assert_int_equal(st.module_reloads, 0);
+    assert_int_equal(st.destroyed_since_reload, 5); /* keep's public half + 2 x 2 */
+    assert_int_equal(hsm_rsa_generate(h, 2048, 0, "test/churn", id), HSM_OK);
+    hsm_get_stats(h, &st);
+    assert_int_equal(st.module_reloads, 1);
+    assert_int_equal(st.module_heals, 0);
+    assert_int_equal(st.destroyed_since_reload, 0);
+    /* keys made before the reload still work, and a destroyed one stays destroyed */
+    roundtrip(h, keep);
+    roundtrip(h, id);
+    assert_int_equal(hsm_key_destroy(h, id), HSM_OK);
+    assert_int_equal(hsm_rsa_bits(h, id, &(unsigned){0}), HSM_ERR_NOT_FOUND);
+    hsm_close(h);
+
+    /* negative: never */
+    cfg.reload_after = -1;
+    h = NULL;
+    assert_int_equal(hsm_open(&cfg, &h, err, sizeof(err)), HSM_OK);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(hsm_rsa_generate(h, 2048, 0, "test/churn", id), HSM_OK);
+        assert_int_equal(hsm_key_destroy(h, id), HSM_OK);
+    }
+    hsm_get_stats(h, &st);
+    assert_int_equal(st.module_reloads, 0);
+    assert_int_equal(st.destroyed_since_reload, 8);
+    roundtrip(h, keep);
+    hsm_close(h);
+    f->h = open_dir(f->dir_a);
+}
+
+static int g_gen_failures; /* C_GenerateKeyPair calls left that fail with CKR_GENERAL_ERROR */
+
+static CK_RV failing_generate(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR pt,
+                              CK_ULONG pn, CK_ATTRIBUTE_PTR vt, CK_ULONG vn,
+                              CK_OBJECT_HANDLE_PTR pub, CK_OBJECT_HANDLE_PTR priv)
+{
+    if (g_gen_failures > 0) {
+        g_gen_failures--;
+        return CKR_GENERAL_ERROR;
+    }
+    return g_real_fl->C_GenerateKeyPair(s, m, pt, pn, vt, vn, pub, priv);
+}
+
+static void hsm_general_token_error_heals_once_then_reports(void **state)
+{
+    fixture *f = *state;
+    CK_FUNCTION_LIST wrapped;
+    uint8_t id[HSM_ID_LEN];
+    hsm_stats s0, s1;
+
+    g_real_fl = hsm_testing_get_functions(f->h);
+    wrapped = *g_real_fl;
+    wrapped.C_GenerateKeyPair = failing_generate;
+    hsm_testing_set_functions(f->h, &wrapped);
+
+    /* a token that failed once: reloaded, retried, the key is made */
+    hsm_get_stats(f->h, &s0);
+    g_gen_failures = 1;
+    assert_int_equal(hsm_rsa_generate(f->h, 2048, 0, "test/heal", id), HSM_OK);
+    hsm_get_stats(f->h, &s1);
+    assert_int_equal(g_gen_failures, 0);
+    assert_int_equal(s1.module_heals, s0.module_heals + 1);
+    assert_int_equal(s1.module_reloads, s0.module_reloads + 1);
+    roundtrip(f->h, id);
+    assert_int_equal(hsm_key_destroy(f->h, id), HSM_OK);
+
+    /* failing again within the heal interval: no second reload, the error and its code */
+    g_gen_failures = 1;
+    assert_int_equal(hsm_rsa_generate(f->h, 2048, 0, "test/heal", id), HSM_ERR_TOKEN);
+    assert_string_equal(hsm_last_rv_name(), "CKR_GENERAL_ERROR");
+    hsm_get_stats(f->h, &s0);
+    assert_int_equal(s0.module_heals, s1.module_heals);
+    assert_int_equal(s0.module_reloads, s1.module_reloads);
+
+    /* a failure a reload cannot cure is not retried: bad arguments */
+    g_gen_failures = 0;
+    assert_int_equal(hsm_rsa_generate(f->h, 1024, 0, "test/heal", id), HSM_ERR_ARGS);
+    hsm_testing_set_functions(f->h, NULL);
+}
+
+typedef struct {
+    hsm_t *h;
+    int stop;
+} reloader;
+
+static void *reload_worker(void *arg)
+{
+    reloader *r = arg;
+    int n = 0;
+
+    while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE) && n < 200) {
+        if (hsm_reload(r->h) == HSM_OK)
+            n++;
+        usleep(2000);
+    }
+    return (void *)(intptr_t)n;
+}
+
+static void hsm_operations_run_through_concurrent_reloads(void **state)
+{
+    fixture *f = *state;
+    pthread_barrier_t start;
+    pthread_t th[2], rt;
+    worker *w = calloc(2, sizeof(*w));
+    reloader r = {f->h, 0};
+    void *reloads = NULL;
+
+    assert_non_null(w);
+    assert_int_equal(pthread_barrier_init(&start, NULL, 2), 0);
+    for (int t = 0; t < 2; t++) {
+        w[t].h = f->h;
+        w[t].id = t ? f->k3072 : f->k2048;
+        w[t].start = &start;
+        for (int i = 0; i < 50; i++) {
+            w[t].alg[i] = enc_algs[(size_t)(i + t) % 3];
+            assert_int_equal(RAND_bytes(w[t].msg[i], 32), 1);
+            assert_int_equal(hsm_rsa_encrypt(f->h, w[t].id, w[t].alg[i], w[t].msg[i], 32,
+                                             w[t].ct[i], &w[t].ct_len[i]),
+                             HSM_OK);
+        }
+    }
+    assert_int_equal(pthread_create(&rt, NULL, reload_worker, &r), 0);
+    for (int t = 0; t < 2; t++)
+        assert_int_equal(pthread_create(&th[t], NULL, decrypt_worker, &w[t]), 0);
+    for (int t = 0; t < 2; t++)
+        pthread_join(th[t], NULL);
+    __atomic_store_n(&r.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(rt, &reloads);
+    pthread_barrier_destroy(&start);
+    /* every decryption succeeded although the module was reloaded under them */
+    for (int t = 0; t < 2; t++) {
+        assert_int_equal(w[t].failed, 0);
+        assert_int_equal(w[t].ok, 50);
+    }
+    assert_true((intptr_t)reloads >= 2);
+    free(w);
+}
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -1237,6 +1452,10 @@ int main(void)
         cmocka_unit_test(hsm_handle_cache_avoids_searches),
         cmocka_unit_test(hsm_random_from_token),
         cmocka_unit_test(hsm_injected_token_faults_map_to_status),
+        cmocka_unit_test(hsm_reload_keeps_keys_and_drops_stale_handles),
+        cmocka_unit_test(hsm_reloads_itself_after_destroyed_objects),
+        cmocka_unit_test(hsm_general_token_error_heals_once_then_reports),
+        cmocka_unit_test(hsm_operations_run_through_concurrent_reloads),
     };
     /* The decrypt rate loop is a measurement, not a test: it runs only when asked
      * (CMK_HSM_BENCH=1), and is then its own group rather than a skipped test. */

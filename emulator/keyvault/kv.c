@@ -1468,7 +1468,10 @@ static kv_status hsm_fail(kv_err *e, hsm_status hs, const char *what)
                     "The HSM is unavailable for the %s (device error, token removed or session "
                     "lost); nothing was changed, retry the request later.",
                     what);
-    return fail(e, KV_ERR_HSM, "The HSM failed the %s (%s).", what, hsm_status_str(hs));
+    emu_log(EMU_LOG_WARN, "kv", "HSM failure in %s: %s (%s)", what, hsm_status_str(hs),
+            hsm_last_rv_name());
+    return fail(e, KV_ERR_HSM, "The HSM failed the %s (%s, %s).", what, hsm_status_str(hs),
+                hsm_last_rv_name());
 }
 
 /* Checks that name may get a new version: vault exists, key not soft-deleted. Lock held. */
