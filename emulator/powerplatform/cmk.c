@@ -622,16 +622,9 @@ pp_env_status pp_env_link(pp_envs_t *p, const char *id, const char *system_id,
     snprintf(vault, sizeof vault, "%s", v ? v : "");
     kv_err ke = {{0}};
     pthread_mutex_lock(&p->lock);
-    env_rec *r = envi_find(p, id);
+    env_rec *r = envi_find_idle(p, id, &rs, e);
     if (!r) {
-        envi_not_found(e, id);
-        rs = PP_ENV_ERR_NOT_FOUND;
-    } else if (r->env.op_id[0]) {
-        snprintf(e->msg, sizeof e->msg,
-                 "Environment '%s' already has a %s operation in progress (%s); wait for it to "
-                 "end.",
-                 r->env.id, r->env.op_kind, r->env.op_id);
-        rs = PP_ENV_ERR_BUSY;
+        /* rs and e say why */
     } else if (strcasecmp(r->env.location, pol.location)) {
         snprintf(e->msg, sizeof e->msg,
                  "The environment is in region '%s' but the enterprise policy '%.100s' is in "
@@ -702,19 +695,9 @@ pp_env_status pp_env_unlink(pp_envs_t *p, const char *id, const char *system_id,
     if (rs == PP_ENV_ERR_FORBIDDEN)
         return rs;
     pthread_mutex_lock(&p->lock);
-    env_rec *r = envi_find(p, id);
-    if (!r) {
-        envi_not_found(e, id);
-        rs = PP_ENV_ERR_NOT_FOUND;
-    } else if (r->env.op_id[0]) {
-        snprintf(e->msg, sizeof e->msg,
-                 "Environment '%s' already has a %s operation in progress (%s); wait for it to "
-                 "end.",
-                 r->env.id, r->env.op_kind, r->env.op_id);
-        rs = PP_ENV_ERR_BUSY;
-    } else {
+    env_rec *r = envi_find_idle(p, id, &rs, e);
+    if (r)
         rs = op_start_inlock(p, r, false, NULL, caller, op, e);
-    }
     pthread_mutex_unlock(&p->lock);
     return rs;
 }

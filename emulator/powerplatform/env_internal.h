@@ -67,6 +67,9 @@ bool envi_op_update(sqlite3 *db, const char *id, const char *state, const char *
 void envi_op_fill(pp_env_operation *op, const char *id, const char *env, const char *kind,
                   int64_t now);
 void envi_not_found(pp_env_err *e, const char *id);
+/* pp lock held: id's record when it exists and runs no operation; else NULL with *rs
+ * (NOT_FOUND or BUSY) and e's message set. */
+env_rec *envi_find_idle(pp_envs_t *p, const char *id, pp_env_status *rs, pp_env_err *e);
 
 /* The customer-key wrapper storage and the wrapper that holds r's data key (cmk.c). */
 typedef struct {

@@ -460,6 +460,25 @@ void envi_not_found(pp_env_err *e, const char *id)
     snprintf(e->msg, sizeof e->msg, "Environment '%.40s' does not exist.", id);
 }
 
+env_rec *envi_find_idle(pp_envs_t *p, const char *id, pp_env_status *rs, pp_env_err *e)
+{
+    env_rec *r = envi_find(p, id);
+    if (!r) {
+        envi_not_found(e, id);
+        *rs = PP_ENV_ERR_NOT_FOUND;
+        return NULL;
+    }
+    if (r->env.op_id[0]) {
+        snprintf(e->msg, sizeof e->msg,
+                 "Environment '%s' already has a %s operation in progress (%s); wait for it to "
+                 "end.",
+                 r->env.id, r->env.op_kind, r->env.op_id);
+        *rs = PP_ENV_ERR_BUSY;
+        return NULL;
+    }
+    return r;
+}
+
 pp_env_status pp_env_delete(pp_envs_t *p, const char *id, pp_env_operation *op, pp_env_err *e)
 {
     return envi_delete(p, id, op, e, "deleted on request", NULL);
@@ -525,19 +544,9 @@ pp_env_status pp_env_set_enabled(pp_envs_t *p, const char *id, bool enabled, con
 {
     pthread_mutex_lock(&p->lock);
     pp_env_status rs = PP_ENV_OK;
-    env_rec *r = envi_find(p, id);
-    if (!r) {
-        envi_not_found(e, id);
-        rs = PP_ENV_ERR_NOT_FOUND;
+    env_rec *r = envi_find_idle(p, id, &rs, e);
+    if (!r)
         goto out;
-    }
-    if (r->env.op_id[0]) {
-        snprintf(e->msg, sizeof e->msg,
-                 "Environment '%s' has a %s operation in progress (%s); retry when it ends.",
-                 r->env.id, r->env.op_kind, r->env.op_id);
-        rs = PP_ENV_ERR_BUSY;
-        goto out;
-    }
     pp_dek fresh = {0};
     cmk_ud u;
     pp_key_wrapper w = envi_wrapper_for(p, r, &u);

@@ -130,7 +130,7 @@ static int parse_ulong(const char *s, unsigned long lo, unsigned long hi, unsign
     return 0;
 }
 
-static int parse_seconds(const char *s, double lo, double hi, double *out)
+int hx_parse_double(const char *s, double lo, double hi, double *out)
 {
     char *end = NULL;
     double v;
@@ -234,7 +234,7 @@ static int parse_args(int argc, char **argv, bench_opts *o)
                         BENCH_MAX_CONCURRENCY);
                 return -1;
             }
-        } else if (parse_seconds(v, 0.1, 3600, &o->duration) != 0) {
+        } else if (hx_parse_double(v, 0.1, 3600, &o->duration) != 0) {
             fprintf(stderr, "cmkharness bench: --duration must be 0.1..3600 seconds\n");
             return -1;
         }

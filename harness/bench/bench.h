@@ -7,6 +7,8 @@
 #define CMKH_BENCH_H
 
 int cmkh_bench_main(int argc, char **argv);
+/* A whole-string decimal number within [lo, hi] into *out: 0, else -1 (command-line values). */
+int hx_parse_double(const char *s, double lo, double hi, double *out);
 /* `cmkharness bench-crypto`: the in-process record encryption path (bench_crypto.c). */
 int cmkh_bench_crypto_main(int argc, char **argv);
 /* {"key": JWK} of a fresh client-made RSA-2048 key with its private parts (an import body);

@@ -16,7 +16,6 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -102,21 +101,6 @@ out:
     return NULL;
 }
 
-static int parse_num(const char *s, double lo, double hi, double *out)
-{
-    char *end = NULL;
-    double v;
-
-    if (!s || !*s)
-        return -1;
-    errno = 0;
-    v = strtod(s, &end);
-    if (errno || *end || !(v >= lo && v <= hi))
-        return -1;
-    *out = v;
-    return 0;
-}
-
 static void usage(FILE *f)
 {
     fprintf(f, "usage: cmkharness bench-crypto [--size BYTES] [--threads N] [--duration S] "
@@ -154,7 +138,7 @@ int cmkh_bench_crypto_main(int argc, char **argv)
             dst = &threads, lo = 1, hi = CRYPTO_MAX_THREADS;
         else if (!strcmp(a, "--duration"))
             dst = &seconds, lo = 0.1, hi = 600;
-        if (!dst || !v || parse_num(v, lo, hi, dst) != 0) {
+        if (!dst || !v || hx_parse_double(v, lo, hi, dst) != 0) {
             fprintf(stderr, "cmkharness bench-crypto: bad option %s%s%s\n", a, v ? " " : "",
                     v ? v : "");
             usage(stderr);
