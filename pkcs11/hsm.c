@@ -3060,7 +3060,7 @@ static int heal(hsm_t *h, hsm_status st, CK_RV rv)
     return 1;
 }
 
-/* Runs one operation under the module lock: OP(call). */
+/* The body of a public operation: call runs under the module lock (read side). */
 #define LOCKED(h, call)                                                                       \
     do {                                                                                      \
         if (!(h))                                                                             \

@@ -39,6 +39,33 @@ bool cmk_test_mkdtemp(const char *prefix, char *out, size_t outlen)
     return true;
 }
 
+/* The Power Platform parts, in main.c's order: roles, policies, environments (audit, CMK
+ * wiring), components. */
+static bool fixture_pp_open(cmk_fixture *fx, unsigned parts, char *err, size_t errlen)
+{
+    bool want_envs = parts & (CMK_FX_ENVS | CMK_FX_PP | CMK_FX_COMPS | CMK_FX_BAP);
+    if ((parts & CMK_FX_ROLES) &&
+        !(fx->roles = auth_roles_open(fx->store, fx->auth, err, errlen)))
+        return false;
+    if (fx->roles && fx->kv)
+        kv_set_rbac_roles(fx->kv, fx->roles);
+    if ((parts & CMK_FX_PP) && !(fx->pol = pp_policies_open(fx->store, fx->auth, err, errlen)))
+        return false;
+    if (!want_envs)
+        return true;
+    if (!(fx->audit = emu_audit_new()) ||
+        !(fx->envs = pp_envs_open(fx->store, fx->hsm, err, errlen)))
+        return false;
+    pp_envs_set_audit(fx->envs, fx->audit);
+    if (parts & CMK_FX_PP)
+        pp_envs_set_cmk(fx->envs, &(pp_cmk_deps){.kv = fx->kv, .policies = fx->pol,
+                                                 .roles = fx->roles, .auth = fx->auth});
+    if ((parts & CMK_FX_COMPS) &&
+        !(fx->comps = pp_comps_open(fx->store, fx->hsm, fx->envs, fx->audit, err, errlen)))
+        return false;
+    return true;
+}
+
 cmk_fixture *cmk_fixture_new(const char *prefix, const char *tenant, unsigned parts)
 {
     cmk_fixture *fx = calloc(1, sizeof *fx);
@@ -60,13 +87,15 @@ cmk_fixture *cmk_fixture_new(const char *prefix, const char *tenant, unsigned pa
         !(fx->store = emu_store_open(fx->db, err, sizeof err)) ||
         (want_auth && !(fx->auth = auth_open(fx->store, fx->hsm, mode, tenant, err, sizeof err))) ||
         ((parts & CMK_FX_KV) && !(fx->kv = kv_open(fx->store, fx->hsm, err, sizeof err))) ||
-        ((parts & CMK_FX_ARM) && !(fx->arm = armres_open(fx->store, tenant, err, sizeof err)))) {
+        ((parts & CMK_FX_ARM) && !(fx->arm = armres_open(fx->store, tenant, err, sizeof err))) ||
+        !fixture_pp_open(fx, parts, err, sizeof err)) {
         fprintf(stderr, "open: %s\n", err);
         cmk_fixture_free(fx);
         return NULL;
     }
     fx->tenant = tenant;
-    if (parts & (CMK_FX_ROUTER | CMK_FX_KV_API | CMK_FX_ARM_ROUTES | CMK_FX_VAULTS_ARM))
+    if (parts &
+        (CMK_FX_ROUTER | CMK_FX_KV_API | CMK_FX_ARM_ROUTES | CMK_FX_VAULTS_ARM | CMK_FX_BAP))
         fx->router = emu_router_new();
     cmk_fixture_register(fx, parts);
     return fx;
@@ -84,6 +113,10 @@ void cmk_fixture_register(cmk_fixture *fx, unsigned parts)
         fx->karm = (kv_arm_ctx){.common = {.tenant = fx->tenant}, .kv = fx->kv, .arm = fx->arm};
         kv_vaults_arm_register(fx->router, &fx->karm);
     }
+    if ((parts & CMK_FX_BAP) && fx->envs) {
+        fx->bap = (pp_bap_ctx){.envs = fx->envs, .auth = fx->auth, .comps = fx->comps};
+        pp_bap_register(fx->router, &fx->bap);
+    }
 }
 
 void cmk_fixture_free(cmk_fixture *fx)
@@ -91,12 +124,17 @@ void cmk_fixture_free(cmk_fixture *fx)
     if (!fx)
         return;
     emu_router_free(fx->router);
+    /* clock hooks (kv's, the environments') hold module pointers: gone before the modules */
+    emu_clock_hooks_clear();
+    pp_comps_close(fx->comps);
+    pp_envs_close(fx->envs);
+    pp_policies_close(fx->pol);
+    auth_roles_close(fx->roles);
+    emu_audit_free(fx->audit);
     if (fx->arm)
         armres_close(fx->arm);
     if (fx->kv)
         kv_close(fx->kv);
-    /* kv_open registered a clock hook holding the kv pointer */
-    emu_clock_hooks_clear();
     if (fx->auth)
         auth_close(fx->auth);
     if (fx->store)

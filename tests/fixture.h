@@ -3,8 +3,10 @@
  * $CMK_TEST_TMP (else /tmp), removed at the end unless CMK_TEST_KEEP is set; a SoftHSM token
  * and a store in it; and, as the test asks, auth, kv and armres opened in the order main.c
  * uses (auth before kv, kv before armres) with a router carrying the Key Vault data plane,
- * the resource-group routes and Microsoft.KeyVault/vaults. Test-specific modules are opened
- * and registered by the test itself, and closed by it before cmk_fixture_free.
+ * the resource-group routes and Microsoft.KeyVault/vaults; and the Power Platform side
+ * (role assignments, enterprise policies, environments with their audit and CMK wiring,
+ * components, the BAP routes) wired as main.c wires it. Other test-specific modules are
+ * opened and registered by the test itself, and closed by it before cmk_fixture_free.
  */
 #ifndef CMK_TESTS_FIXTURE_H
 #define CMK_TESTS_FIXTURE_H
@@ -16,11 +18,17 @@
 #include <jansson.h>
 
 #include "armres.h"
+#include "audit.h"
 #include "auth/auth.h"
+#include "auth/roles.h"
 #include "hsm.h"
 #include "keyvault/kv.h"
 #include "keyvault/kv_api.h"
 #include "keyvault/vaults_arm.h"
+#include "powerplatform/bap_api.h"
+#include "powerplatform/components.h"
+#include "powerplatform/environments.h"
+#include "powerplatform/policies.h"
 #include "req.h"
 #include "router.h"
 #include "store.h"
@@ -34,6 +42,11 @@ enum {
     CMK_FX_KV_API = 1u << 5,      /* router: the Key Vault data plane (needs KV) */
     CMK_FX_ARM_ROUTES = 1u << 6,  /* router: resource groups (needs ARM) */
     CMK_FX_VAULTS_ARM = 1u << 7,  /* router: Microsoft.KeyVault/vaults (needs KV, ARM) */
+    CMK_FX_ROLES = 1u << 8,       /* auth_roles_open; with KV also kv_set_rbac_roles */
+    CMK_FX_ENVS = 1u << 9,        /* pp_envs_open with an audit log (fx->audit) */
+    CMK_FX_PP = 1u << 10,         /* ENVS + pp_policies_open + pp_envs_set_cmk (needs KV) */
+    CMK_FX_COMPS = 1u << 11,      /* ENVS + pp_comps_open */
+    CMK_FX_BAP = 1u << 12,        /* router: the BAP environment routes (needs ENVS) */
 };
 
 typedef struct {
@@ -48,6 +61,12 @@ typedef struct {
     emu_router *router;
     kv_api_ctx api;
     kv_arm_ctx karm;
+    roles_t *roles;
+    pp_policies_t *pol;
+    pp_envs_t *envs;
+    pp_comps_t *comps;
+    emu_audit *audit;
+    pp_bap_ctx bap;
 } cmk_fixture;
 
 /* Make "<base>/<prefix>-XXXXXX" under $CMK_TEST_TMP (else /tmp) into out; false on failure
@@ -62,7 +81,7 @@ void cmk_test_rm_rf(const char *path);
 cmk_fixture *cmk_fixture_new(const char *prefix, const char *tenant, unsigned parts);
 
 /* Register on fx->router, in this order, the routes parts names (CMK_FX_KV_API,
- * CMK_FX_ARM_ROUTES, CMK_FX_VAULTS_ARM); cmk_fixture_new does this for its own parts. For a test
+ * CMK_FX_ARM_ROUTES, CMK_FX_VAULTS_ARM, CMK_FX_BAP); cmk_fixture_new does this for its own parts. For a test
  * whose own routes must come first (the router takes the first match). */
 void cmk_fixture_register(cmk_fixture *fx, unsigned parts);
 

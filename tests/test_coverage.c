@@ -37,11 +37,6 @@
 
 typedef struct {
     cmk_fixture *fx;
-    pp_policies_t *pol;
-    pp_envs_t *envs;
-    pp_comps_t *comps;
-    emu_audit *audit;
-    pp_bap_ctx ctx;
 } fixture;
 
 /* ---- the rule table ------------------------------------------------------------------------ */
@@ -200,7 +195,7 @@ static void cmk_setup(fixture *f, const char *vault, const char *policy, pp_poli
                            .key_name = "cmk"};
     bool created = false;
     pp_err pe = {{0}, {0}};
-    assert_int_equal(pp_policy_put(f->pol, &spec, pol, &created, &pe), PP_OK);
+    assert_int_equal(pp_policy_put(f->fx->pol, &spec, pol, &created, &pe), PP_OK);
     set_access(f, vault, pol->identity_oid, ALL_PERMS);
 }
 
@@ -212,7 +207,7 @@ static void make_env(fixture *f, char id[40])
                         .managed = true};
     pp_environment env;
     pp_env_err e = {{0}};
-    assert_int_equal(pp_env_create(f->envs, &spec, &env, NULL, &e), PP_ENV_OK);
+    assert_int_equal(pp_env_create(f->fx->envs, &spec, &env, NULL, &e), PP_ENV_OK);
     memcpy(id, env.id, 40);
 }
 
@@ -225,7 +220,7 @@ static void link_env(fixture *f, const char *env, const char *sid, const char *v
     snprintf(body, sizeof body, "{\"SystemId\":\"%s\"}", sid);
     assert_int_equal(call(f, "POST", uri, body, NULL), 202); /* no runner: done inline */
     pp_environment e;
-    assert_int_equal(pp_env_get(f->envs, env, &e), PP_ENV_OK);
+    assert_int_equal(pp_env_get(f->fx->envs, env, &e), PP_ENV_OK);
     assert_int_equal(e.key_managed_by, strcmp(verb, "link") ? PP_KEY_MICROSOFT : PP_KEY_CUSTOMER);
     assert_true(e.enabled);
 }
@@ -294,7 +289,7 @@ static int plaintext_rows(fixture *f, const char *text)
 /* LockCoverage audit events of env; the last one's detail into last (may be NULL). */
 static size_t lock_events(fixture *f, const char *env, char last[3200])
 {
-    json_t *j = emu_audit_query(f->audit, 0, 10000, "LockCoverage", NULL);
+    json_t *j = emu_audit_query(f->fx->audit, 0, 10000, "LockCoverage", NULL);
     size_t i, n = 0;
     json_t *ev;
     json_array_foreach(json_object_get(j, "value"), i, ev)
@@ -402,7 +397,7 @@ static void test_lock_mixed(void **state)
     /* the sequencing rule: integration after CMK is refused, nothing changes */
     json_t *j = NULL;
     pp_comp_err ce = {{0}};
-    assert_int_equal(pp_comp_fno_enable(f->comps, env, &ce), PP_COMP_OK); /* already on */
+    assert_int_equal(pp_comp_fno_enable(f->fx->comps, env, &ce), PP_COMP_OK); /* already on */
     char env2[40];
     make_env(f, env2);
     link_env(f, env2, pol.system_id, "link");
@@ -416,7 +411,7 @@ static void test_lock_mixed(void **state)
         strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")),
                "shouldn't be enabled in that environment before integration"));
     json_decref(j);
-    assert_false(pp_comp_fno_enabled(f->comps, env2));
+    assert_false(pp_comp_fno_enabled(f->fx->comps, env2));
 
     /* linked: everything readable, covered ones on the customer key */
     json_t *rep = coverage(f, env);
@@ -434,7 +429,7 @@ static void test_lock_mixed(void **state)
     size_t audit_before = lock_events(f, env, NULL);
     set_access(f, "covvault", pol.identity_oid, 0);
     pp_environment ev;
-    assert_int_equal(pp_env_get(f->envs, env, &ev), PP_ENV_OK);
+    assert_int_equal(pp_env_get(f->fx->envs, env, &ev), PP_ENV_OK);
     assert_string_equal(ev.reason, PP_REASON_CMK_LOCKED);
     rep = coverage(f, env);
     assert_true(json_is_true(json_object_get(json_object_get(rep, "environment"), "locked")));
@@ -485,13 +480,13 @@ static void test_lock_mixed(void **state)
     /* restore, re-enable, unlink: the flow created under CMK moves to the platform key */
     set_access(f, "covvault", pol.identity_oid, ALL_PERMS);
     pp_env_err ee = {{0}};
-    assert_int_equal(pp_env_reenable(f->envs, env, NULL, &ee), PP_ENV_OK);
+    assert_int_equal(pp_env_reenable(f->fx->envs, env, NULL, &ee), PP_ENV_OK);
     assert_int_equal(read_comp(f, env, cs[0].id, NULL), 200);
     link_env(f, env, pol.system_id, "unlink");
     pp_component k;
-    assert_int_equal(pp_comp_get(f->comps, env, cs[n - 1].id, &k, &ce), PP_COMP_OK);
+    assert_int_equal(pp_comp_get(f->fx->comps, env, cs[n - 1].id, &k, &ce), PP_COMP_OK);
     assert_int_equal(k.slot, PP_COMP_SLOT_PLATFORM);
-    assert_int_equal(pp_comp_get(f->comps, env, cs[0].id, &k, &ce), PP_COMP_OK);
+    assert_int_equal(pp_comp_get(f->fx->comps, env, cs[0].id, &k, &ce), PP_COMP_OK);
     assert_int_equal(k.slot, PP_COMP_SLOT_ENVIRONMENT);
     /* relink and lock again: that flow existed when CMK was applied, so it stays readable */
     link_env(f, env, pol.system_id, "link");
@@ -507,7 +502,7 @@ static void test_lock_mixed(void **state)
                         "flow-before-cmk");
     json_decref(rep);
     set_access(f, "covvault", pol.identity_oid, ALL_PERMS);
-    assert_int_equal(pp_env_reenable(f->envs, env, NULL, &ee), PP_ENV_OK);
+    assert_int_equal(pp_env_reenable(f->fx->envs, env, NULL, &ee), PP_ENV_OK);
 }
 
 /* Enabling the F&O integration moves existing F&O components onto the environment key, with
@@ -521,17 +516,17 @@ static void test_fno_integration_moves(void **state)
     add_comp(f, env, "{\"kind\":\"commerceScaleUnit\",\"name\":\"CSU\"}", csu);
     pp_component k;
     pp_comp_err ce = {{0}};
-    assert_int_equal(pp_comp_get(f->comps, env, fin, &k, &ce), PP_COMP_OK);
+    assert_int_equal(pp_comp_get(f->fx->comps, env, fin, &k, &ce), PP_COMP_OK);
     assert_int_equal(k.slot, PP_COMP_SLOT_PLATFORM);
     json_t *rep = coverage(f, env);
     assert_string_equal(
         json_string_value(json_object_get(json_object_get(coverage_of(rep, fin), "rule"), "id")),
         "fno-not-integrated");
     json_decref(rep);
-    assert_int_equal(pp_comp_fno_enable(f->comps, env, &ce), PP_COMP_OK);
-    assert_int_equal(pp_comp_get(f->comps, env, fin, &k, &ce), PP_COMP_OK);
+    assert_int_equal(pp_comp_fno_enable(f->fx->comps, env, &ce), PP_COMP_OK);
+    assert_int_equal(pp_comp_get(f->fx->comps, env, fin, &k, &ce), PP_COMP_OK);
     assert_int_equal(k.slot, PP_COMP_SLOT_ENVIRONMENT);
-    assert_int_equal(pp_comp_get(f->comps, env, csu, &k, &ce), PP_COMP_OK);
+    assert_int_equal(pp_comp_get(f->fx->comps, env, csu, &k, &ce), PP_COMP_OK);
     assert_int_equal(k.slot, PP_COMP_SLOT_ENVIRONMENT);
     json_t *row = NULL;
     assert_int_equal(read_comp(f, env, fin, &row), 200);
@@ -539,17 +534,17 @@ static void test_fno_integration_moves(void **state)
     json_decref(row);
     /* an admin disable darkens everything, covered or not */
     pp_env_err ee = {{0}};
-    assert_int_equal(pp_env_set_enabled(f->envs, env, false, NULL, &ee), PP_ENV_OK);
+    assert_int_equal(pp_env_set_enabled(f->fx->envs, env, false, NULL, &ee), PP_ENV_OK);
     char lcs[40];
     pp_component lk;
-    assert_int_equal(pp_comp_add(f->comps, env, &(pp_comp_spec){.kind = "lcsMetadata"}, &lk, &ce),
+    assert_int_equal(pp_comp_add(f->fx->comps, env, &(pp_comp_spec){.kind = "lcsMetadata"}, &lk, &ce),
                      PP_COMP_OK);
     snprintf(lcs, sizeof lcs, "%s", lk.id);
     assert_int_equal(read_comp(f, env, fin, NULL), 423);
-    assert_int_equal(pp_comp_record_get(f->comps, env, lcs, "r1", &row, &ce), PP_COMP_ERR_DISABLED);
-    assert_int_equal(pp_env_set_enabled(f->envs, env, true, NULL, &ee), PP_ENV_OK);
-    assert_int_equal(pp_env_delete(f->envs, env, NULL, &ee), PP_ENV_OK);
-    assert_int_equal(pp_comp_get(f->comps, env, fin, &k, &ce), PP_COMP_ERR_NOT_FOUND);
+    assert_int_equal(pp_comp_record_get(f->fx->comps, env, lcs, "r1", &row, &ce), PP_COMP_ERR_DISABLED);
+    assert_int_equal(pp_env_set_enabled(f->fx->envs, env, true, NULL, &ee), PP_ENV_OK);
+    assert_int_equal(pp_env_delete(f->fx->envs, env, NULL, &ee), PP_ENV_OK);
+    assert_int_equal(pp_comp_get(f->fx->comps, env, fin, &k, &ce), PP_COMP_ERR_NOT_FOUND);
 }
 
 /* ---- setup ---------------------------------------------------------------------------------- */
@@ -560,24 +555,9 @@ static int group_setup(void **state)
     if (!f)
         return -1;
     *state = f;
-    f->fx = cmk_fixture_new("test_coverage", TENANT, CMK_FX_AUTH | CMK_FX_KV | CMK_FX_ROUTER);
-    if (!f->fx)
-        return -1;
-    char err[512] = "";
-    f->audit = emu_audit_new();
-    if (!(f->pol = pp_policies_open(f->fx->store, f->fx->auth, err, sizeof err)) ||
-        !(f->envs = pp_envs_open(f->fx->store, f->fx->hsm, err, sizeof err)) ||
-        !(f->comps = pp_comps_open(f->fx->store, f->fx->hsm, f->envs, f->audit, err, sizeof err))) {
-        fprintf(stderr, "open: %s\n", err);
-        return -1;
-    }
-    pp_envs_set_audit(f->envs, f->audit);
-    pp_envs_set_cmk(
-        f->envs,
-        &(pp_cmk_deps){.kv = f->fx->kv, .policies = f->pol, .roles = NULL, .auth = f->fx->auth});
-    f->ctx = (pp_bap_ctx){.envs = f->envs, .auth = f->fx->auth, .comps = f->comps};
-    pp_bap_register(f->fx->router, &f->ctx);
-    return 0;
+    f->fx = cmk_fixture_new("test_coverage", TENANT,
+                            CMK_FX_AUTH | CMK_FX_KV | CMK_FX_PP | CMK_FX_COMPS | CMK_FX_BAP);
+    return f->fx ? 0 : -1;
 }
 
 static int group_teardown(void **state)
@@ -585,11 +565,6 @@ static int group_teardown(void **state)
     fixture *f = *state;
     if (!f)
         return 0;
-    emu_clock_hooks_clear();
-    pp_comps_close(f->comps);
-    pp_envs_close(f->envs);
-    pp_policies_close(f->pol);
-    emu_audit_free(f->audit);
     cmk_fixture_free(f->fx);
     free(f);
     return 0;

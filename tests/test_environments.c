@@ -38,8 +38,6 @@
 
 typedef struct {
     cmk_fixture *fx;
-    pp_envs_t *envs;
-    pp_bap_ctx ctx;
 } fixture;
 
 typedef struct {
@@ -486,7 +484,7 @@ static void test_disable_enable(void **state)
 
     /* domain: the state survives a reopen; a disabled environment comes back disabled */
     pp_env_err e = {{0}};
-    assert_int_equal(pp_env_set_enabled(f->envs, env, false, "Test", &e), PP_ENV_OK);
+    assert_int_equal(pp_env_set_enabled(f->fx->envs, env, false, "Test", &e), PP_ENV_OK);
     char err[256] = "";
     pp_envs_t *again = pp_envs_open(f->fx->store, f->fx->hsm, err, sizeof err);
     assert_non_null(again);
@@ -501,9 +499,9 @@ static void test_disable_enable(void **state)
     assert_string_equal(path_str(out, "name"), "kept");
     json_decref(out);
     pp_envs_close(again);
-    assert_int_equal(pp_env_set_enabled(f->envs, env, true, NULL, &e), PP_ENV_OK);
+    assert_int_equal(pp_env_set_enabled(f->fx->envs, env, true, NULL, &e), PP_ENV_OK);
     /* unknown environment */
-    assert_int_equal(pp_env_set_enabled(f->envs, "nope", true, NULL, &e), PP_ENV_ERR_NOT_FOUND);
+    assert_int_equal(pp_env_set_enabled(f->fx->envs, "nope", true, NULL, &e), PP_ENV_ERR_NOT_FOUND);
 }
 
 static bool file_contains(const char *path, const char *needle)
@@ -620,10 +618,10 @@ static void test_world(void **state)
                            "\"one\"},{\"name\":\"two\"}]}}]}",
                            0, NULL);
     char err[256] = "";
-    assert_true(pp_envs_world_apply(f->envs, w, err, sizeof err));
+    assert_true(pp_envs_world_apply(f->fx->envs, w, err, sizeof err));
     json_decref(w);
     pp_environment e;
-    assert_int_equal(pp_env_get(f->envs, "a1b2c3d4-0000-4000-8000-000000000999", &e), PP_ENV_OK);
+    assert_int_equal(pp_env_get(f->fx->envs, "a1b2c3d4-0000-4000-8000-000000000999", &e), PP_ENV_OK);
     assert_true(e.managed);
     assert_string_equal(e.azure_region, "westeurope");
     resp r = rec(f, "a1b2c3d4-0000-4000-8000-000000000999", "GET", "/api/data/v9.2/accounts", NULL,
@@ -637,18 +635,9 @@ static int group_setup(void **state)
     fixture *f = calloc(1, sizeof *f);
     if (!f)
         return -1;
-    f->fx = cmk_fixture_new("test_environments", TENANT, CMK_FX_AUTH | CMK_FX_ROUTER);
     *state = f;
-    if (!f->fx)
-        return -1;
-    char err[512] = "";
-    if (!(f->envs = pp_envs_open(f->fx->store, f->fx->hsm, err, sizeof err))) {
-        fprintf(stderr, "open: %s\n", err);
-        return -1;
-    }
-    f->ctx = (pp_bap_ctx){.envs = f->envs, .auth = f->fx->auth};
-    pp_bap_register(f->fx->router, &f->ctx);
-    return 0;
+    f->fx = cmk_fixture_new("test_environments", TENANT, CMK_FX_AUTH | CMK_FX_BAP);
+    return f->fx ? 0 : -1;
 }
 
 static int group_teardown(void **state)
@@ -656,7 +645,6 @@ static int group_teardown(void **state)
     fixture *f = *state;
     if (!f)
         return 0;
-    pp_envs_close(f->envs);
     cmk_fixture_free(f->fx);
     free(f);
     return 0;

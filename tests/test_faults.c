@@ -131,9 +131,6 @@ static CK_RV w_open(CK_SLOT_ID slot, CK_FLAGS fl, CK_VOID_PTR app, CK_NOTIFY n,
 
 typedef struct {
     cmk_fixture *fx;
-    pp_policies_t *pol;
-    pp_envs_t *envs;
-    emu_audit *audit;
 } fixture;
 
 static int group_setup(void **state)
@@ -142,19 +139,10 @@ static int group_setup(void **state)
     if (!f)
         return -1;
     *state = f;
-    f->fx = cmk_fixture_new("test_faults", TENANT, CMK_FX_AUTH | CMK_FX_KV | CMK_FX_KV_API);
+    f->fx = cmk_fixture_new("test_faults", TENANT,
+                            CMK_FX_AUTH | CMK_FX_KV | CMK_FX_KV_API | CMK_FX_PP);
     if (!f->fx)
         return -1;
-    char err[512] = "";
-    if (!(f->pol = pp_policies_open(f->fx->store, f->fx->auth, err, sizeof err)) ||
-        !(f->envs = pp_envs_open(f->fx->store, f->fx->hsm, err, sizeof err))) {
-        fprintf(stderr, "open: %s\n", err);
-        return -1;
-    }
-    f->audit = emu_audit_new();
-    pp_envs_set_audit(f->envs, f->audit);
-    pp_envs_set_cmk(f->envs,
-                    &(pp_cmk_deps){.kv = f->fx->kv, .policies = f->pol, .auth = f->fx->auth});
     kv_vault_info vi = {0};
     snprintf(vi.name, sizeof vi.name, VAULT);
     vi.soft_delete = false; /* delete purges at once: the destroy path */
@@ -181,10 +169,6 @@ static int group_teardown(void **state)
         return 0;
     if (f->fx && f->fx->hsm)
         hsm_testing_set_functions(f->fx->hsm, NULL);
-    emu_clock_hooks_clear();
-    pp_envs_close(f->envs);
-    pp_policies_close(f->pol);
-    emu_audit_free(f->audit);
     cmk_fixture_free(f->fx);
     free(f);
     return 0;
@@ -444,8 +428,8 @@ static void test_create_import_destroy_faults(void **state)
     f->fx->kv = kv_open(f->fx->store, f->fx->hsm, err, sizeof err);
     assert_non_null(f->fx->kv);
     f->fx->api.kv = f->fx->kv;
-    pp_envs_set_cmk(f->envs,
-                    &(pp_cmk_deps){.kv = f->fx->kv, .policies = f->pol, .auth = f->fx->auth});
+    pp_envs_set_cmk(f->fx->envs,
+                    &(pp_cmk_deps){.kv = f->fx->kv, .policies = f->fx->pol, .auth = f->fx->auth});
     assert_int_equal(token_keys(f), before + 1);
     assert_int_equal(get_status(f, "importfail"), 200);
 }
@@ -455,7 +439,7 @@ static void test_create_import_destroy_faults(void **state)
 
 static bool audit_has(fixture *f, const char *op, const char *outcome)
 {
-    json_t *q = emu_audit_query(f->audit, 0, 1000, op, NULL);
+    json_t *q = emu_audit_query(f->fx->audit, 0, 1000, op, NULL);
     bool found = false;
     size_t i;
     json_t *ev;
@@ -472,14 +456,14 @@ static bool audit_has(fixture *f, const char *op, const char *outcome)
 static bool env_locked(fixture *f, const char *id)
 {
     pp_environment env;
-    assert_int_equal(pp_env_get(f->envs, id, &env), PP_ENV_OK);
+    assert_int_equal(pp_env_get(f->fx->envs, id, &env), PP_ENV_OK);
     return !env.enabled && !strcmp(env.reason, PP_REASON_CMK_LOCKED);
 }
 
 static pp_health policy_health(fixture *f, const char *sid)
 {
     pp_policy p;
-    assert_int_equal(pp_policy_get_by_system_id(f->pol, sid, &p), PP_OK);
+    assert_int_equal(pp_policy_get_by_system_id(f->fx->pol, sid, &p), PP_OK);
     return p.health;
 }
 
@@ -516,7 +500,7 @@ static void test_hsm_fault_does_not_lock(void **state)
     pp_policy pol;
     bool created = false;
     pp_err pe = {{0}, {0}};
-    assert_int_equal(pp_policy_put(f->pol, &spec, &pol, &created, &pe), PP_OK);
+    assert_int_equal(pp_policy_put(f->fx->pol, &spec, &pol, &created, &pe), PP_OK);
     /* the policy identity may use the key */
     kv_vault_state s = {0};
     assert_int_equal(kv_vault_state_get(f->fx->kv, PPVAULT, &s), KV_OK);
@@ -536,22 +520,22 @@ static void test_hsm_fault_does_not_lock(void **state)
                       .managed = true};
     pp_environment env;
     pp_env_err ee = {{0}};
-    assert_int_equal(pp_env_create(f->envs, &es, &env, NULL, &ee), PP_ENV_OK);
+    assert_int_equal(pp_env_create(f->fx->envs, &es, &env, NULL, &ee), PP_ENV_OK);
     pp_env_operation op;
-    pp_env_status ls = pp_env_link(f->envs, env.id, pol.system_id, NULL, &op, &ee);
+    pp_env_status ls = pp_env_link(f->fx->envs, env.id, pol.system_id, NULL, &op, &ee);
     if (ls != PP_ENV_OK)
         fprintf(stderr, "link: %s\n", ee.msg);
     assert_int_equal(ls, PP_ENV_OK);
-    pp_envs_recheck(f->envs);
+    pp_envs_recheck(f->fx->envs);
     assert_false(env_locked(f, env.id));
     assert_int_equal(policy_health(f, pol.system_id), PP_HEALTH_HEALTHY);
 
     static const CK_RV transient[] = {CKR_DEVICE_ERROR, CKR_TOKEN_NOT_PRESENT, CKR_SESSION_CLOSED};
     for (size_t i = 0; i < sizeof transient / sizeof transient[0]; i++) {
-        unsigned long probes = pp_envs_probe_count(f->envs);
+        unsigned long probes = pp_envs_probe_count(f->fx->envs);
         fault_arm(F_DECRYPT, transient[i], -1);
-        pp_envs_recheck(f->envs);
-        assert_true(pp_envs_probe_count(f->envs) > probes);
+        pp_envs_recheck(f->fx->envs);
+        assert_true(pp_envs_probe_count(f->fx->envs) > probes);
         assert_true(g_f[F_DECRYPT].calls > 0); /* the probe did reach the token */
         assert_false(env_locked(f, env.id));
         assert_int_equal(policy_health(f, pol.system_id), PP_HEALTH_HEALTHY);
@@ -559,14 +543,14 @@ static void test_hsm_fault_does_not_lock(void **state)
     }
     assert_true(audit_has(f, "LockWatch", "Deferred"));
     assert_false(audit_has(f, "Lock", "Locked"));
-    pp_envs_recheck(f->envs);
+    pp_envs_recheck(f->fx->envs);
     assert_false(env_locked(f, env.id));
 
     /* a real revocation (the key disabled) still locks in this same setup */
     kv_update_params up = {.has_enabled = true, .enabled = false};
     assert_int_equal(kv_key_update(f->fx->kv, PPVAULT, "cmk", "", &up, &v, &ke), KV_OK);
     kv_key_view_cleanup(&v);
-    pp_envs_recheck(f->envs);
+    pp_envs_recheck(f->fx->envs);
     assert_true(env_locked(f, env.id));
     assert_int_equal(policy_health(f, pol.system_id), PP_HEALTH_UNHEALTHY);
 }

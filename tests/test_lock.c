@@ -36,11 +36,6 @@
 
 typedef struct {
     cmk_fixture *fx;
-    pp_policies_t *pol;
-    pp_envs_t *envs;
-    roles_t *roles;
-    emu_audit *audit;
-    pp_bap_ctx ctx;
 } fixture;
 
 static int call(fixture *f, const char *method, const char *host, const char *uri,
@@ -132,7 +127,7 @@ static void make_policy_v(fixture *f, const char *name, const char *location, co
                            .key_version = version};
     bool created = false;
     pp_err e = {{0}, {0}};
-    pp_status st = pp_policy_put(f->pol, &spec, out, &created, &e);
+    pp_status st = pp_policy_put(f->fx->pol, &spec, out, &created, &e);
     if (st != PP_OK)
         fprintf(stderr, "policy: %s\n", e.msg);
     assert_int_equal(st, PP_OK);
@@ -144,7 +139,7 @@ static void make_env(fixture *f, const char *sku, bool managed, char id[40])
                         .managed = managed};
     pp_environment env;
     pp_env_err e = {{0}};
-    assert_int_equal(pp_env_create(f->envs, &spec, &env, NULL, &e), PP_ENV_OK);
+    assert_int_equal(pp_env_create(f->fx->envs, &spec, &env, NULL, &e), PP_ENV_OK);
     memcpy(id, env.id, 40);
 }
 
@@ -207,7 +202,7 @@ static void write_record(fixture *f, const char *env, char id[40])
 static pp_health health(fixture *f, const char *sid)
 {
     pp_policy p;
-    assert_int_equal(pp_policy_get_by_system_id(f->pol, sid, &p), PP_OK);
+    assert_int_equal(pp_policy_get_by_system_id(f->fx->pol, sid, &p), PP_OK);
     return p.health;
 }
 
@@ -255,7 +250,7 @@ static void test_lock_flow(void **state)
                                                              "message")), "unwrapKey"));
     json_decref(j);
     pp_environment e;
-    assert_int_equal(pp_env_get(f->envs, env, &e), PP_ENV_OK);
+    assert_int_equal(pp_env_get(f->fx->envs, env, &e), PP_ENV_OK);
     assert_int_equal(e.key_managed_by, PP_KEY_MICROSOFT);
     assert_true(e.enabled);
 
@@ -280,11 +275,11 @@ static void test_lock_flow(void **state)
     json_decref(j);
     assert_int_equal(read_record(f, env, rid, NULL), 200);
     assert_int_equal(health(f, pol.system_id), PP_HEALTH_HEALTHY);
-    assert_true(pp_env_is_linked(f->envs, pol.system_id));
+    assert_true(pp_env_is_linked(f->fx->envs, pol.system_id));
 
     /* a linked policy cannot be deleted */
     pp_err pe = {{0}, {0}};
-    assert_int_equal(pp_policy_delete(f->pol, SUB, "rg", "cmkpolicy", false, &pe), PP_ERR_LINKED);
+    assert_int_equal(pp_policy_delete(f->fx->pol, SUB, "rg", "cmkpolicy", false, &pe), PP_ERR_LINKED);
 
     /* revoke -> locked */
     set_access(f, pol.identity_oid, 0);
@@ -294,7 +289,7 @@ static void test_lock_flow(void **state)
         "EnvironmentLocked");
     json_decref(j);
     assert_int_equal(health(f, pol.system_id), PP_HEALTH_UNHEALTHY);
-    assert_int_equal(pp_env_get(f->envs, env, &e), PP_ENV_OK);
+    assert_int_equal(pp_env_get(f->fx->envs, env, &e), PP_ENV_OK);
     assert_false(e.enabled);
     assert_string_equal(e.reason, PP_REASON_CMK_LOCKED);
 
@@ -326,18 +321,18 @@ static void test_lock_flow(void **state)
     assert_int_equal(link(f, env, pol.system_id, "unlink", &j), 202);
     assert_string_equal(op_state(j), "Succeeded");
     json_decref(j);
-    assert_int_equal(pp_env_get(f->envs, env, &e), PP_ENV_OK);
+    assert_int_equal(pp_env_get(f->fx->envs, env, &e), PP_ENV_OK);
     assert_int_equal(e.key_managed_by, PP_KEY_MICROSOFT);
     set_access(f, pol.identity_oid, 0);
     assert_int_equal(read_record(f, env, rid, NULL), 200);
-    assert_false(pp_env_is_linked(f->envs, pol.system_id));
+    assert_false(pp_env_is_linked(f->fx->envs, pol.system_id));
 }
 
 /* ---- shared helpers for the tests below ---------------------------------------------------- */
 
 static void env_get(fixture *f, const char *id, pp_environment *e)
 {
-    assert_int_equal(pp_env_get(f->envs, id, e), PP_ENV_OK);
+    assert_int_equal(pp_env_get(f->fx->envs, id, e), PP_ENV_OK);
 }
 
 /* POST enable; who != NULL: with a token the emulator issued for who (else the permissive
@@ -375,7 +370,7 @@ static const char *err_msg(json_t *j)
  * string (caller frees); *since moves to the last id. */
 static char *audit_since(fixture *f, int64_t *since, const char *match)
 {
-    json_t *q = emu_audit_query(f->audit, *since, 1000, match, NULL);
+    json_t *q = emu_audit_query(f->fx->audit, *since, 1000, match, NULL);
     *since = json_integer_value(json_object_get(q, "lastId"));
     char *s = json_dumps(json_object_get(q, "value"), 0);
     json_decref(q);
@@ -545,14 +540,14 @@ static void t_assign_role(trig_ctx *c)
     snprintf(in.principal_id, sizeof in.principal_id, "%s", c->pol.identity_oid);
     bool created = false;
     char msg[512] = "";
-    roles_status st = auth_roles_put(c->f->roles, &in, &created, NULL, msg, sizeof msg);
+    roles_status st = auth_roles_put(c->f->fx->roles, &in, &created, NULL, msg, sizeof msg);
     if (st != ROLES_OK)
         fprintf(stderr, "role: %s\n", msg);
     assert_int_equal(st, ROLES_OK);
 }
 static void t_remove_role(trig_ctx *c)
 {
-    assert_int_equal(auth_roles_delete(c->f->roles, c->vault_scope, c->role_name, NULL),
+    assert_int_equal(auth_roles_delete(c->f->fx->roles, c->vault_scope, c->role_name, NULL),
                      ROLES_OK);
 }
 
@@ -641,8 +636,8 @@ static void test_lock_policy_deleted(void **state)
     char env[40], rid[40];
     linked_setup(f, "delvault", "delpolicy", "Sandbox", &pol, env, rid);
     pp_err pe = {{0}, {0}};
-    assert_int_equal(pp_policy_delete(f->pol, SUB, "rg", "delpolicy", false, &pe), PP_ERR_LINKED);
-    assert_int_equal(pp_policy_delete(f->pol, SUB, "rg", "delpolicy", true, &pe), PP_OK);
+    assert_int_equal(pp_policy_delete(f->fx->pol, SUB, "rg", "delpolicy", false, &pe), PP_ERR_LINKED);
+    assert_int_equal(pp_policy_delete(f->fx->pol, SUB, "rg", "delpolicy", true, &pe), PP_OK);
     json_t *j = NULL;
     assert_int_equal(read_record(f, env, rid, &j), 423);
     assert_contains(err_msg(j), "no longer exists");
@@ -667,14 +662,14 @@ static void test_rotation(void **state)
     free(audit_since(f, &since, NULL));
 
     /* another key in the same vault is none of the environment's business: no key check */
-    unsigned long probes = pp_envs_probe_count(f->envs);
+    unsigned long probes = pp_envs_probe_count(f->fx->envs);
     new_key(f, "rotvault", "unrelated", NULL);
-    assert_int_equal(pp_envs_probe_count(f->envs), probes);
+    assert_int_equal(pp_envs_probe_count(f->fx->envs), probes);
 
     kv_key_view nv;
     kv_err ke = {{0}};
     assert_int_equal(kv_key_rotate(f->fx->kv, "rotvault", "cmk", &nv, &ke), KV_OK);
-    assert_true(pp_envs_probe_count(f->envs) > probes);
+    assert_true(pp_envs_probe_count(f->fx->envs) > probes);
     char v2[40];
     snprintf(v2, sizeof v2, "%s", nv.version);
     kv_key_view_cleanup(&nv);
@@ -735,7 +730,7 @@ static void test_swap_and_revert(void **state)
     pp_environment e;
     env_get(f, env, &e);
     assert_string_equal(e.cmk_system_id, pb.system_id);
-    assert_false(pp_env_is_linked(f->envs, pa.system_id));
+    assert_false(pp_env_is_linked(f->fx->envs, pa.system_id));
     /* the old key no longer matters, the new one does */
     set_access_in(f, "swapa", pa.identity_oid, 0, -1);
     assert_int_equal(read_record(f, env, rid, NULL), 200);
@@ -794,7 +789,7 @@ static void test_purge_and_lock_expiry(void **state)
     assert_contains(err_msg(j), "permanently unrecoverable");
     json_decref(j);
     /* the sandbox environment was locked for more than 7 days: deleted with its records */
-    assert_int_equal(pp_env_get(f->envs, sandbox, &e), PP_ENV_ERR_NOT_FOUND);
+    assert_int_equal(pp_env_get(f->fx->envs, sandbox, &e), PP_ENV_ERR_NOT_FOUND);
     assert_int_equal(read_record(f, sandbox, rid2, NULL), 404);
     char *ev = audit_since(f, &since, "environments/Delete");
     assert_contains(ev, "more than 7 days");
@@ -814,7 +809,7 @@ static void test_purge_and_lock_expiry(void **state)
     /* day 30 + 1 h: production goes too */
     emu_clock_set_offset(offset + 30 * 86400 + 3600);
     emu_clock_apply_due();
-    assert_int_equal(pp_env_get(f->envs, prod, &e), PP_ENV_ERR_NOT_FOUND);
+    assert_int_equal(pp_env_get(f->fx->envs, prod, &e), PP_ENV_ERR_NOT_FOUND);
     ev = audit_since(f, &since, "environments/Delete");
     assert_contains(ev, "more than 30 days");
     free(ev);
@@ -852,7 +847,7 @@ static void test_reenable_needs_reader(void **state)
     snprintf(in.principal_id, sizeof in.principal_id, "%s", admin.oid);
     free(arm);
     bool created = false;
-    assert_int_equal(auth_roles_put(f->roles, &in, &created, NULL, err, sizeof err), ROLES_OK);
+    assert_int_equal(auth_roles_put(f->fx->roles, &in, &created, NULL, err, sizeof err), ROLES_OK);
     assert_int_equal(enable_as(f, env, &admin, NULL), 200);
     assert_int_equal(read_record(f, env, rid, NULL), 200);
 }
@@ -865,7 +860,7 @@ static void test_async_operations(void **state)
     fixture *f = *state;
     /* 3 s: long enough that the checks made while the link runs still see it running when
      * the machine is loaded (a CI host running other tests) */
-    assert_true(pp_envs_start_runner(f->envs, 3000));
+    assert_true(pp_envs_start_runner(f->fx->envs, 3000));
     make_vault(f, "asyncvault", true);
     new_key(f, "asyncvault", "cmk", NULL);
     pp_policy pol;
@@ -927,16 +922,16 @@ static void test_async_operations(void **state)
     snprintf(opid, sizeof opid, "%s", json_string_value(json_object_get(j, "id")));
     json_decref(j);
     emu_clock_hooks_clear();
-    pp_envs_close(f->envs);
+    pp_envs_close(f->fx->envs);
     char err[512] = "";
-    f->envs = pp_envs_open(f->fx->store, f->fx->hsm, err, sizeof err);
-    assert_non_null(f->envs);
-    f->ctx.envs = f->envs;
-    pp_envs_set_audit(f->envs, f->audit);
-    pp_envs_set_cmk(f->envs, &(pp_cmk_deps){.kv = f->fx->kv, .policies = f->pol,
-                                            .roles = f->roles, .auth = f->fx->auth});
+    f->fx->envs = pp_envs_open(f->fx->store, f->fx->hsm, err, sizeof err);
+    assert_non_null(f->fx->envs);
+    f->fx->bap.envs = f->fx->envs;
+    pp_envs_set_audit(f->fx->envs, f->fx->audit);
+    pp_envs_set_cmk(f->fx->envs, &(pp_cmk_deps){.kv = f->fx->kv, .policies = f->fx->pol,
+                                            .roles = f->fx->roles, .auth = f->fx->auth});
     pp_env_operation op;
-    assert_int_equal(pp_env_operation_get(f->envs, opid, &op), PP_ENV_OK);
+    assert_int_equal(pp_env_operation_get(f->fx->envs, opid, &op), PP_ENV_OK);
     assert_string_equal(op.state, "Failed");
     pp_environment e;
     env_get(f, env, &e);
@@ -951,24 +946,9 @@ static int group_setup(void **state)
     if (!f)
         return -1;
     *state = f;
-    f->fx = cmk_fixture_new("test_lock", TENANT, CMK_FX_AUTH | CMK_FX_KV | CMK_FX_ROUTER);
-    if (!f->fx)
-        return -1;
-    char err[512] = "";
-    if (!(f->pol = pp_policies_open(f->fx->store, f->fx->auth, err, sizeof err)) ||
-        !(f->envs = pp_envs_open(f->fx->store, f->fx->hsm, err, sizeof err)) ||
-        !(f->roles = auth_roles_open(f->fx->store, f->fx->auth, err, sizeof err))) {
-        fprintf(stderr, "open: %s\n", err);
-        return -1;
-    }
-    kv_set_rbac_roles(f->fx->kv, f->roles);
-    f->audit = emu_audit_new();
-    pp_envs_set_audit(f->envs, f->audit);
-    pp_envs_set_cmk(f->envs, &(pp_cmk_deps){.kv = f->fx->kv, .policies = f->pol,
-                                            .roles = f->roles, .auth = f->fx->auth});
-    f->ctx = (pp_bap_ctx){.envs = f->envs, .auth = f->fx->auth};
-    pp_bap_register(f->fx->router, &f->ctx);
-    return 0;
+    f->fx = cmk_fixture_new("test_lock", TENANT,
+                            CMK_FX_AUTH | CMK_FX_KV | CMK_FX_ROLES | CMK_FX_PP | CMK_FX_BAP);
+    return f->fx ? 0 : -1;
 }
 
 static int group_teardown(void **state)
@@ -976,11 +956,6 @@ static int group_teardown(void **state)
     fixture *f = *state;
     if (!f)
         return 0;
-    emu_clock_hooks_clear();
-    pp_envs_close(f->envs);
-    pp_policies_close(f->pol);
-    auth_roles_close(f->roles);
-    emu_audit_free(f->audit);
     cmk_fixture_free(f->fx);
     free(f);
     return 0;
