@@ -3022,8 +3022,11 @@ hsm_status hsm_reload(hsm_t *h)
     return h ? module_reload(h) : HSM_ERR_ARGS;
 }
 
+/* Starts an operation: the module lock's read side, and no PKCS#11 code yet for
+ * hsm_last_rv_name (a failure without one must not report an earlier call's). */
 static void op_enter(hsm_t *h)
 {
+    last_failed_rv = CKR_OK;
     pthread_rwlock_rdlock(&h->module_lock);
 }
 
@@ -3077,7 +3080,6 @@ static int heal(hsm_t *h, hsm_status st, CK_RV rv)
         if (!(h))                                                                             \
             return HSM_ERR_ARGS;                                                              \
         for (int attempt_ = 0;; attempt_++) {                                                 \
-            last_failed_rv = CKR_OK;                                                          \
             op_enter(h);                                                                      \
             hsm_status st_ = (call);                                                          \
             CK_RV rv_ = last_failed_rv;                                                       \

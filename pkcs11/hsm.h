@@ -38,8 +38,9 @@ typedef enum {
 } hsm_status;
 
 const char *hsm_status_str(hsm_status st);
-/* The PKCS#11 return code (e.g. "CKR_GENERAL_ERROR") behind the calling thread's last failed
- * hsm_* call, for error messages and logs; never names key material. */
+/* The PKCS#11 return code (e.g. "CKR_GENERAL_ERROR") behind the calling thread's last hsm_*
+ * call, "no PKCS#11 code" when it failed without one (or succeeded); for error messages and
+ * logs, never names key material. */
 const char *hsm_last_rv_name(void);
 
 #define HSM_ID_LEN 16

@@ -1267,6 +1267,10 @@ static void hsm_general_token_error_heals_once_then_reports(void **state)
     g_gen_failures = 1;
     assert_int_equal(hsm_rsa_generate(f->h, 2048, 0, "test/heal", id), HSM_ERR_TOKEN);
     assert_string_equal(hsm_last_rv_name(), "CKR_GENERAL_ERROR");
+    /* the next call's failure has no PKCS#11 code: the earlier one is not reported for it */
+    static const uint8_t unknown[HSM_ID_LEN] = "no such key id.";
+    assert_int_equal(hsm_rsa_bits(f->h, unknown, &(unsigned){0}), HSM_ERR_NOT_FOUND);
+    assert_string_equal(hsm_last_rv_name(), "no PKCS#11 code");
     hsm_get_stats(f->h, &s0);
     assert_int_equal(s0.module_heals, s1.module_heals);
     assert_int_equal(s0.module_reloads, s1.module_reloads);
