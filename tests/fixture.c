@@ -167,7 +167,9 @@ emu_req *cmk_fixture_dispatch(cmk_fixture *fx, const char *method, const char *u
 
 json_t *cmk_resp_json(const emu_req *req)
 {
-    return req->resp_len ? json_loadb(req->resp_body, req->resp_len, 0, NULL) : NULL;
+    /* strict: a response never repeats a key */
+    return req->resp_len ? json_loadb(req->resp_body, req->resp_len, JSON_REJECT_DUPLICATES, NULL)
+                         : NULL;
 }
 
 const char *cmk_resp_header(const emu_req *req, const char *name)

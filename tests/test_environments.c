@@ -285,6 +285,17 @@ static void test_records_crud(void **state)
     assert_int_equal(r.status, 200);
     assert_string_equal(path_str(r.json, "name"), "Fourth Coffee");
     assert_string_equal(path_str(r.json, "accountid"), id);
+    /* the stored row is sent as it is, with the context spliced in: every field once */
+    {
+        char ctx[256];
+        snprintf(ctx, sizeof ctx,
+                 "https://%s.crm.localhost:8443/api/data/v9.2/$metadata#accounts/$entity", env);
+        assert_string_equal(json_string_value(json_object_get(r.json, "@odata.context")), ctx);
+        assert_int_equal(json_integer_value(json_object_get(r.json, "revenue")), 5);
+        assert_non_null(path_str(r.json, "createdon"));
+        assert_non_null(path_str(r.json, "modifiedon"));
+        assert_int_equal(json_object_size(r.json), 6);
+    }
     resp_clear(&r);
 
     /* GUIDs compare case-insensitively */

@@ -304,6 +304,18 @@ void emu_send_text(emu_req *req, int status, const char *type, const char *text,
     req->resp_len = len;
 }
 
+void emu_send_json_text(emu_req *req, int status, char *text, size_t len)
+{
+    if (!claim(req)) {
+        free(text);
+        return;
+    }
+    req->status = status;
+    req->resp_type = "application/json; charset=utf-8";
+    req->resp_body = text;
+    req->resp_len = len;
+}
+
 void emu_send_empty(emu_req *req, int status)
 {
     if (!claim(req))

@@ -83,6 +83,9 @@ void emu_resp_header_add(emu_req *req, const char *name, const char *value);
 /* Sends JSON and takes ownership of body (may be NULL for an empty body). */
 void emu_send_json(emu_req *req, int status, json_t *body);
 void emu_send_text(emu_req *req, int status, const char *type, const char *text, size_t len);
+/* Sends JSON text the caller built (valid JSON, its own escaping) and takes ownership of the
+ * malloc'd buffer: for bodies passed on as stored, without a parse and re-serialisation. */
+void emu_send_json_text(emu_req *req, int status, char *text, size_t len);
 void emu_send_empty(emu_req *req, int status);
 /* Generic error {"error":{"code","message"}} (ARM/BAP shape). Family modules add their own
  * shapes on top of emu_send_json. */

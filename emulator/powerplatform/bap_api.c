@@ -8,6 +8,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/crypto.h>
+
 #include "log.h"
 #include "util.h"
 
@@ -461,6 +463,45 @@ static void send_row(emu_req *req, const rec_target *t, int status, json_t *row)
     emu_send_json(req, status, row);
 }
 
+/* 200 with a stored row as it is, "@odata.context" spliced in first: no parse and no
+ * re-serialisation of the row. text is "{...}" as pp_record_get_text gives it; it is cleansed
+ * and freed here. */
+static void send_row_text(emu_req *req, const rec_target *t, char *text, size_t len)
+{
+    char ctx[512];
+    snprintf(ctx, sizeof ctx, "%s" ODATA "$metadata#%s/$entity", emu_req_base_url(req), t->set);
+    json_t *js = json_string(ctx); /* NULL when the Host header made it invalid UTF-8 */
+    if (!js)
+        js = json_string("");
+    char *ctx_json = json_dumps(js, JSON_ENCODE_ANY); /* quoted and escaped */
+    json_decref(js);
+    if (!ctx_json)
+        abort();
+    size_t cl = strlen(ctx_json);
+    bool empty = len == 2; /* "{}" */
+    static const char head[] = "{\"@odata.context\":";
+    size_t out_len = sizeof head - 1 + cl + (empty ? 1 : len);
+    char *out = emu_xmalloc(out_len + 1);
+    char *w = out;
+    memcpy(w, head, sizeof head - 1);
+    w += sizeof head - 1;
+    memcpy(w, ctx_json, cl);
+    w += cl;
+    if (empty) {
+        *w++ = '}';
+    } else {
+        *w++ = ',';
+        memcpy(w, text + 1, len - 1);
+        w += len - 1;
+    }
+    *w = '\0';
+    free(ctx_json);
+    OPENSSL_cleanse(text, len);
+    free(text);
+    emu_resp_header_add(req, "OData-Version", "4.0");
+    emu_send_json_text(req, 200, out, out_len);
+}
+
 static bool wants_representation(emu_req *req)
 {
     const char *p = emu_req_header(req, "Prefer");
@@ -517,12 +558,13 @@ static void h_rec_get(emu_req *req, void *ud)
     if (!rec_begin(req, c, &t))
         return;
     if (t.has_id) {
-        json_t *row = NULL;
-        pp_env_status st = pp_record_get(c->envs, t.env, t.set, t.id, &row, &e);
+        char *text = NULL;
+        size_t len = 0;
+        pp_env_status st = pp_record_get_text(c->envs, t.env, t.set, t.id, &text, &len, &e);
         if (st != PP_ENV_OK)
             send_record_error(req, st, &e);
         else
-            send_row(req, &t, 200, row);
+            send_row_text(req, &t, text, len);
         return;
     }
     int64_t top = 0, after = 0;

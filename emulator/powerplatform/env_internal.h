@@ -35,6 +35,9 @@ typedef struct envi_op {
     struct envi_op *next;
 } envi_op;
 
+/* The record statements kept prepared (environments.c, store lock held). */
+typedef enum { REC_STMT_READ, REC_STMT_INSERT, REC_STMT_UPSERT, REC_STMT_COUNT } rec_stmt_kind;
+
 struct pp_envs {
     pthread_mutex_t lock;
     emu_store *store;
@@ -56,6 +59,7 @@ struct pp_envs {
     envi_op *qhead, *qtail;
     unsigned long probes; /* lock-watch key checks made (atomic; pp_envs_probe_count) */
     pp_env_hooks hooks;   /* components (components.h); zero = none */
+    sqlite3_stmt *rec_stmts[REC_STMT_COUNT]; /* under the store lock; finalized at close */
 };
 
 /* pp lock held */

@@ -316,6 +316,12 @@ void pp_envs_close(pp_envs_t *p)
     if (!p)
         return;
     envi_runner_stop(p);
+    if (p->store) {
+        emu_store_lock(p->store);
+        for (int k = 0; k < REC_STMT_COUNT; k++)
+            sqlite3_finalize(p->rec_stmts[k]);
+        emu_store_unlock(p->store);
+    }
     for (size_t i = 0; i < p->nrecs; i++)
         rec_free(p->recs[i]);
     free(p->recs);
@@ -717,20 +723,47 @@ pp_env_status pp_env_with_dek(pp_envs_t *p, const char *env, pp_env_dek_fn fn, v
     return rs;
 }
 
-/* Reads and opens one row (pp lock held). NOT_FOUND when absent. */
-static pp_env_status row_read(pp_envs_t *p, env_rec *r, const char *set, const char *id,
-                              json_t **out, pp_env_err *e)
+/* The record statements, prepared once (SQLITE_PREPARE_PERSISTENT) and kept for the life of
+ * the environments (store lock held; reset after each use). NULL when preparing failed. */
+static sqlite3_stmt *rec_stmt(pp_envs_t *p, sqlite3 *db, rec_stmt_kind k)
+{
+    static const char *const sql[REC_STMT_COUNT] = {
+        [REC_STMT_READ] = "SELECT blob FROM pp_records WHERE env=? AND tbl=? AND id=?",
+        [REC_STMT_INSERT] = "INSERT INTO pp_records(env,tbl,id,blob) VALUES(?,?,?,?)",
+        [REC_STMT_UPSERT] = "INSERT INTO pp_records(env,tbl,id,blob) VALUES(?,?,?,?) "
+                            "ON CONFLICT(env,tbl,id) DO UPDATE SET blob=excluded.blob",
+    };
+    if (!p->rec_stmts[k] && sqlite3_prepare_v3(db, sql[k], -1, SQLITE_PREPARE_PERSISTENT,
+                                               &p->rec_stmts[k], NULL) != SQLITE_OK) {
+        sqlite3_finalize(p->rec_stmts[k]);
+        p->rec_stmts[k] = NULL;
+    }
+    return p->rec_stmts[k];
+}
+
+static void rec_stmt_done(sqlite3_stmt *st)
+{
+    if (st) {
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+    }
+}
+
+/* Reads and opens one row (pp lock held): *pt receives its stored text, compact JSON of an
+ * object (malloc'd; the caller cleanses and frees it). NOT_FOUND when absent. */
+static pp_env_status row_open(pp_envs_t *p, env_rec *r, const char *set, const char *id,
+                              char **pt, size_t *ptl, pp_env_err *e)
 {
     char aad[200];
     uint8_t *blob = NULL;
     size_t blen = 0;
     bool found = false;
     pp_env_status rs = PP_ENV_OK;
-    *out = NULL;
+    *pt = NULL;
+    *ptl = 0;
     sqlite3 *db = emu_store_lock(p->store);
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, "SELECT blob FROM pp_records WHERE env=? AND tbl=? AND id=?", -1,
-                           &st, NULL) == SQLITE_OK) {
+    sqlite3_stmt *st = rec_stmt(p, db, REC_STMT_READ);
+    if (st) {
         sqlite3_bind_text(st, 1, r->env.id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, set, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
@@ -742,22 +775,43 @@ static pp_env_status row_read(pp_envs_t *p, env_rec *r, const char *set, const c
                 memcpy(blob, sqlite3_column_blob(st, 0), blen);
         }
     }
-    sqlite3_finalize(st);
+    rec_stmt_done(st);
     emu_store_unlock(p->store);
     if (!found) {
         rs = PP_ENV_ERR_NOT_FOUND;
         goto out;
     }
-    char *pt = NULL;
-    size_t ptl = 0;
     pp_record_aad(r->env.id, set, id, aad, sizeof aad);
-    pp_envelope_status es = pp_open(&r->dek, aad, strlen(aad), blob, blen, &pt, &ptl);
+    pp_envelope_status es = pp_open(&r->dek, aad, strlen(aad), blob, blen, pt, ptl);
     if (es != PP_ENVELOPE_OK) {
         snprintf(e->msg, sizeof e->msg, "Record %s of %s cannot be opened: %s", id, set,
                  pp_envelope_status_str(es));
         rs = PP_ENV_ERR_CRYPTO;
         goto out;
     }
+    if (*ptl < 2 || (*pt)[0] != '{' || (*pt)[*ptl - 1] != '}') {
+        OPENSSL_cleanse(*pt, *ptl);
+        free(*pt);
+        *pt = NULL;
+        *ptl = 0;
+        snprintf(e->msg, sizeof e->msg, "Record %s of %s is not a JSON object", id, set);
+        rs = PP_ENV_ERR_CRYPTO;
+    }
+out:
+    free(blob);
+    return rs;
+}
+
+/* row_open, parsed (pp lock held). */
+static pp_env_status row_read(pp_envs_t *p, env_rec *r, const char *set, const char *id,
+                              json_t **out, pp_env_err *e)
+{
+    char *pt = NULL;
+    size_t ptl = 0;
+    *out = NULL;
+    pp_env_status rs = row_open(p, r, set, id, &pt, &ptl, e);
+    if (rs != PP_ENV_OK)
+        return rs;
     *out = json_loadb(pt, ptl, 0, NULL);
     OPENSSL_cleanse(pt, ptl);
     free(pt);
@@ -765,8 +819,6 @@ static pp_env_status row_read(pp_envs_t *p, env_rec *r, const char *set, const c
         snprintf(e->msg, sizeof e->msg, "Record %s of %s is not JSON", id, set);
         rs = PP_ENV_ERR_CRYPTO;
     }
-out:
-    free(blob);
     return rs;
 }
 
@@ -791,20 +843,16 @@ static pp_env_status row_write(pp_envs_t *p, env_rec *r, const char *set, const 
         goto out;
     }
     sqlite3 *db = emu_store_lock(p->store);
-    sqlite3_stmt *st = NULL;
+    sqlite3_stmt *st = rec_stmt(p, db, insert ? REC_STMT_INSERT : REC_STMT_UPSERT);
     int src = SQLITE_ERROR;
-    if (sqlite3_prepare_v2(db,
-                           insert ? "INSERT INTO pp_records(env,tbl,id,blob) VALUES(?,?,?,?)"
-                                  : "INSERT INTO pp_records(env,tbl,id,blob) VALUES(?,?,?,?) "
-                                    "ON CONFLICT(env,tbl,id) DO UPDATE SET blob=excluded.blob",
-                           -1, &st, NULL) == SQLITE_OK) {
+    if (st) {
         sqlite3_bind_text(st, 1, r->env.id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, set, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
         sqlite3_bind_blob(st, 4, blob, (int)blen, SQLITE_STATIC);
         src = sqlite3_step(st);
     }
-    sqlite3_finalize(st);
+    rec_stmt_done(st);
     emu_store_unlock(p->store);
     if (src == SQLITE_CONSTRAINT) {
         snprintf(e->msg, sizeof e->msg, "A record with matching key values already exists.");
@@ -881,6 +929,24 @@ pp_env_status pp_record_get(pp_envs_t *p, const char *env, const char *set, cons
     pp_env_status rs = usable_inlock(p, env, set, singular, sizeof singular, &r, e);
     if (rs == PP_ENV_OK) {
         rs = row_read(p, r, set, id, out, e);
+        if (rs == PP_ENV_ERR_NOT_FOUND)
+            snprintf(e->msg, sizeof e->msg, "%s With Id = %.40s Does Not Exist", singular, id);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return rs;
+}
+
+pp_env_status pp_record_get_text(pp_envs_t *p, const char *env, const char *set, const char *id,
+                                 char **text, size_t *len, pp_env_err *e)
+{
+    char singular[80];
+    env_rec *r = NULL;
+    *text = NULL;
+    *len = 0;
+    pthread_mutex_lock(&p->lock);
+    pp_env_status rs = usable_inlock(p, env, set, singular, sizeof singular, &r, e);
+    if (rs == PP_ENV_OK) {
+        rs = row_open(p, r, set, id, text, len, e);
         if (rs == PP_ENV_ERR_NOT_FOUND)
             snprintf(e->msg, sizeof e->msg, "%s With Id = %.40s Does Not Exist", singular, id);
     }

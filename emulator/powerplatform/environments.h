@@ -233,6 +233,11 @@ pp_env_status pp_record_create(pp_envs_t *p, const char *env, const char *set, c
                                char id_out[40], json_t **stored, pp_env_err *e);
 pp_env_status pp_record_get(pp_envs_t *p, const char *env, const char *set, const char *id,
                             json_t **out, pp_env_err *e);
+/* The row as stored: compact JSON text of an object, "{...}" (malloc'd, not NUL-terminated;
+ * the caller cleanses and frees it). What pp_record_get parses, without the parse: the read
+ * path sends it on as it is. */
+pp_env_status pp_record_get_text(pp_envs_t *p, const char *env, const char *set, const char *id,
+                                 char **text, size_t *len, pp_env_err *e);
 /* Merges the fields into the row (upsert unless must_exist). *created says which. */
 pp_env_status pp_record_update(pp_envs_t *p, const char *env, const char *set, const char *id,
                                const json_t *fields, bool must_exist, bool *created,
