@@ -1443,6 +1443,117 @@ static void store_group_commit(void **state)
     emu_store_close(s);
 }
 
+/* Gathering: while another request handler is running (between defer_begin and defer_end),
+ * the syncer waits for it before it syncs, so one fdatasync covers the commits made
+ * meanwhile; the handler's end wakes it, and so does a blocking waiter. The bounds are made
+ * an hour here, so each wake-up is the only way the test can finish (a broken one hangs
+ * until ctest's timeout). */
+typedef struct {
+    emu_store *s;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool started, end;
+} gather_handler;
+
+static void *gather_handler_main(void *p)
+{
+    gather_handler *h = p;
+    emu_store_defer_begin(h->s);
+    pthread_mutex_lock(&h->mu);
+    h->started = true;
+    pthread_cond_broadcast(&h->cv);
+    while (!h->end)
+        pthread_cond_wait(&h->cv, &h->mu);
+    pthread_mutex_unlock(&h->mu);
+    (void)emu_store_defer_end();
+    return NULL;
+}
+
+static void gather_handler_start(gather_handler *h, pthread_t *th)
+{
+    h->started = h->end = false;
+    assert_int_equal(pthread_create(th, NULL, gather_handler_main, h), 0);
+    pthread_mutex_lock(&h->mu);
+    while (!h->started)
+        pthread_cond_wait(&h->cv, &h->mu);
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void gather_handler_end(gather_handler *h, pthread_t th)
+{
+    pthread_mutex_lock(&h->mu);
+    h->end = true;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+    pthread_join(th, NULL);
+}
+
+static void on_durable_count(void *ud)
+{
+    atomic_fetch_add((atomic_int *)ud, 1);
+}
+
+static void store_gathering(void **state)
+{
+    (void)state;
+    char dir[PATH_MAX], path[PATH_MAX + 16], err[256];
+    make_tmpdir(dir, sizeof dir, "gather");
+    snprintf(path, sizeof path, "%s/g.db", dir);
+    emu_store *s = emu_store_open(path, err, sizeof err);
+    if (!s)
+        fail_msg("emu_store_open: %s", err);
+    static const emu_migration m[] = {{"ga", 1, "CREATE TABLE ga(i INTEGER);"}};
+    assert_true(emu_store_migrate(s, m, 1, err, sizeof err));
+    emu_store_set_gather(s, 3600LL * 1000000000LL, 3600LL * 1000000000LL);
+
+    gather_handler h = {.s = s};
+    pthread_mutex_init(&h.mu, NULL);
+    pthread_cond_init(&h.cv, NULL);
+    pthread_t th;
+    gather_handler_start(&h, &th);
+
+    /* ten deferred commits while the other handler runs: none is acknowledged yet */
+    unsigned long before = emu_store_sync_count(s);
+    atomic_int acked = 0;
+    for (int i = 0; i < 10; i++) {
+        emu_store_defer_begin(s);
+        char sql[64];
+        snprintf(sql, sizeof sql, "INSERT INTO ga(i) VALUES(%d)", i);
+        assert_true(emu_store_exec(emu_store_lock(s), sql));
+        emu_store_unlock(s);
+        uint64_t seq = emu_store_defer_end();
+        assert_true(seq > 0);
+        assert_true(emu_store_when_durable(s, seq, on_durable_count, &acked));
+    }
+    usleep(50 * 1000);
+    assert_int_equal(atomic_load(&acked), 0);
+    assert_int_equal(emu_store_sync_count(s), before);
+
+    /* the handler ends: one sync covers all ten, then they are acknowledged */
+    gather_handler_end(&h, th);
+    for (int i = 0; i < 10000 && atomic_load(&acked) < 10; i++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&acked), 10);
+    assert_int_equal(emu_store_sync_count(s) - before, 1);
+
+    /* a blocking commit is not held by a running handler */
+    gather_handler_start(&h, &th);
+    before = emu_store_sync_count(s);
+    assert_true(emu_store_exec(emu_store_lock(s), "INSERT INTO ga(i) VALUES(100)"));
+    emu_store_unlock(s); /* returns once durable */
+    assert_true(emu_store_sync_count(s) > before);
+    gather_handler_end(&h, th);
+
+    pthread_cond_destroy(&h.cv);
+    pthread_mutex_destroy(&h.mu);
+    emu_store_close(s);
+    s = emu_store_open(path, err, sizeof err);
+    if (!s)
+        fail_msg("reopen: %s", err);
+    assert_int_equal(count_rows(s, "SELECT count(*) FROM ga"), 11);
+    emu_store_close(s);
+}
+
 static void store_migrations_and_meta(void **state)
 {
     (void)state;
@@ -1703,6 +1814,7 @@ int main(void)
         cmocka_unit_test(misc_alloc_and_guid),
         cmocka_unit_test(store_migrations_and_meta),
         cmocka_unit_test(store_group_commit),
+        cmocka_unit_test(store_gathering),
         cmocka_unit_test(clock_offset_and_hooks),
         cmocka_unit_test(log_escape_table),
     };

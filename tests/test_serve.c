@@ -40,6 +40,15 @@ static void test_serve_health_restart(void **state)
         cmk_serve_https(&s, "GET", "localhost", "/_emulator/health", NULL, NULL, &body), 200);
     json_t *j = cmk_serve_parse(body);
     assert_string_equal(json_string_value(json_object_get(j, "status")), "ok");
+    /* the demo world was committed and made durable, some commits sharing a sync */
+    {
+        json_t *st = json_object_get(j, "store");
+        json_int_t commits = json_integer_value(json_object_get(st, "commits"));
+        json_int_t syncs = json_integer_value(json_object_get(st, "syncs"));
+        assert_true(commits > 0);
+        assert_true(syncs > 0);
+        assert_true(syncs <= commits);
+    }
     json_decref(j);
     free(body);
 

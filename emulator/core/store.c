@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -28,6 +29,13 @@ typedef struct durable_waiter {
  * is complete at that moment, and only then are those commits acknowledged (blocking callers
  * wake up, deferred HTTP answers are released). With NORMAL, SQLite itself syncs the WAL
  * before each checkpoint and the database after it, so the order on disk stays right.
+ *
+ * Gathering: a request handler between emu_store_defer_begin and _end (`active`) may be about
+ * to commit. When the syncer has work and such handlers are running, it waits for them to
+ * end, for at most as long as the last fdatasync took (GATHER_MIN_NS..GATHER_MAX_NS), so one
+ * sync covers their commits too: under load, fewer syncs for the same writes (each costs
+ * kernel and block-layer CPU), for at most one sync's time of extra latency. A blocking
+ * waiter (emu_store_wait_durable, which a handler may call) ends the gathering at once.
  */
 struct emu_store {
     sqlite3 *db;
@@ -48,7 +56,17 @@ struct emu_store {
     int wal_fd; /* syncer thread only */
     bool dir_synced;
     atomic_ulong nsyncs;
+    atomic_uint active;    /* deferred request handlers running (defer_begin .. defer_end) */
+    atomic_bool gathering; /* the syncer waits for `active` to reach 0 */
+    unsigned blocking;     /* under sync_lock: threads in emu_store_wait_durable */
+    bool syncer_idle;      /* under sync_lock: the syncer waits for work (else it is gathering or
+                              syncing and looks at `wanted` again before it sleeps) */
+    int64_t last_sync_ns;  /* syncer thread only: how long the last fdatasync took */
+    int64_t gather_min_ns, gather_max_ns; /* under sync_lock */
 };
+
+#define GATHER_MIN_NS 50000L   /* 50 us */
+#define GATHER_MAX_NS 1000000L /* 1 ms */
 
 static _Thread_local emu_store *tl_defer_store;
 static _Thread_local uint64_t tl_defer_seq;
@@ -72,7 +90,12 @@ static void sync_wal(emu_store *s)
             return; /* no WAL yet: nothing was written through it */
         }
     }
-    if (fdatasync(s->wal_fd) != 0)
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc = fdatasync(s->wal_fd);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    s->last_sync_ns = (int64_t)(t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec);
+    if (rc != 0)
         emu_log(EMU_LOG_ERROR, "store", "fdatasync of the WAL failed: %s (writes acknowledged "
                                         "now may not survive a power loss)",
                 strerror(errno));
@@ -87,15 +110,43 @@ static void sync_wal(emu_store *s)
     atomic_fetch_add(&s->nsyncs, 1);
 }
 
+/* Waits (sync_lock held) while request handlers that may commit are running; see the top. */
+static void gather_inlock(emu_store *s)
+{
+    if (s->stopping || s->blocking || !atomic_load(&s->active))
+        return;
+    int64_t ns = s->last_sync_ns < s->gather_min_ns   ? s->gather_min_ns
+                 : s->last_sync_ns > s->gather_max_ns ? s->gather_max_ns
+                                                      : s->last_sync_ns;
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += (time_t)(ns / 1000000000LL);
+    until.tv_nsec += (long)(ns % 1000000000LL);
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    atomic_store(&s->gathering, true);
+    /* a handler that ends after this load sees gathering set and signals under sync_lock */
+    while (!s->stopping && !s->blocking && atomic_load(&s->active) &&
+           pthread_cond_timedwait(&s->work_cond, &s->sync_lock, &until) == 0) {
+    }
+    atomic_store(&s->gathering, false);
+}
+
 static void *syncer_main(void *arg)
 {
     emu_store *s = arg;
     pthread_mutex_lock(&s->sync_lock);
     for (;;) {
-        while (!s->stopping && s->wanted <= s->synced)
+        while (!s->stopping && s->wanted <= s->synced) {
+            s->syncer_idle = true;
             pthread_cond_wait(&s->work_cond, &s->sync_lock);
+            s->syncer_idle = false;
+        }
         if (s->wanted <= s->synced && s->stopping)
             break;
+        gather_inlock(s);
         uint64_t target = s->written;
         pthread_mutex_unlock(&s->sync_lock);
         sync_wal(s);
@@ -132,16 +183,20 @@ static void want_inlock(emu_store *s, uint64_t seq)
 {
     if (seq > s->wanted) {
         s->wanted = seq;
-        pthread_cond_signal(&s->work_cond);
+        if (s->syncer_idle) /* a gathering syncer is woken by the handlers' end instead */
+            pthread_cond_signal(&s->work_cond);
     }
 }
 
 void emu_store_wait_durable(emu_store *s, uint64_t seq)
 {
     pthread_mutex_lock(&s->sync_lock);
+    s->blocking++;
     want_inlock(s, seq);
+    pthread_cond_signal(&s->work_cond); /* ends a gathering */
     while (s->synced < seq && s->syncer_started)
         pthread_cond_wait(&s->done_cond, &s->sync_lock);
+    s->blocking--;
     pthread_mutex_unlock(&s->sync_lock);
 }
 
@@ -176,14 +231,37 @@ void emu_store_defer_begin(emu_store *s)
 {
     tl_defer_store = s;
     tl_defer_seq = 0;
+    atomic_fetch_add(&s->active, 1);
 }
 
 uint64_t emu_store_defer_end(void)
 {
+    emu_store *s = tl_defer_store;
+    if (s && atomic_fetch_sub(&s->active, 1) == 1 && atomic_load(&s->gathering)) {
+        pthread_mutex_lock(&s->sync_lock); /* the syncer is in its timed wait or about to be */
+        pthread_cond_signal(&s->work_cond);
+        pthread_mutex_unlock(&s->sync_lock);
+    }
     uint64_t seq = tl_defer_seq;
     tl_defer_store = NULL;
     tl_defer_seq = 0;
     return seq;
+}
+
+void emu_store_set_gather(emu_store *s, int64_t min_ns, int64_t max_ns)
+{
+    pthread_mutex_lock(&s->sync_lock);
+    s->gather_min_ns = min_ns;
+    s->gather_max_ns = max_ns;
+    pthread_mutex_unlock(&s->sync_lock);
+}
+
+uint64_t emu_store_commit_count(emu_store *s)
+{
+    pthread_mutex_lock(&s->sync_lock);
+    uint64_t n = s->written;
+    pthread_mutex_unlock(&s->sync_lock);
+    return n;
 }
 
 unsigned long emu_store_sync_count(emu_store *s)
@@ -213,6 +291,8 @@ emu_store *emu_store_open(const char *path, char *err, size_t errlen)
     emu_store *s = emu_xcalloc(1, sizeof *s);
     s->db = db;
     s->wal_fd = -1;
+    s->gather_min_ns = GATHER_MIN_NS;
+    s->gather_max_ns = GATHER_MAX_NS;
     s->wal_path = emu_xasprintf("%s-wal", path);
     const char *slash = strrchr(path, '/');
     s->dir_path = slash ? emu_xasprintf("%.*s", (int)(slash - path) ? (int)(slash - path) : 1,
@@ -220,7 +300,11 @@ emu_store *emu_store_open(const char *path, char *err, size_t errlen)
                         : emu_xstrdup(".");
     pthread_mutex_init(&s->lock, NULL);
     pthread_mutex_init(&s->sync_lock, NULL);
-    pthread_cond_init(&s->work_cond, NULL);
+    pthread_condattr_t ca; /* the gathering's timed wait is on the monotonic clock */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->work_cond, &ca);
+    pthread_condattr_destroy(&ca);
     pthread_cond_init(&s->done_cond, NULL);
     sqlite3_commit_hook(db, on_commit, s);
     /* One process owns the file: exclusive locking mode takes the file lock once instead of

@@ -51,6 +51,11 @@ typedef void (*emu_store_durable_fn)(void *ud);
 bool emu_store_when_durable(emu_store *s, uint64_t seq, emu_store_durable_fn fn, void *ud);
 /* Blocks until commit seq is durable. */
 void emu_store_wait_durable(emu_store *s, uint64_t seq);
+/* Bounds of the syncer's gathering wait (store.c; default 50 us .. 1 ms, as long as the last
+ * fdatasync took): for tests, which make it long to see the gathering deterministically. */
+void emu_store_set_gather(emu_store *s, int64_t min_ns, int64_t max_ns);
+/* Commits made so far (health; with the sync count: commits per fdatasync). */
+uint64_t emu_store_commit_count(emu_store *s);
 /* fdatasyncs done so far (tests, stats). */
 unsigned long emu_store_sync_count(emu_store *s);
 
