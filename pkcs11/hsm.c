@@ -1200,7 +1200,7 @@ out:
     return st;
 }
 
-/* An entry filled by hsm_key_foreach or cache_new_pair has handles but no public key (memory
+/* An entry filled by hsm_key_foreach has handles but no public key object (to keep memory
  * flat with many keys): builds it from the cached handle on first use (no search) and keeps
  * it. r->pkey is set on success. */
 static hsm_status key_pkey_attach(hsm_t *h, const uint8_t id[HSM_ID_LEN], key_ref *r)
@@ -1254,10 +1254,7 @@ static hsm_status key_get(hsm_t *h, const uint8_t id[HSM_ID_LEN], int want_pkey,
     return key_lookup_token(h, id, want_pkey, r);
 }
 
-/* Caches a pair we just created (the public key is read back from the token when not
- * given): its handle and size only, as the start-up path does; the OpenSSL public key is
- * built again on first use. Keeping it for every version a bulk import makes cost about
- * 1.2 KB each (12 MB for 10,000 versions) for keys that may never be used again. */
+/* Caches a pair we just created; the public key is read back from the token. */
 static void cache_new_pair(hsm_t *h, CK_SESSION_HANDLE s, const uint8_t id[HSM_ID_LEN],
                            CK_OBJECT_HANDLE priv, CK_OBJECT_HANDLE pub, EVP_PKEY *pkey)
 {
@@ -1278,9 +1275,8 @@ static void cache_new_pair(hsm_t *h, CK_SESSION_HANDLE s, const uint8_t id[HSM_I
     memcpy(e->id, id, HSM_ID_LEN);
     e->priv = priv;
     e->pub = CK_INVALID_HANDLE; /* no public token object: see hsm_rsa_generate */
-    e->pkey = NULL;
+    e->pkey = pkey;
     e->bits = (unsigned)EVP_PKEY_get_bits(pkey);
-    EVP_PKEY_free(pkey);
     cache_put(h, e, 0, 0);
 }
 
