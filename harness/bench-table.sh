@@ -63,6 +63,13 @@ start_emu() {
     url="https://localhost:$port"
 }
 
+# store_counts: "COMMITS SYNCS" from the health endpoint (empty when unavailable)
+store_counts() {
+    curl -sf --cacert "$tmp/data/tls/cert.pem" "$url/_emulator/health" |
+        node -e 'let d="";process.stdin.on("data",c=>d+=c).on("end",()=>{try{const s=JSON.parse(d).store;
+          console.log(s.commits+" "+s.syncs)}catch(e){console.log("")}})' || true
+}
+
 rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$emu_pid/status"; }
 fds() { ls "/proc/$emu_pid/fd" | wc -l; }
 
@@ -145,8 +152,15 @@ bench create "${c[@]}" --op create --ceiling
 print "create RSA-2048" "C_GenerateKeyPair" "$tmp/create.json" ceiling
 bench rread "${c[@]}" --op record-read --versus health
 print "record read 1 KiB" "GET health" "$tmp/rread.json" reference
+store0=$(store_counts)
 bench rwrite "${c[@]}" --op record-write --versus health
+store1=$(store_counts)
 print "record write 1 KiB" "GET health" "$tmp/rwrite.json" reference
+read -r c0 s0 <<<"$store0"
+read -r c1 s1 <<<"$store1"
+if [[ -n "$c0" && -n "$c1" && "$s1" -gt "$s0" ]]; then
+    awk -v c=$((c1 - c0)) -v s=$((s1 - s0)) 'BEGIN { printf "  (durable: %d commits in %d fdatasyncs during that row, %.1f per sync)\n", c, s, c / s }'
+fi
 echo
 
 echo "in-process record encryption (AES-256-GCM, 16 KiB, 1 thread):"
