@@ -503,10 +503,16 @@ static void test_disable_enable(void **state)
     assert_int_equal(pp_env_get(again, env, &en), PP_ENV_OK);
     assert_false(en.enabled);
     assert_string_equal(en.reason, "Test");
-    json_t *out = NULL;
-    assert_int_equal(pp_record_get(again, env, "accounts", id, &out, &e), PP_ENV_ERR_DISABLED);
+    char *text = NULL;
+    size_t len = 0;
+    assert_int_equal(pp_record_get_text(again, env, "accounts", id, &text, &len, &e),
+                     PP_ENV_ERR_DISABLED);
+    assert_null(text);
     assert_int_equal(pp_env_set_enabled(again, env, true, NULL, &e), PP_ENV_OK);
-    assert_int_equal(pp_record_get(again, env, "accounts", id, &out, &e), PP_ENV_OK);
+    assert_int_equal(pp_record_get_text(again, env, "accounts", id, &text, &len, &e), PP_ENV_OK);
+    json_t *out = json_loadb(text, len, JSON_REJECT_DUPLICATES, NULL);
+    free(text);
+    assert_non_null(out);
     assert_string_equal(path_str(out, "name"), "kept");
     json_decref(out);
     pp_envs_close(again);

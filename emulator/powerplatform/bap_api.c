@@ -454,10 +454,16 @@ static char *entity_url(emu_req *req, const rec_target *t, const char *id)
     return emu_arena_strdup(req->arena, buf);
 }
 
+/* The "@odata.context" of one row of t's entity set. */
+static void entity_context(emu_req *req, const rec_target *t, char *ctx, size_t cap)
+{
+    snprintf(ctx, cap, "%s" ODATA "$metadata#%s/$entity", emu_req_base_url(req), t->set);
+}
+
 static void send_row(emu_req *req, const rec_target *t, int status, json_t *row)
 {
     char ctx[512];
-    snprintf(ctx, sizeof ctx, "%s" ODATA "$metadata#%s/$entity", emu_req_base_url(req), t->set);
+    entity_context(req, t, ctx, sizeof ctx);
     json_object_set_new(row, "@odata.context", json_string(ctx));
     emu_resp_header_add(req, "OData-Version", "4.0");
     emu_send_json(req, status, row);
@@ -469,7 +475,7 @@ static void send_row(emu_req *req, const rec_target *t, int status, json_t *row)
 static void send_row_text(emu_req *req, const rec_target *t, char *text, size_t len)
 {
     char ctx[512];
-    snprintf(ctx, sizeof ctx, "%s" ODATA "$metadata#%s/$entity", emu_req_base_url(req), t->set);
+    entity_context(req, t, ctx, sizeof ctx);
     json_t *js = json_string(ctx); /* NULL when the Host header made it invalid UTF-8 */
     if (!js)
         js = json_string("");

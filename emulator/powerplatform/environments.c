@@ -919,23 +919,6 @@ out:
     return rs;
 }
 
-pp_env_status pp_record_get(pp_envs_t *p, const char *env, const char *set, const char *id,
-                            json_t **out, pp_env_err *e)
-{
-    char singular[80];
-    env_rec *r = NULL;
-    *out = NULL;
-    pthread_mutex_lock(&p->lock);
-    pp_env_status rs = usable_inlock(p, env, set, singular, sizeof singular, &r, e);
-    if (rs == PP_ENV_OK) {
-        rs = row_read(p, r, set, id, out, e);
-        if (rs == PP_ENV_ERR_NOT_FOUND)
-            snprintf(e->msg, sizeof e->msg, "%s With Id = %.40s Does Not Exist", singular, id);
-    }
-    pthread_mutex_unlock(&p->lock);
-    return rs;
-}
-
 pp_env_status pp_record_get_text(pp_envs_t *p, const char *env, const char *set, const char *id,
                                  char **text, size_t *len, pp_env_err *e)
 {

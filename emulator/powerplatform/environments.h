@@ -231,11 +231,9 @@ bool pp_entity_singular(const char *set, char *out, size_t outlen);
  * else new. *stored (may be NULL) receives the stored row (new reference). */
 pp_env_status pp_record_create(pp_envs_t *p, const char *env, const char *set, const json_t *row,
                                char id_out[40], json_t **stored, pp_env_err *e);
-pp_env_status pp_record_get(pp_envs_t *p, const char *env, const char *set, const char *id,
-                            json_t **out, pp_env_err *e);
-/* The row as stored: compact JSON text of an object, "{...}" (malloc'd, not NUL-terminated;
- * the caller cleanses and frees it). What pp_record_get parses, without the parse: the read
- * path sends it on as it is. */
+/* One row as stored: compact JSON text of an object, "{...}" (malloc'd, NUL-terminated after
+ * *len bytes; the caller cleanses and frees it). Not parsed: the read path sends it on as it
+ * is. NOT_FOUND with Dataverse's message when absent. */
 pp_env_status pp_record_get_text(pp_envs_t *p, const char *env, const char *set, const char *id,
                                  char **text, size_t *len, pp_env_err *e);
 /* Merges the fields into the row (upsert unless must_exist). *created says which. */
