@@ -179,3 +179,84 @@ const char *cmk_resp_header(const emu_req *req, const char *name)
             return h->value;
     return NULL;
 }
+
+bool cmk_fx_vault(cmk_fixture *fx, const char *name, bool purge_protection)
+{
+    kv_vault_info vi = {0};
+    snprintf(vi.name, sizeof vi.name, "%s", name);
+    vi.soft_delete = true;
+    vi.retention_days = 7;
+    vi.purge_protection = purge_protection;
+    snprintf(vi.tenant, sizeof vi.tenant, "%s", fx->tenant);
+    kv_err e = {{0}};
+    if (kv_vault_create(fx->kv, &vi, &e) == KV_OK)
+        return true;
+    fprintf(stderr, "vault %s: %s\n", name, e.msg);
+    return false;
+}
+
+bool cmk_fx_access(cmk_fixture *fx, const char *vault, const char *oid, uint32_t key_perms,
+                   int rbac)
+{
+    kv_vault_state s = {0};
+    if (kv_vault_state_get(fx->kv, vault, &s) != KV_OK) {
+        fprintf(stderr, "access: no vault %s\n", vault);
+        return false;
+    }
+    if (rbac >= 0)
+        s.info.rbac = rbac != 0;
+    size_t k = 0;
+    for (size_t i = 0; i < s.npolicies; i++) {
+        if (!strcmp(s.policies[i].object_id, oid)) {
+            json_decref(s.policies[i].permissions);
+            continue;
+        }
+        s.policies[k++] = s.policies[i];
+    }
+    s.npolicies = k;
+    if (key_perms) {
+        kv_access_policy *grown = realloc(s.policies, (k + 1) * sizeof *s.policies);
+        if (!grown) {
+            kv_vault_state_cleanup(&s);
+            return false;
+        }
+        s.policies = grown;
+        kv_access_policy *ap = &s.policies[s.npolicies++];
+        memset(ap, 0, sizeof *ap);
+        snprintf(ap->tenant, sizeof ap->tenant, "%s", fx->tenant);
+        snprintf(ap->object_id, sizeof ap->object_id, "%s", oid);
+        ap->keys = key_perms;
+        ap->permissions = json_pack("{s:[]}", "keys");
+    }
+    bool created = false;
+    kv_err e = {{0}};
+    kv_status st = kv_vault_put(fx->kv, &s, &created, &e);
+    kv_vault_state_cleanup(&s);
+    if (st != KV_OK)
+        fprintf(stderr, "access on %s: %s\n", vault, e.msg);
+    return st == KV_OK;
+}
+
+bool cmk_fx_cmk_policy(cmk_fixture *fx, const char *name, const char *location,
+                       const char *vault, const char *key_version, pp_policy *out)
+{
+    char vid[300];
+    snprintf(vid, sizeof vid, CMK_FX_VAULT_ID "%s", vault);
+    pp_policy_spec spec = {.subscription = CMK_FX_SUB,
+                           .resource_group = "rg",
+                           .name = name,
+                           .location = location,
+                           .kind = PP_KIND_ENCRYPTION,
+                           .identity = true,
+                           .has_encryption = true,
+                           .encryption_enabled = true,
+                           .vault_id = vid,
+                           .key_name = "cmk",
+                           .key_version = key_version};
+    bool created = false;
+    pp_err e = {{0}, {0}};
+    if (pp_policy_put(fx->pol, &spec, out, &created, &e) == PP_OK)
+        return true;
+    fprintf(stderr, "policy %s: %s\n", name, e.msg);
+    return false;
+}

@@ -102,6 +102,24 @@ typedef struct {
 emu_req *cmk_fixture_dispatch(cmk_fixture *fx, const char *method, const char *uri,
                               const cmk_call_opts *o);
 
+/* ---- Customer-managed key set-up shared by the Power Platform tests (each returns false,
+ * with the reason on stderr, when the module refused; callers assert_true on it). ---------- */
+
+/* Subscription and resource group ("rg") of the vaults and policies below. */
+#define CMK_FX_SUB "00000000-0000-4000-8000-000000000001"
+#define CMK_FX_VAULT_ID "/subscriptions/" CMK_FX_SUB "/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/"
+
+/* A vault in fx->tenant with soft delete (7 days) and purge protection as given. */
+bool cmk_fx_vault(cmk_fixture *fx, const char *name, bool purge_protection);
+/* Sets oid's access policy on vault to these key permissions (KV_PERM_*; 0 removes it);
+ * rbac: 1/0 switches the vault's permission model, -1 leaves it. */
+bool cmk_fx_access(cmk_fixture *fx, const char *vault, const char *oid, uint32_t key_perms,
+                   int rbac);
+/* An encryption enterprise policy with a managed identity over key "cmk" of vault
+ * (key_version NULL = the latest). */
+bool cmk_fx_cmk_policy(cmk_fixture *fx, const char *name, const char *location,
+                       const char *vault, const char *key_version, pp_policy *out);
+
 /* The response body parsed as JSON; NULL when empty or not JSON. */
 json_t *cmk_resp_json(const emu_req *req);
 

@@ -140,62 +140,19 @@ static const char *err_code(json_t *j)
 
 static void set_access(fixture *f, const char *vault, const char *oid, uint32_t perms)
 {
-    kv_vault_state s = {0};
-    assert_int_equal(kv_vault_state_get(f->fx->kv, vault, &s), KV_OK);
-    size_t k = 0;
-    for (size_t i = 0; i < s.npolicies; i++) {
-        if (!strcmp(s.policies[i].object_id, oid)) {
-            json_decref(s.policies[i].permissions);
-            continue;
-        }
-        s.policies[k++] = s.policies[i];
-    }
-    s.npolicies = k;
-    if (perms) {
-        s.policies = realloc(s.policies, (k + 1) * sizeof *s.policies);
-        kv_access_policy *ap = &s.policies[s.npolicies++];
-        memset(ap, 0, sizeof *ap);
-        snprintf(ap->tenant, sizeof ap->tenant, TENANT);
-        snprintf(ap->object_id, sizeof ap->object_id, "%s", oid);
-        ap->keys = perms;
-        ap->permissions = json_pack("{s:[]}", "keys");
-    }
-    bool created = false;
-    kv_err e = {{0}};
-    assert_int_equal(kv_vault_put(f->fx->kv, &s, &created, &e), KV_OK);
-    kv_vault_state_cleanup(&s);
+    assert_true(cmk_fx_access(f->fx, vault, oid, perms, -1));
 }
 
 /* A vault with purge protection, key "cmk", a policy whose identity may use it. */
 static void cmk_setup(fixture *f, const char *vault, const char *policy, pp_policy *pol)
 {
-    kv_vault_info vi = {0};
-    snprintf(vi.name, sizeof vi.name, "%s", vault);
-    vi.soft_delete = true;
-    vi.retention_days = 7;
-    vi.purge_protection = true;
-    snprintf(vi.tenant, sizeof vi.tenant, TENANT);
-    kv_err ke = {{0}};
-    assert_int_equal(kv_vault_create(f->fx->kv, &vi, &ke), KV_OK);
+    assert_true(cmk_fx_vault(f->fx, vault, true));
     kv_create_params kp = {.bits = 2048};
     kv_key_view v;
+    kv_err ke = {{0}};
     assert_int_equal(kv_key_create(f->fx->kv, vault, "cmk", &kp, &v, &ke), KV_OK);
     kv_key_view_cleanup(&v);
-    char vid[300];
-    snprintf(vid, sizeof vid, VAULT_ID "%s", vault);
-    pp_policy_spec spec = {.subscription = SUB,
-                           .resource_group = "rg",
-                           .name = policy,
-                           .location = "unitedstates",
-                           .kind = PP_KIND_ENCRYPTION,
-                           .identity = true,
-                           .has_encryption = true,
-                           .encryption_enabled = true,
-                           .vault_id = vid,
-                           .key_name = "cmk"};
-    bool created = false;
-    pp_err pe = {{0}, {0}};
-    assert_int_equal(pp_policy_put(f->fx->pol, &spec, pol, &created, &pe), PP_OK);
+    assert_true(cmk_fx_cmk_policy(f->fx, policy, "unitedstates", vault, NULL, pol));
     set_access(f, vault, pol->identity_oid, ALL_PERMS);
 }
 

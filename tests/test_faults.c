@@ -41,7 +41,6 @@
 #include "powerplatform/policies.h"
 
 #define TENANT "72f988bf-86f1-41af-91ab-2d7cd011db47"
-#define SUB "00000000-0000-4000-8000-000000000001"
 #define VAULT "faultvault"
 #define PPVAULT "cmkvault"
 #define HOST VAULT ".vault.localhost:8443"
@@ -471,48 +470,17 @@ static void test_hsm_fault_does_not_lock(void **state)
 {
     fixture *f = *state;
     /* customer-managed keys need soft delete and purge protection */
-    kv_vault_info vi = {0};
-    snprintf(vi.name, sizeof vi.name, PPVAULT);
-    vi.soft_delete = true;
-    vi.purge_protection = true;
-    vi.retention_days = 7;
-    snprintf(vi.tenant, sizeof vi.tenant, TENANT);
-    kv_err ke = {{0}};
-    assert_int_equal(kv_vault_create(f->fx->kv, &vi, &ke), KV_OK);
+    assert_true(cmk_fx_vault(f->fx, PPVAULT, true));
     kv_create_params kp = {.bits = 2048};
     kv_key_view v;
+    kv_err ke = {{0}};
     assert_int_equal(kv_key_create(f->fx->kv, PPVAULT, "cmk", &kp, &v, &ke), KV_OK);
     kv_key_view_cleanup(&v);
-    char vid[300];
-    snprintf(vid, sizeof vid,
-             "/subscriptions/" SUB
-             "/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/" PPVAULT);
-    pp_policy_spec spec = {.subscription = SUB,
-                           .resource_group = "rg",
-                           .name = "faultpolicy",
-                           .location = "unitedstates",
-                           .kind = PP_KIND_ENCRYPTION,
-                           .identity = true,
-                           .has_encryption = true,
-                           .encryption_enabled = true,
-                           .vault_id = vid,
-                           .key_name = "cmk"};
     pp_policy pol;
-    bool created = false;
-    pp_err pe = {{0}, {0}};
-    assert_int_equal(pp_policy_put(f->fx->pol, &spec, &pol, &created, &pe), PP_OK);
+    assert_true(cmk_fx_cmk_policy(f->fx, "faultpolicy", "unitedstates", PPVAULT, NULL, &pol));
     /* the policy identity may use the key */
-    kv_vault_state s = {0};
-    assert_int_equal(kv_vault_state_get(f->fx->kv, PPVAULT, &s), KV_OK);
-    s.policies = realloc(s.policies, (s.npolicies + 1) * sizeof *s.policies);
-    kv_access_policy *ap = &s.policies[s.npolicies++];
-    memset(ap, 0, sizeof *ap);
-    snprintf(ap->tenant, sizeof ap->tenant, TENANT);
-    snprintf(ap->object_id, sizeof ap->object_id, "%s", pol.identity_oid);
-    ap->keys = KV_PERM_GET | KV_PERM_WRAP | KV_PERM_UNWRAP;
-    ap->permissions = json_pack("{s:[]}", "keys");
-    assert_int_equal(kv_vault_put(f->fx->kv, &s, &created, &ke), KV_OK);
-    kv_vault_state_cleanup(&s);
+    assert_true(cmk_fx_access(f->fx, PPVAULT, pol.identity_oid,
+                              KV_PERM_GET | KV_PERM_WRAP | KV_PERM_UNWRAP, -1));
 
     pp_env_spec es = {.display_name = "Contoso",
                       .location = "unitedstates",

@@ -52,14 +52,7 @@ static int call(fixture *f, const char *method, const char *host, const char *ur
 
 static void make_vault(fixture *f, const char *name, bool purge_protection)
 {
-    kv_vault_info vi = {0};
-    snprintf(vi.name, sizeof vi.name, "%s", name);
-    vi.soft_delete = true;
-    vi.retention_days = 7;
-    vi.purge_protection = purge_protection;
-    snprintf(vi.tenant, sizeof vi.tenant, TENANT);
-    kv_err e = {{0}};
-    assert_int_equal(kv_vault_create(f->fx->kv, &vi, &e), KV_OK);
+    assert_true(cmk_fx_vault(f->fx, name, purge_protection));
 }
 
 /* Sets the access policy of oid on vault to perms (0 = remove); rbac switches the vault's
@@ -67,32 +60,7 @@ static void make_vault(fixture *f, const char *name, bool purge_protection)
 static void set_access_in(fixture *f, const char *vault, const char *oid, uint32_t perms,
                           int rbac)
 {
-    kv_vault_state s = {0};
-    assert_int_equal(kv_vault_state_get(f->fx->kv, vault, &s), KV_OK);
-    if (rbac >= 0)
-        s.info.rbac = rbac != 0;
-    size_t k = 0;
-    for (size_t i = 0; i < s.npolicies; i++) {
-        if (!strcmp(s.policies[i].object_id, oid)) {
-            json_decref(s.policies[i].permissions);
-            continue;
-        }
-        s.policies[k++] = s.policies[i];
-    }
-    s.npolicies = k;
-    if (perms) {
-        s.policies = realloc(s.policies, (k + 1) * sizeof *s.policies);
-        kv_access_policy *ap = &s.policies[s.npolicies++];
-        memset(ap, 0, sizeof *ap);
-        snprintf(ap->tenant, sizeof ap->tenant, TENANT);
-        snprintf(ap->object_id, sizeof ap->object_id, "%s", oid);
-        ap->keys = perms;
-        ap->permissions = json_pack("{s:[]}", "keys");
-    }
-    bool created = false;
-    kv_err e = {{0}};
-    assert_int_equal(kv_vault_put(f->fx->kv, &s, &created, &e), KV_OK);
-    kv_vault_state_cleanup(&s);
+    assert_true(cmk_fx_access(f->fx, vault, oid, perms, rbac));
 }
 
 static void set_access(fixture *f, const char *oid, uint32_t perms)
@@ -101,36 +69,15 @@ static void set_access(fixture *f, const char *oid, uint32_t perms)
 }
 
 static void make_policy_v(fixture *f, const char *name, const char *location, const char *vault,
-                          const char *version, pp_policy *out);
+                          const char *version, pp_policy *out)
+{
+    assert_true(cmk_fx_cmk_policy(f->fx, name, location, vault, version, out));
+}
 
 static void make_policy(fixture *f, const char *name, const char *location, const char *vault,
                         pp_policy *out)
 {
     make_policy_v(f, name, location, vault, NULL, out);
-}
-
-static void make_policy_v(fixture *f, const char *name, const char *location, const char *vault,
-                          const char *version, pp_policy *out)
-{
-    char vid[300];
-    snprintf(vid, sizeof vid, VAULT_ID "%s", vault);
-    pp_policy_spec spec = {.subscription = SUB,
-                           .resource_group = "rg",
-                           .name = name,
-                           .location = location,
-                           .kind = PP_KIND_ENCRYPTION,
-                           .identity = true,
-                           .has_encryption = true,
-                           .encryption_enabled = true,
-                           .vault_id = vid,
-                           .key_name = "cmk",
-                           .key_version = version};
-    bool created = false;
-    pp_err e = {{0}, {0}};
-    pp_status st = pp_policy_put(f->fx->pol, &spec, out, &created, &e);
-    if (st != PP_OK)
-        fprintf(stderr, "policy: %s\n", e.msg);
-    assert_int_equal(st, PP_OK);
 }
 
 static void make_env(fixture *f, const char *sku, bool managed, char id[40])
