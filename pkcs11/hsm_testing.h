@@ -1,5 +1,5 @@
 /*
- * hsm_testing: hooks for tests only (fault injection). Production code never includes this.
+ * hsm_testing: hooks for tests only (fault injection, cache inspection). Production code never includes this.
  *
  * Every PKCS#11 call that hsm.c makes after hsm_open goes through one CK_FUNCTION_LIST pointer
  * held in hsm_t. A test can substitute a copy of that table with some entries wrapped (e.g. a
@@ -19,5 +19,9 @@ void hsm_testing_set_functions(hsm_t *hsm, CK_FUNCTION_LIST *fl);
 
 /* The table in use now (the module's own unless replaced). */
 CK_FUNCTION_LIST *hsm_testing_get_functions(const hsm_t *hsm);
+
+/* How many keys in the handle cache hold an OpenSSL public key. Keys created or imported get
+ * one only when an operation needs it (memory stays flat over a bulk import). */
+size_t hsm_testing_cached_pkeys(hsm_t *hsm);
 
 #endif

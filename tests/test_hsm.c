@@ -772,6 +772,9 @@ static void hsm_import_openssl_key(void **state)
     uint8_t *n = NULL, *e = NULL;
     size_t n_len = 0, e_len = 0;
 
+    uint8_t gen[HSM_ID_LEN];
+    size_t pkeys0 = hsm_testing_cached_pkeys(f->h);
+
     ossl_key_make(&k, 2048);
     /* n, e, d, p, q only: the CRT parts are computed */
     c = ossl_key_components(&k, 0);
@@ -782,6 +785,19 @@ static void hsm_import_openssl_key(void **state)
     assert_memory_equal(e, k.part[1], e_len);
     free(n);
     free(e);
+    /* neither the import, a generate nor their exports leave an OpenSSL public key in the
+     * cache (a bulk import would keep one per version); the first public operation makes it */
+    assert_int_equal(hsm_rsa_generate(f->h, 2048, 0, "test/import/gen", gen), HSM_OK);
+    assert_int_equal(hsm_rsa_public(f->h, gen, &n, &n_len, &e, &e_len), HSM_OK);
+    free(n);
+    free(e);
+    assert_int_equal(hsm_testing_cached_pkeys(f->h), pkeys0);
+    assert_int_equal(hsm_rsa_encrypt(f->h, id1, HSM_RSA_OAEP_SHA256, msg, sizeof(msg), ct, &ct_len),
+                     HSM_OK);
+    assert_int_equal(hsm_testing_cached_pkeys(f->h), pkeys0 + 1);
+    assert_int_equal(hsm_rsa_decrypt(f->h, id1, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len), HSM_OK);
+    assert_memory_equal(pt, msg, sizeof(msg));
+    assert_int_equal(hsm_key_destroy(f->h, gen), HSM_OK);
     for (size_t ai = 0; ai < 3; ai++) {
         ossl_encrypt(k.pkey, enc_algs[ai], msg, sizeof(msg), ct, &ct_len);
         assert_int_equal(hsm_rsa_decrypt(f->h, id1, enc_algs[ai], ct, ct_len, pt, &pt_len), HSM_OK);

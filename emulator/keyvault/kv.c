@@ -19,13 +19,16 @@
 
 /* ---- in-memory model ------------------------------------------------------------------- */
 
+#define KV_MAX_N 512 /* bytes of a 4096-bit modulus */
+
 typedef struct kv_version {
     char version[33];
     int64_t seq;
     uint8_t hsm_id[HSM_ID_LEN];
     bool hsm; /* RSA-HSM */
     unsigned bits;
-    uint8_t n[512];
+    uint8_t *n; /* modulus, n_len bytes (at most KV_MAX_N), owned: exactly sized, as 10,000
+                 * versions of a 2048-bit key would leave 2.5 MB unused in fixed arrays */
     size_t n_len;
     uint8_t e[8];
     size_t e_len;
@@ -243,6 +246,7 @@ static void version_free(kv_version *ver)
     if (!ver)
         return;
     json_decref(ver->tags);
+    free(ver->n);
     free(ver);
 }
 
@@ -322,7 +326,8 @@ static void fill_view(const kv_vault *v, const kv_key *k, const kv_version *ver,
     snprintf(out->version, sizeof out->version, "%s", ver->version);
     snprintf(out->kty, sizeof out->kty, "%s", ver->hsm ? "RSA-HSM" : "RSA");
     out->bits = ver->bits;
-    memcpy(out->n, ver->n, ver->n_len);
+    if (ver->n_len)
+        memcpy(out->n, ver->n, ver->n_len);
     out->n_len = ver->n_len;
     memcpy(out->e, ver->e, ver->e_len);
     out->e_len = ver->e_len;
@@ -696,9 +701,11 @@ static bool load_all(kv_t *kv, char *err, size_t errlen)
         ver->hsm = sqlite3_column_int(st, 5);
         ver->bits = (unsigned)sqlite3_column_int(st, 6);
         ver->n_len = (size_t)sqlite3_column_bytes(st, 7);
-        if (ver->n_len > sizeof ver->n)
-            ver->n_len = sizeof ver->n;
-        memcpy(ver->n, sqlite3_column_blob(st, 7), ver->n_len);
+        if (ver->n_len > KV_MAX_N)
+            ver->n_len = KV_MAX_N;
+        ver->n = emu_xmalloc(ver->n_len ? ver->n_len : 1);
+        if (ver->n_len)
+            memcpy(ver->n, sqlite3_column_blob(st, 7), ver->n_len);
         ver->e_len = (size_t)sqlite3_column_bytes(st, 8);
         if (ver->e_len > sizeof ver->e)
             ver->e_len = sizeof ver->e;
@@ -1608,23 +1615,24 @@ static kv_status fill_public(kv_t *kv, kv_version *ver, kv_err *e)
     hsm_status hs = hsm_rsa_public(kv->hsm, ver->hsm_id, &n, &nl, &ex, &el);
     if (hs != HSM_OK)
         return hsm_fail(e, hs, "public key export");
-    if (nl > sizeof ver->n || el > sizeof ver->e) {
+    if (nl > KV_MAX_N || el > sizeof ver->e) {
         free(n);
         free(ex);
         return fail(e, KV_ERR_BAD_PARAM, "The key is larger than supported.");
     }
-    memcpy(ver->n, n, nl);
+    free(ver->n);
+    ver->n = n; /* hsm_rsa_public gives exactly nl bytes, ours to free */
+    n = NULL;
     ver->n_len = nl;
     memcpy(ver->e, ex, el);
     ver->e_len = el;
     ver->bits = (unsigned)nl * 8;
-    if (nl && n[0] < 0x80) { /* bits from the leading byte */
+    if (nl && ver->n[0] < 0x80) { /* bits from the leading byte */
         unsigned b = 0;
-        for (uint8_t x = n[0]; x; x >>= 1)
+        for (uint8_t x = ver->n[0]; x; x >>= 1)
             b++;
         ver->bits = (unsigned)(nl - 1) * 8 + b;
     }
-    free(n);
     free(ex);
     return KV_OK;
 }
