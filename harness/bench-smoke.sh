@@ -37,6 +37,7 @@ run rwrite --op record-write --concurrency 2 --duration 1
 run starve --op get --concurrency 2 --duration 1 --background unwrap --background-concurrency 2
 run import --op import --key cmkbench-smoke --concurrency 2 --count 30 --duration 60
 run last --op versions-last --key cmkbench-smoke --concurrency 1 --duration 1
+run curl --op get --client curl --concurrency 2 --duration 1
 "$CMKHARNESS_BIN" bench-crypto --size 4096 --duration 0.3 --json >"$tmp/crypto.json"
 cat "$tmp/crypto.json"
 
@@ -77,6 +78,10 @@ if (u.ceiling.errors !== 0) fail('unwrap: ceiling errors');
 if (!(num(u.ratio) && u.ratio > 0)) fail('unwrap: ratio ' + u.ratio);
 const g = load(process.argv[3]);
 common(g, 'get', 2);
+if (g.client.engine !== 'loop') fail('get: client engine ' + g.client.engine);
+const cu = load(process.argv[4] + '/curl.json');
+common(cu, 'get', 2);
+if (cu.client.engine !== 'curl') fail('curl: client engine ' + cu.client.engine);
 if (g.ceiling !== null || g.ratio !== null) fail('get: unexpected ceiling');
 if (!g.reference || g.reference.op !== 'health' || !(g.reference.ops > 0) || g.reference.errors !== 0)
   fail('get: reference health run missing or failed: ' + JSON.stringify(g.reference));

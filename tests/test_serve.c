@@ -18,8 +18,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <cmocka.h>
 #include <curl/curl.h>
+#include <openssl/ssl.h>
 #include <jansson.h>
 
 #ifndef CMKEMU_BIN
@@ -184,6 +189,91 @@ static void test_serve_bad_flags(void **state)
     }
 }
 
+/* ---- one TLS record per small answer ---------------------------------------------------- */
+
+static int g_records_in; /* TLS records received (msg callback) */
+
+static void count_records(int write_p, int version, int content_type, const void *buf,
+                          size_t len, SSL *ssl, void *arg)
+{
+    (void)version, (void)buf, (void)len, (void)ssl, (void)arg;
+    if (!write_p && content_type == SSL3_RT_HEADER)
+        g_records_in++;
+}
+
+/* Sends one GET on the connection and reads the whole answer (Content-Length); returns its
+ * body length, -1 on error. */
+static long tls_get(SSL *ssl, const char *path)
+{
+    char req[512], buf[1 << 16];
+    size_t have = 0;
+    int n = snprintf(req, sizeof req,
+                     "GET %s HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer t\r\n\r\n", path);
+    if (SSL_write(ssl, req, n) != n)
+        return -1;
+    for (;;) {
+        int r = SSL_read(ssl, buf + have, (int)(sizeof buf - 1 - have));
+        if (r <= 0)
+            return -1;
+        have += (size_t)r;
+        buf[have] = '\0';
+        char *end = strstr(buf, "\r\n\r\n");
+        char *cl = strcasestr(buf, "\r\nContent-Length:");
+        if (end && cl && cl < end) {
+            long body = strtol(cl + 17, NULL, 10);
+            if ((long)(have - (size_t)(end + 4 - buf)) >= body)
+                return body;
+        }
+        if (have >= sizeof buf - 1)
+            return -1;
+    }
+}
+
+/* libmicrohttpd hands GnuTLS the headers and the body of an answer separately; the server
+ * corks the session so that a small answer leaves as one TLS record (one send, one client
+ * read), and a large one is left alone. */
+static void test_serve_small_answer_one_record(void **state)
+{
+    (void)state;
+    cmk_server s = {0};
+    cmk_serve_make_dir(s.dir, sizeof s.dir);
+    cmk_serve_start(&s, NULL);
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    assert_non_null(ctx);
+    assert_int_equal(SSL_CTX_load_verify_locations(ctx, s.cert, NULL), 1);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s.port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    SSL *ssl = SSL_new(ctx);
+    SSL_set_fd(ssl, fd);
+    SSL_set1_host(ssl, "localhost");
+    SSL_set_tlsext_host_name(ssl, "localhost");
+    assert_int_equal(SSL_connect(ssl), 1);
+    SSL_set_msg_callback(ssl, count_records);
+    /* the first answer may share the wire with session tickets */
+    assert_true(tls_get(ssl, "/_emulator/health") > 0);
+    for (int i = 0; i < 3; i++) {
+        g_records_in = 0;
+        long len = tls_get(ssl, "/_emulator/health");
+        assert_true(len > 50);
+        assert_int_equal(g_records_in, 1);
+    }
+    /* the dashboard script is larger than the cork limit: headers and body apart */
+    g_records_in = 0;
+    assert_true(tls_get(ssl, "/_emulator/ui/app.js") > 12288);
+    assert_true(g_records_in >= 2);
+    /* and the connection still serves small answers as one record */
+    g_records_in = 0;
+    assert_true(tls_get(ssl, "/_emulator/health") > 50);
+    assert_int_equal(g_records_in, 1);
+    SSL_free(ssl);
+    close(fd);
+    SSL_CTX_free(ctx);
+    assert_int_equal(cmk_serve_stop(&s), 0);
+}
+
 static void test_serve_limits(void **state)
 {
     cmk_server s = {0};
@@ -246,6 +336,7 @@ int main(void)
         cmocka_unit_test(test_serve_bad_flags),
         cmocka_unit_test(test_serve_health_restart),
         cmocka_unit_test(test_serve_limits),
+        cmocka_unit_test(test_serve_small_answer_one_record),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -12,10 +13,14 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include <gnutls/gnutls.h>
 #include <microhttpd.h>
 
 #include "log.h"
 #include "util.h"
+
+/* Answers up to this size leave as one TLS record (see queue). */
+#define CORK_MAX 12288
 
 #define TLS_PRIORITIES                                                                        \
     "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:"       \
@@ -54,6 +59,8 @@ typedef struct conn_state {
     bool too_large;
     size_t header_count;
     bool queued; /* a response was handed to MHD */
+    bool ended;  /* the whole request (body included) has been read */
+    gnutls_session_t corked; /* the answer is held in GnuTLS until on_completed */
     struct timespec start;
 } conn_state;
 
@@ -89,6 +96,19 @@ static enum MHD_Result queue(conn_state *s)
     MHD_add_response_header(r, "Cache-Control", "no-cache");
     for (emu_resp_header *h = req->resp_headers; h; h = h->next)
         MHD_add_response_header(r, h->name, h->value);
+    /* One TLS record for headers and body: libmicrohttpd hands GnuTLS the headers and the body
+     * in two sends, which become two records, two sendmsg calls here and two or four reads in
+     * the client. Corked, GnuTLS keeps both and on_completed sends them as one record. Only
+     * for a small answer to a request read to its end (an early answer closes the connection
+     * with a body still coming). */
+    if (s->ended && req->resp_len <= CORK_MAX) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(s->conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+        if (ci && ci->tls_session) {
+            s->corked = (gnutls_session_t)ci->tls_session;
+            gnutls_record_cork(s->corked);
+        }
+    }
     enum MHD_Result ret = MHD_queue_response(s->conn, (unsigned)req->status, r);
     s->queued = true;
     if (s->srv->cfg.on_complete)
@@ -284,6 +304,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             s->len += n;
             return MHD_YES;
         }
+        s->ended = true;
         if (s->queued) /* answered before the body (413, 401): nothing more */
             return MHD_YES;
         if (s->req->responded) /* precheck answered a body-less request */
@@ -320,6 +341,22 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     conn_state *s = *con_cls;
     if (!s)
         return;
+    if (s->corked) {
+        /* libmicrohttpd has "sent" the answer into the cork: it leaves now, as one record.
+         * The socket buffer is empty but for answers the client has not read; one that does
+         * not read at all, so that even this cannot go out, loses its connection. */
+        int r = gnutls_record_uncork(s->corked, 0);
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci && r < 0 && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+            shutdown(ci->connect_fd, SHUT_RDWR);
+        } else if (ci) {
+            /* libmicrohttpd corks the TCP socket around the headers and releases it after
+             * the body; the record leaves after that, so push it (else up to 200 ms) */
+            int off = 0;
+            setsockopt(ci->connect_fd, IPPROTO_TCP, TCP_CORK, &off, sizeof off);
+        }
+    }
     emu_req_free(s->req);
     free(s->body);
     free(s->uri);

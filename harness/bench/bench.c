@@ -40,7 +40,7 @@
 typedef struct {
     const char *url, *op, *alg, *ca, *token, *key;
     const char *client_id, *client_secret, *tenant, *authority, *versus, *tmp_dir;
-    const char *env, *background;
+    const char *env, *background, *client;
     unsigned long concurrency, bg_concurrency, record_size, count;
     double duration;
     int json, ceiling, quiet;
@@ -91,6 +91,7 @@ static void usage(FILE *f)
                "                        [--tenant T] [--authority URL]] [--key NAME] [--json]\n"
                "                        [--env ID] [--record-size BYTES] [--count N]\n"
                "                        [--background OP [--background-concurrency M]]\n"
+               "                        [--client loop|curl]\n"
                "\n"
                "Keep-alive HTTPS load against the emulator: N connections, each one thread doing\n"
                "requests back to back for S seconds; prints ops/s and latency p50/p90/p99/p99.9.\n"
@@ -104,6 +105,8 @@ static void usage(FILE *f)
                "  --background OP2  measure --op alone (idle), then again while M more\n"
                "                 connections run OP2 back to back; prints loaded / idle\n"
                "  --json         one JSON object on stdout instead of the text report\n"
+               "  --client loop|curl  load generator: one epoll thread on OpenSSL (default), or\n"
+               "                 a libcurl handle and a thread per connection (the old one)\n"
                "defaults: --op unwrap --concurrency 2 --duration 10 --alg RSA-OAEP-256; without a\n"
                "token a fixed opaque bearer token is sent (accepted in permissive auth mode).\n"
                "operations:\n");
@@ -199,6 +202,8 @@ static int parse_args(int argc, char **argv, bench_opts *o)
             str = &o->env;
         else if (!strcmp(a, "--background"))
             str = &o->background;
+        else if (!strcmp(a, "--client"))
+            str = &o->client;
         else if (strcmp(a, "--concurrency") && strcmp(a, "--duration") &&
                  strcmp(a, "--record-size") && strcmp(a, "--count") &&
                  strcmp(a, "--background-concurrency")) {
@@ -260,6 +265,12 @@ static int parse_args(int argc, char **argv, bench_opts *o)
     }
     if (!o->bg_concurrency)
         o->bg_concurrency = o->concurrency;
+    if (!o->client)
+        o->client = "loop";
+    if (strcmp(o->client, "loop") && strcmp(o->client, "curl")) {
+        fprintf(stderr, "cmkharness bench: --client must be loop or curl\n");
+        return -1;
+    }
     if (!!o->client_id != !!o->client_secret) {
         fprintf(stderr, "cmkharness bench: --client-id and --client-secret go together\n");
         return -1;
@@ -412,27 +423,37 @@ static void key_cleanup(hx_bench *b, hx_bconn *c)
 /* ---------------------------------------------------------------------------------------- */
 /* Workers                                                                                    */
 
-static void note_error(hx_bench *b, const hx_bench_req *rq, long status, const hx_bconn *c,
-                       int bad_body)
+void hx_bench_note_error(hx_bench *b, const hx_bench_req *rq, long status,
+                         const char *transport_err, const char *body, int bad_body)
 {
     pthread_mutex_lock(&b->err_lock);
     if (!b->have_error) {
         b->have_error = 1;
         b->err_status = status;
-        snprintf(b->err_what, sizeof(b->err_what), "%s %s%s%s", rq->method, rq->path,
-                 bad_body ? ": unexpected answer"
-                 : status ? ""
-                          : ": ",
-                 status || bad_body ? "" : c->errbuf);
-        snprintf(b->err_body, sizeof(b->err_body), "%.*s", HX_BENCH_ERRBODY_MAX, c->body);
+        snprintf(b->err_what, sizeof(b->err_what), "%s %s%s%s", rq->method ? rq->method : "?",
+                 rq->path, bad_body ? ": unexpected answer"
+                           : status ? ""
+                                    : ": ",
+                 status || bad_body ? "" : transport_err);
+        snprintf(b->err_body, sizeof(b->err_body), "%.*s", HX_BENCH_ERRBODY_MAX, body);
     }
     pthread_mutex_unlock(&b->err_lock);
 }
 
 typedef struct {
     hx_bench_worker *w;
+    unsigned n; /* loop_run: w[0..n) */
     pthread_barrier_t *start;
 } worker_arg;
+
+/* --client loop: one thread runs the whole group (bench_loop.c). */
+static void *loop_run(void *arg)
+{
+    worker_arg *wa = arg;
+
+    (void)hx_loop_run(wa->w->b, wa->w, wa->n, wa->start);
+    return NULL;
+}
 
 static void *worker_run(void *arg)
 {
@@ -463,7 +484,7 @@ static void *worker_run(void *arg)
         rq.body[0] = '\0';
         if (w->op->build(w, &rq) != 0) {
             atomic_fetch_add_explicit(&w->errors, 1, memory_order_relaxed);
-            note_error(b, &rq, 0, &w->conn, 0);
+            hx_bench_note_error(b, &rq, 0, w->conn.errbuf, w->conn.body, 0);
             break;
         }
         done = hx_bench_op_at((size_t)rq.op);
@@ -472,12 +493,12 @@ static void *worker_run(void *arg)
         t1 = now_s();
         ok = status >= 200 && status < 300;
         if (ok && done->check && !done->check(w, &rq, w->conn.body, w->conn.len)) {
-            note_error(b, &rq, status, &w->conn, 1);
+            hx_bench_note_error(b, &rq, status, "", w->conn.body, 1);
             atomic_fetch_add_explicit(&w->errors, 1, memory_order_relaxed);
             continue;
         }
         if (!ok) {
-            note_error(b, &rq, status, &w->conn, 0);
+            hx_bench_note_error(b, &rq, status, w->conn.errbuf, w->conn.body, 0);
             atomic_fetch_add_explicit(&w->errors, 1, memory_order_relaxed);
             continue;
         }
@@ -513,7 +534,7 @@ static int phase_run(hx_bench *b, const hx_bench_op *op, unsigned n, double seco
     hx_histo_init(&res->histo);
     res->op = op;
     args = calloc(n, sizeof(*args));
-    if (!args || pthread_barrier_init(&start, NULL, n + 1) != 0) {
+    if (!args || pthread_barrier_init(&start, NULL, b->use_curl ? n + 1 : 2) != 0) {
         free(args);
         return -1;
     }
@@ -531,14 +552,21 @@ static int phase_run(hx_bench *b, const hx_bench_op *op, unsigned n, double seco
         atomic_init(&w->errors, 0);
         if (RAND_bytes((unsigned char *)&w->rng, sizeof(w->rng)) != 1 || w->rng == 0)
             w->rng = 0x9e3779b97f4a7c15ull + i;
-        if (hx_bconn_init(&w->conn, b) != 0) {
+        if (b->use_curl && hx_bconn_init(&w->conn, b) != 0) {
             fprintf(stderr, "cmkharness bench: %s\n", w->conn.errbuf);
             abort(); /* out of memory */
         }
         args[i].w = w;
+        args[i].n = 1;
         args[i].start = &start;
     }
-    for (unsigned i = 0; i < n; i++) {
+    if (!b->use_curl) {
+        args[0].n = n; /* one thread drives them all */
+        if (pthread_create(&workers[0].tid, NULL, loop_run, &args[0]) != 0)
+            abort(); /* the barrier would never open */
+        workers[0].started = 1;
+    }
+    for (unsigned i = 0; b->use_curl && i < n; i++) {
         if (pthread_create(&workers[i].tid, NULL, worker_run, &args[i]) != 0) {
             fprintf(stderr, "cmkharness bench: cannot start thread %u\n", i);
             abort(); /* the barrier would never open */
@@ -578,7 +606,7 @@ static int phase_run(hx_bench *b, const hx_bench_op *op, unsigned n, double seco
         last_ops = ops;
     }
     atomic_store(&b->stop, 1);
-    for (unsigned i = 0; i < n; i++)
+    for (unsigned i = 0; i < (b->use_curl ? n : 1); i++)
         pthread_join(workers[i].tid, NULL);
     res->wall_s = now_s() - t_start;
     res->cpu_s = cpu_s() - cpu0;
@@ -619,7 +647,8 @@ static int bg_start(hx_bench *b, const hx_bench_op *op, unsigned n, bg_group *g)
     memset(g, 0, sizeof(*g));
     g->workers = calloc(n, sizeof(*g->workers));
     g->args = calloc(n, sizeof(*g->args));
-    if (!g->workers || !g->args || pthread_barrier_init(&g->start, NULL, n + 1) != 0) {
+    if (!g->workers || !g->args ||
+        pthread_barrier_init(&g->start, NULL, b->use_curl ? n + 1 : 2) != 0) {
         free(g->workers);
         free(g->args);
         return -1;
@@ -637,12 +666,19 @@ static int bg_start(hx_bench *b, const hx_bench_op *op, unsigned n, bg_group *g)
         atomic_init(&w->ops, 0);
         atomic_init(&w->errors, 0);
         w->rng = 0x2545f4914f6cdd1dull + i;
-        if (hx_bconn_init(&w->conn, b) != 0)
+        if (b->use_curl && hx_bconn_init(&w->conn, b) != 0)
             abort(); /* out of memory */
         g->args[i].w = w;
+        g->args[i].n = 1;
         g->args[i].start = &g->start;
     }
-    for (unsigned i = 0; i < n; i++) {
+    if (!b->use_curl) {
+        g->args[0].n = n;
+        if (pthread_create(&g->workers[0].tid, NULL, loop_run, &g->args[0]) != 0)
+            abort(); /* the barrier would never open */
+        g->workers[0].started = 1;
+    }
+    for (unsigned i = 0; b->use_curl && i < n; i++) {
         if (pthread_create(&g->workers[i].tid, NULL, worker_run, &g->args[i]) != 0)
             abort(); /* the barrier would never open */
         g->workers[i].started = 1;
@@ -659,7 +695,7 @@ static void bg_stop(hx_bench *b, bg_group *g, const hx_bench_op *op, phase_resul
     hx_histo_init(&res->histo);
     res->op = op;
     atomic_store(&b->bg_stop, 1);
-    for (unsigned i = 0; i < g->n; i++)
+    for (unsigned i = 0; i < (b->use_curl ? g->n : 1); i++)
         pthread_join(g->workers[i].tid, NULL);
     res->wall_s = now_s() - g->t0;
     for (unsigned i = 0; i < g->n; i++) {
@@ -982,6 +1018,7 @@ int cmkh_bench_main(int argc, char **argv)
         b.base_url = base;
     }
     b.ca = o.ca;
+    b.use_curl = !strcmp(o.client, "curl");
     b.alg = o.alg;
     b.count = o.count;
     if (RAND_bytes(rid, sizeof(rid)) != 1)
@@ -1038,8 +1075,8 @@ int cmkh_bench_main(int argc, char **argv)
     if (!workers || !vworkers || !iworkers)
         goto out;
     if (!o.json)
-        fprintf(stderr, "cmkharness bench: %s, %u connections, %.1f s, %s\n", op->name, n,
-                o.duration, b.base_url);
+        fprintf(stderr, "cmkharness bench: %s, %u connections, %.1f s, %s (%s client)\n", op->name, n,
+                o.duration, b.base_url, o.client);
     if (bgop) {
         if (phase_run(&b, op, n, o.duration, show, iworkers, &ires) != 0)
             goto out;
@@ -1109,6 +1146,7 @@ int cmkh_bench_main(int argc, char **argv)
 
         if (!j)
             goto out;
+        json_object_set_new(json_object_get(j, "client"), "engine", json_string(o.client));
         if (have_ceiling) {
             json_object_set_new(j, "ceiling",
                                 json_pack("{s:s,s:s,s:f,s:i,s:I,s:I}", "kind", "pkcs11", "what",

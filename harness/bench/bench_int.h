@@ -103,6 +103,7 @@ struct hx_bench {
     char lastpage[1024]; /* absolute URL of the last versions page */
     unsigned long count; /* stop each phase after this many requests (0 = by duration) */
     atomic_ulong tickets; /* requests started in the phase, when count is set */
+    int use_curl;         /* --client curl: a libcurl handle and a thread per connection */
     atomic_int stop;      /* the measured group */
     atomic_int bg_stop;   /* the background group (--background) */
     /* first failed request of the run */
@@ -125,6 +126,17 @@ void hx_bconn_cleanup(hx_bconn *c);
  * body NULL or "" = none. The response body is in c->body / c->len. */
 long hx_bconn_do(hx_bconn *c, const char *base_url, const char *method, const char *path,
                  const char *body);
+
+/* Records the first failed request of the run (bench.c): status 0 = transport error described
+ * by transport_err; bad_body = a 2xx whose body the operation's check refused. */
+void hx_bench_note_error(hx_bench *b, const hx_bench_req *rq, long status,
+                         const char *transport_err, const char *body, int bad_body);
+
+/* The event-loop client (bench_loop.c): runs workers[0..n), one keep-alive connection each,
+ * from the calling thread until each has stopped (its stop flag, or the tickets of b->count).
+ * Every connection opens and does one health request before the loop waits on start (a
+ * barrier of two: this thread and the driver). -1 when the TLS context cannot be made. */
+int hx_loop_run(hx_bench *b, hx_bench_worker *workers, unsigned n, pthread_barrier_t *start);
 
 /* The record id a record-write worker uses for its n-th write (a GUID per run/worker/slot). */
 void hx_bench_record_guid(const hx_bench *b, unsigned worker, unsigned long slot, char *out,
