@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -626,6 +627,60 @@ static void test_tampered_row_is_an_error(void **state)
     resp_clear(&r);
 }
 
+/* Concurrent PATCHes of one record, each adding its own field: the JSON and AES-GCM work runs
+ * outside the environments' lock, so the per-record lock is what keeps every field. */
+#define PATCH_THREADS 4
+#define PATCHES_EACH 40
+
+typedef struct {
+    fixture *f;
+    const char *env, *uri;
+    int thread, failures;
+} patch_arg;
+
+static void *patch_many(void *arg)
+{
+    patch_arg *a = arg;
+    for (int i = 0; i < PATCHES_EACH; i++) {
+        char body[96];
+        snprintf(body, sizeof body, "{\"t%d_%d\":%d}", a->thread, i, i);
+        resp r = rec(a->f, a->env, "PATCH", a->uri, body, NULL);
+        if (r.status != 204)
+            a->failures++;
+        resp_clear(&r);
+    }
+    return NULL;
+}
+
+static void test_concurrent_patches_keep_every_field(void **state)
+{
+    fixture *f = *state;
+    char env[40], uri[128];
+    create_env(f, "Concurrent", "Production", env);
+    snprintf(uri, sizeof uri, "/api/data/v9.2/accounts(%s)", "6f1c2b9e-0000-4000-8000-0000000000c1");
+    pthread_t th[PATCH_THREADS];
+    patch_arg args[PATCH_THREADS];
+    for (int t = 0; t < PATCH_THREADS; t++) {
+        args[t] = (patch_arg){f, env, uri, t, 0};
+        assert_int_equal(pthread_create(&th[t], NULL, patch_many, &args[t]), 0);
+    }
+    for (int t = 0; t < PATCH_THREADS; t++) {
+        pthread_join(th[t], NULL);
+        assert_int_equal(args[t].failures, 0);
+    }
+    resp r = rec(f, env, "GET", uri, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    for (int t = 0; t < PATCH_THREADS; t++)
+        for (int i = 0; i < PATCHES_EACH; i++) {
+            char k[32];
+            snprintf(k, sizeof k, "t%d_%d", t, i);
+            const json_t *v = json_object_get(r.json, k);
+            if (!v || json_integer_value(v) != i)
+                fail_msg("field %s lost by a concurrent PATCH", k);
+        }
+    resp_clear(&r);
+}
+
 static void test_world(void **state)
 {
     fixture *f = *state;
@@ -677,6 +732,7 @@ int main(void)
         cmocka_unit_test(test_disable_enable),
         cmocka_unit_test(test_no_plaintext_on_disk),
         cmocka_unit_test(test_tampered_row_is_an_error),
+        cmocka_unit_test(test_concurrent_patches_keep_every_field),
         cmocka_unit_test(test_world),
     };
     return cmocka_run_group_tests_name("environments", tests, group_setup, group_teardown);

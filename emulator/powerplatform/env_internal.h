@@ -35,6 +35,8 @@ typedef struct envi_op {
     struct envi_op *next;
 } envi_op;
 
+#define PP_REC_STRIPES 64
+
 /* The record statements kept prepared (environments.c, store lock held). */
 typedef enum { REC_STMT_READ, REC_STMT_INSERT, REC_STMT_UPSERT, REC_STMT_COUNT } rec_stmt_kind;
 
@@ -60,6 +62,7 @@ struct pp_envs {
     unsigned long probes; /* lock-watch key checks made (atomic; pp_envs_probe_count) */
     pp_env_hooks hooks;   /* components (components.h); zero = none */
     sqlite3_stmt *rec_stmts[REC_STMT_COUNT]; /* under the store lock; finalized at close */
+    pthread_mutex_t rec_stripes[PP_REC_STRIPES]; /* a record's read-modify-write (environments.c) */
 };
 
 /* pp lock held */

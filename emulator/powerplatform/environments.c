@@ -4,6 +4,7 @@
 #include "environments.h"
 #include "env_internal.h"
 
+#include <ctype.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -295,6 +296,8 @@ pp_envs_t *pp_envs_open(emu_store *store, hsm_t *hsm, char *err, size_t errlen)
     pp_envs_t *p = emu_xcalloc(1, sizeof *p);
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->cv, NULL);
+    for (int i = 0; i < PP_REC_STRIPES; i++)
+        pthread_mutex_init(&p->rec_stripes[i], NULL);
     p->store = store;
     p->hsm = hsm;
     if (!emu_store_migrate(store, PP_ENV_MIGRATIONS,
@@ -327,6 +330,8 @@ void pp_envs_close(pp_envs_t *p)
     free(p->recs);
     pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->lock);
+    for (int i = 0; i < PP_REC_STRIPES; i++)
+        pthread_mutex_destroy(&p->rec_stripes[i]);
     free(p);
 }
 
@@ -749,9 +754,57 @@ static void rec_stmt_done(sqlite3_stmt *st)
     }
 }
 
-/* Reads and opens one row (pp lock held): *pt receives its stored text, compact JSON of an
- * object (malloc'd; the caller cleanses and frees it). NOT_FOUND when absent. */
-static pp_env_status row_open(pp_envs_t *p, env_rec *r, const char *set, const char *id,
+/* A record operation's view of its environment, taken under the pp lock by rec_begin: the id
+ * and a copy of the data key, so that the JSON and AES-GCM work of a record runs outside the
+ * pp lock (it serialised every record request on the machine). rec_store checks under the pp
+ * lock that the environment is still usable with the same key before a row is written, so a
+ * write is refused, as before, once the environment is locked, disabled or deleted. The key
+ * copy lives on the caller's stack and rec_end wipes it. */
+typedef struct {
+    char env_id[40];
+    char singular[80];
+    pp_dek dek;
+} rec_view;
+
+static pp_env_status rec_begin(pp_envs_t *p, const char *env, const char *set, rec_view *v,
+                               pp_env_err *e)
+{
+    env_rec *r = NULL;
+    memset(v, 0, sizeof *v);
+    pthread_mutex_lock(&p->lock);
+    pp_env_status rs = usable_inlock(p, env, set, v->singular, sizeof v->singular, &r, e);
+    if (rs == PP_ENV_OK) {
+        snprintf(v->env_id, sizeof v->env_id, "%s", r->env.id);
+        v->dek = r->dek;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return rs;
+}
+
+static void rec_end(rec_view *v)
+{
+    pp_dek_wipe(&v->dek);
+}
+
+/* The lock that serialises read-modify-writes of one record (a PATCH reads the row, merges and
+ * writes it back; two at once must not lose a field). Taken before the pp lock. */
+static pthread_mutex_t *rec_stripe(pp_envs_t *p, const char *env, const char *set,
+                                   const char *id)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    const char *parts[3] = {env, set, id};
+    for (int i = 0; i < 3; i++) {
+        for (const unsigned char *c = (const unsigned char *)parts[i]; *c; c++)
+            h = (h ^ (uint32_t)tolower(*c)) * 16777619u;
+        h = (h ^ 0xffu) * 16777619u;
+    }
+    return &p->rec_stripes[h % PP_REC_STRIPES];
+}
+
+/* Reads and opens one row (no pp lock needed: the store lock guards the statement): *pt
+ * receives its stored text, compact JSON of an object (malloc'd; the caller cleanses and frees
+ * it). NOT_FOUND when absent. */
+static pp_env_status row_open(pp_envs_t *p, const rec_view *v, const char *set, const char *id,
                               char **pt, size_t *ptl, pp_env_err *e)
 {
     char aad[200];
@@ -764,7 +817,7 @@ static pp_env_status row_open(pp_envs_t *p, env_rec *r, const char *set, const c
     sqlite3 *db = emu_store_lock(p->store);
     sqlite3_stmt *st = rec_stmt(p, db, REC_STMT_READ);
     if (st) {
-        sqlite3_bind_text(st, 1, r->env.id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 1, v->env_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, set, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
         if (sqlite3_step(st) == SQLITE_ROW) {
@@ -781,8 +834,8 @@ static pp_env_status row_open(pp_envs_t *p, env_rec *r, const char *set, const c
         rs = PP_ENV_ERR_NOT_FOUND;
         goto out;
     }
-    pp_record_aad(r->env.id, set, id, aad, sizeof aad);
-    pp_envelope_status es = pp_open(&r->dek, aad, strlen(aad), blob, blen, pt, ptl);
+    pp_record_aad(v->env_id, set, id, aad, sizeof aad);
+    pp_envelope_status es = pp_open(&v->dek, aad, strlen(aad), blob, blen, pt, ptl);
     if (es != PP_ENVELOPE_OK) {
         snprintf(e->msg, sizeof e->msg, "Record %s of %s cannot be opened: %s", id, set,
                  pp_envelope_status_str(es));
@@ -802,14 +855,14 @@ out:
     return rs;
 }
 
-/* row_open, parsed (pp lock held). */
-static pp_env_status row_read(pp_envs_t *p, env_rec *r, const char *set, const char *id,
+/* row_open, parsed. */
+static pp_env_status row_read(pp_envs_t *p, const rec_view *v, const char *set, const char *id,
                               json_t **out, pp_env_err *e)
 {
     char *pt = NULL;
     size_t ptl = 0;
     *out = NULL;
-    pp_env_status rs = row_open(p, r, set, id, &pt, &ptl, e);
+    pp_env_status rs = row_open(p, v, set, id, &pt, &ptl, e);
     if (rs != PP_ENV_OK)
         return rs;
     *out = json_loadb(pt, ptl, 0, NULL);
@@ -822,51 +875,72 @@ static pp_env_status row_read(pp_envs_t *p, env_rec *r, const char *set, const c
     return rs;
 }
 
-/* Seals and writes one row (pp lock held). insert: fail on an existing id. */
-static pp_env_status row_write(pp_envs_t *p, env_rec *r, const char *set, const char *id,
-                               const json_t *row, bool insert, pp_env_err *e)
+/* Serialises and seals one row under the view's key: *blob (malloc'd) = nonce||ct||tag. */
+static pp_env_status row_seal(const rec_view *v, const char *set, const char *id,
+                              const json_t *row, uint8_t **blob, size_t *blen, pp_env_err *e)
 {
     char aad[200];
     char *txt = json_dumps(row, JSON_COMPACT);
-    uint8_t *blob = NULL;
-    size_t blen = 0;
     pp_env_status rs = PP_ENV_OK;
+    *blob = NULL;
+    *blen = 0;
     if (!txt || strlen(txt) > PP_RECORD_MAX) {
         snprintf(e->msg, sizeof e->msg, "The record is larger than %d bytes.", PP_RECORD_MAX);
         rs = PP_ENV_ERR_BAD_PARAM;
-        goto out;
+    } else {
+        pp_record_aad(v->env_id, set, id, aad, sizeof aad);
+        if (pp_seal(&v->dek, aad, strlen(aad), txt, strlen(txt), blob, blen) != PP_ENVELOPE_OK) {
+            snprintf(e->msg, sizeof e->msg, "cannot encrypt the record");
+            rs = PP_ENV_ERR_CRYPTO;
+        }
     }
-    pp_record_aad(r->env.id, set, id, aad, sizeof aad);
-    if (pp_seal(&r->dek, aad, strlen(aad), txt, strlen(txt), &blob, &blen) != PP_ENVELOPE_OK) {
-        snprintf(e->msg, sizeof e->msg, "cannot encrypt the record");
-        rs = PP_ENV_ERR_CRYPTO;
-        goto out;
-    }
-    sqlite3 *db = emu_store_lock(p->store);
-    sqlite3_stmt *st = rec_stmt(p, db, insert ? REC_STMT_INSERT : REC_STMT_UPSERT);
-    int src = SQLITE_ERROR;
-    if (st) {
-        sqlite3_bind_text(st, 1, r->env.id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, set, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
-        sqlite3_bind_blob(st, 4, blob, (int)blen, SQLITE_STATIC);
-        src = sqlite3_step(st);
-    }
-    rec_stmt_done(st);
-    emu_store_unlock(p->store);
-    if (src == SQLITE_CONSTRAINT) {
-        snprintf(e->msg, sizeof e->msg, "A record with matching key values already exists.");
-        rs = PP_ENV_ERR_CONFLICT;
-    } else if (src != SQLITE_DONE) {
-        snprintf(e->msg, sizeof e->msg, "cannot store the record");
-        rs = PP_ENV_ERR_STORE;
-    }
-out:
     if (txt) {
         OPENSSL_cleanse(txt, strlen(txt));
         free(txt);
     }
-    free(blob);
+    return rs;
+}
+
+/* Writes a sealed row, if the environment is still usable with the key it was sealed under
+ * (pp lock, then store lock). insert: fail on an existing id. */
+static pp_env_status rec_store(pp_envs_t *p, const char *env, const char *set,
+                               const rec_view *v, const char *id, const uint8_t *blob,
+                               size_t blen, bool insert, pp_env_err *e)
+{
+    char singular[80];
+    env_rec *r = NULL;
+    pthread_mutex_lock(&p->lock);
+    pp_env_status rs = usable_inlock(p, env, set, singular, sizeof singular, &r, e);
+    if (rs == PP_ENV_OK && (strcmp(r->env.id, v->env_id) ||
+                            CRYPTO_memcmp(r->dek.bytes, v->dek.bytes, PP_DEK_LEN) != 0)) {
+        snprintf(e->msg, sizeof e->msg,
+                 "The data key of environment '%s' changed while the record was written; "
+                 "nothing was stored. Try again.",
+                 v->env_id);
+        rs = PP_ENV_ERR_BUSY;
+    }
+    if (rs == PP_ENV_OK) {
+        sqlite3 *db = emu_store_lock(p->store);
+        sqlite3_stmt *st = rec_stmt(p, db, insert ? REC_STMT_INSERT : REC_STMT_UPSERT);
+        int src = SQLITE_ERROR;
+        if (st) {
+            sqlite3_bind_text(st, 1, v->env_id, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 2, set, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
+            sqlite3_bind_blob(st, 4, blob, (int)blen, SQLITE_STATIC);
+            src = sqlite3_step(st);
+        }
+        rec_stmt_done(st);
+        emu_store_unlock(p->store);
+        if (src == SQLITE_CONSTRAINT) {
+            snprintf(e->msg, sizeof e->msg, "A record with matching key values already exists.");
+            rs = PP_ENV_ERR_CONFLICT;
+        } else if (src != SQLITE_DONE) {
+            snprintf(e->msg, sizeof e->msg, "cannot store the record");
+            rs = PP_ENV_ERR_STORE;
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
     return rs;
 }
 
@@ -883,16 +957,18 @@ static void stamp(json_t *row, const char *field, bool created)
 pp_env_status pp_record_create(pp_envs_t *p, const char *env, const char *set, const json_t *row,
                                char id_out[40], json_t **stored, pp_env_err *e)
 {
-    char singular[80], idfield[96], id[40];
-    env_rec *r = NULL;
+    char idfield[96], id[40];
     json_t *copy = NULL;
+    rec_view v;
+    uint8_t *blob = NULL;
+    size_t blen = 0;
+    pthread_mutex_t *stripe = NULL;
     if (stored)
         *stored = NULL;
-    pthread_mutex_lock(&p->lock);
-    pp_env_status rs = usable_inlock(p, env, set, singular, sizeof singular, &r, e);
+    pp_env_status rs = rec_begin(p, env, set, &v, e);
     if (rs != PP_ENV_OK)
         goto out;
-    snprintf(idfield, sizeof idfield, "%sid", singular);
+    snprintf(idfield, sizeof idfield, "%sid", v.singular);
     const json_t *given = json_object_get(row, idfield);
     if (given && !json_is_null(given)) {
         if (!json_is_string(given) || !guid_like(json_string_value(given))) {
@@ -907,14 +983,21 @@ pp_env_status pp_record_create(pp_envs_t *p, const char *env, const char *set, c
     copy = json_deep_copy(row);
     json_object_set_new(copy, idfield, json_string(id));
     stamp(copy, idfield, true);
-    rs = row_write(p, r, set, id, copy, true, e);
+    rs = row_seal(&v, set, id, copy, &blob, &blen, e);
+    if (rs != PP_ENV_OK)
+        goto out;
+    stripe = rec_stripe(p, v.env_id, set, id); /* against an upsert of the same id */
+    pthread_mutex_lock(stripe);
+    rs = rec_store(p, env, set, &v, id, blob, blen, true, e);
+    pthread_mutex_unlock(stripe);
     if (rs != PP_ENV_OK)
         goto out;
     snprintf(id_out, 40, "%s", id);
     if (stored)
         *stored = json_incref(copy);
 out:
-    pthread_mutex_unlock(&p->lock);
+    rec_end(&v);
+    free(blob);
     json_decref(copy);
     return rs;
 }
@@ -922,18 +1005,16 @@ out:
 pp_env_status pp_record_get_text(pp_envs_t *p, const char *env, const char *set, const char *id,
                                  char **text, size_t *len, pp_env_err *e)
 {
-    char singular[80];
-    env_rec *r = NULL;
+    rec_view v;
     *text = NULL;
     *len = 0;
-    pthread_mutex_lock(&p->lock);
-    pp_env_status rs = usable_inlock(p, env, set, singular, sizeof singular, &r, e);
+    pp_env_status rs = rec_begin(p, env, set, &v, e);
     if (rs == PP_ENV_OK) {
-        rs = row_open(p, r, set, id, text, len, e);
+        rs = row_open(p, &v, set, id, text, len, e);
         if (rs == PP_ENV_ERR_NOT_FOUND)
-            snprintf(e->msg, sizeof e->msg, "%s With Id = %.40s Does Not Exist", singular, id);
+            snprintf(e->msg, sizeof e->msg, "%s With Id = %.40s Does Not Exist", v.singular, id);
     }
-    pthread_mutex_unlock(&p->lock);
+    rec_end(&v);
     return rs;
 }
 
@@ -941,9 +1022,11 @@ pp_env_status pp_record_update(pp_envs_t *p, const char *env, const char *set, c
                                const json_t *fields, bool must_exist, bool *created,
                                json_t **stored, pp_env_err *e)
 {
-    char singular[80], idfield[96], lid[40];
-    env_rec *r = NULL;
+    char idfield[96], lid[40];
     json_t *row = NULL;
+    rec_view v;
+    uint8_t *blob = NULL;
+    size_t blen = 0;
     *created = false;
     if (stored)
         *stored = NULL;
@@ -952,15 +1035,18 @@ pp_env_status pp_record_update(pp_envs_t *p, const char *env, const char *set, c
         return PP_ENV_ERR_BAD_PARAM;
     }
     emu_lower_copy(lid, sizeof lid, id);
-    pthread_mutex_lock(&p->lock);
-    pp_env_status rs = usable_inlock(p, env, set, singular, sizeof singular, &r, e);
-    if (rs != PP_ENV_OK)
-        goto out;
-    snprintf(idfield, sizeof idfield, "%sid", singular);
-    rs = row_read(p, r, set, lid, &row, e);
+    pp_env_status rs = rec_begin(p, env, set, &v, e);
+    if (rs != PP_ENV_OK) {
+        rec_end(&v);
+        return rs;
+    }
+    pthread_mutex_t *stripe = rec_stripe(p, v.env_id, set, lid);
+    pthread_mutex_lock(stripe);
+    snprintf(idfield, sizeof idfield, "%sid", v.singular);
+    rs = row_read(p, &v, set, lid, &row, e);
     if (rs == PP_ENV_ERR_NOT_FOUND) {
         if (must_exist) {
-            snprintf(e->msg, sizeof e->msg, "%s With Id = %s Does Not Exist", singular, lid);
+            snprintf(e->msg, sizeof e->msg, "%s With Id = %s Does Not Exist", v.singular, lid);
             goto out;
         }
         row = json_object();
@@ -972,11 +1058,15 @@ pp_env_status pp_record_update(pp_envs_t *p, const char *env, const char *set, c
     json_object_update(row, (json_t *)fields);
     json_object_set_new(row, idfield, json_string(lid));
     stamp(row, idfield, *created);
-    rs = row_write(p, r, set, lid, row, false, e);
+    rs = row_seal(&v, set, lid, row, &blob, &blen, e);
+    if (rs == PP_ENV_OK)
+        rs = rec_store(p, env, set, &v, lid, blob, blen, false, e);
     if (rs == PP_ENV_OK && stored)
         *stored = json_incref(row);
 out:
-    pthread_mutex_unlock(&p->lock);
+    pthread_mutex_unlock(stripe);
+    rec_end(&v);
+    free(blob);
     json_decref(row);
     return rs;
 }
@@ -986,6 +1076,8 @@ pp_env_status pp_record_delete(pp_envs_t *p, const char *env, const char *set, c
 {
     char singular[80];
     env_rec *r = NULL;
+    pthread_mutex_t *stripe = rec_stripe(p, env, set, id); /* not in the middle of a PATCH */
+    pthread_mutex_lock(stripe);
     pthread_mutex_lock(&p->lock);
     pp_env_status rs = usable_inlock(p, env, set, singular, sizeof singular, &r, e);
     if (rs != PP_ENV_OK)
@@ -1012,6 +1104,7 @@ pp_env_status pp_record_delete(pp_envs_t *p, const char *env, const char *set, c
     }
 out:
     pthread_mutex_unlock(&p->lock);
+    pthread_mutex_unlock(stripe);
     return rs;
 }
 
