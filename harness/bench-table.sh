@@ -130,7 +130,7 @@ header() {
 }
 
 start_emu
-echo "cmkemu bench: $url, $conc connections (one thread each), ${secs} s per measurement"
+echo "cmkemu bench: $url, $conc connections (one epoll client thread, OpenSSL), ${secs} s per measurement"
 echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)," \
     "$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo); load generator on the same machine"
 echo "(ceilings: raw PKCS#11 on a throw-away SoftHSM token with the same thread count;"
