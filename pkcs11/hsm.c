@@ -1201,18 +1201,18 @@ out:
     return st;
 }
 
-/* An entry filled by hsm_key_foreach has handles but no public key object (to keep memory
- * flat with many keys): builds it from the cached handle on first use (no search) and keeps
- * it. r->pkey is set on success. */
-static hsm_status key_pkey_attach(hsm_t *h, const uint8_t id[HSM_ID_LEN], key_ref *r)
+/* Builds the OpenSSL public key of a cached key from its handle (no search): *out, owned by
+ * the caller. */
+static hsm_status key_pkey_read(hsm_t *h, const uint8_t id[HSM_ID_LEN], const key_ref *r,
+                                EVP_PKEY **out)
 {
     CK_OBJECT_HANDLE o = r->pub != CK_INVALID_HANDLE ? r->pub : r->priv;
     CK_SESSION_HANDLE s;
     obj_info oi;
     int usable = 0;
     CK_RV rv;
-    cache_entry *e;
 
+    *out = NULL;
     rv = session_get(h, &s);
     if (rv != CKR_OK)
         return rv_status(rv, OP_GENERIC);
@@ -1222,70 +1222,64 @@ static hsm_status key_pkey_attach(hsm_t *h, const uint8_t id[HSM_ID_LEN], key_re
         EVP_PKEY_free(oi.pkey);
         return rv != CKR_OK ? rv_status(rv, OP_GENERIC) : HSM_ERR_NOT_FOUND;
     }
+    *out = oi.pkey;
+    return HSM_OK;
+}
+
+/* An entry filled by hsm_key_foreach or cache_new_pair has handles but no public key (to keep
+ * memory flat with many keys): builds it on first use and keeps it. r->pkey is set on
+ * success. */
+static hsm_status key_pkey_attach(hsm_t *h, const uint8_t id[HSM_ID_LEN], key_ref *r)
+{
+    EVP_PKEY *pkey;
+    cache_entry *e;
+    hsm_status st = key_pkey_read(h, id, r, &pkey);
+
+    if (st != HSM_OK)
+        return st;
     pthread_rwlock_wrlock(&h->cache_lock);
     e = cache_find_inlock(h, id);
     if (e && !e->pkey) {
-        e->pkey = oi.pkey;
-        oi.pkey = NULL;
+        e->pkey = pkey;
+        pkey = NULL;
     }
     if (e && e->pkey && EVP_PKEY_up_ref(e->pkey) == 1)
         r->pkey = e->pkey;
     pthread_rwlock_unlock(&h->cache_lock);
     if (!r->pkey) { /* evicted meanwhile: use ours for this call */
-        r->pkey = oi.pkey;
-        oi.pkey = NULL;
+        r->pkey = pkey;
+        pkey = NULL;
     }
-    EVP_PKEY_free(oi.pkey);
+    EVP_PKEY_free(pkey);
     return HSM_OK;
 }
 
+/* What key_get gives besides the handles: no public key; the public key, kept in the cache
+ * from then on (wrap, verify: used again); or the public key for this call only, leaving the
+ * cache as it was (the one export at create and import: a bulk import must not keep one per
+ * version). */
+typedef enum { PKEY_NONE = 0, PKEY_KEEP = 1, PKEY_PEEK = 2 } pkey_want;
+
 /* Looks a key up: in the cache, else in the token (then cached). */
-static hsm_status key_get(hsm_t *h, const uint8_t id[HSM_ID_LEN], int want_pkey, key_ref *r)
+static hsm_status key_get(hsm_t *h, const uint8_t id[HSM_ID_LEN], pkey_want want, key_ref *r)
 {
     cache_entry *e;
+    hsm_status st;
 
     memset(r, 0, sizeof(*r));
     pthread_rwlock_rdlock(&h->cache_lock);
     e = cache_find_inlock(h, id);
     if (e)
-        key_ref_fill(r, e, want_pkey);
+        key_ref_fill(r, e, want != PKEY_NONE);
     pthread_rwlock_unlock(&h->cache_lock);
-    if (e)
-        return (want_pkey && !r->pkey) ? key_pkey_attach(h, id, r) : HSM_OK;
-    return key_lookup_token(h, id, want_pkey, r);
-}
-
-/* Like key_get with the public key, but an entry without one is not given one: the key is
- * read from the token for this call only. For exports done once (at create and import), so
- * that they do not leave a public key behind in the cache. */
-static hsm_status key_peek_pkey(hsm_t *h, const uint8_t id[HSM_ID_LEN], key_ref *r)
-{
-    CK_SESSION_HANDLE s;
-    obj_info oi;
-    int usable = 0;
-    hsm_status st = key_get(h, id, 0, r);
-    CK_RV rv;
-
-    if (st != HSM_OK)
-        return st;
-    pthread_rwlock_rdlock(&h->cache_lock);
-    cache_entry *e = cache_find_inlock(h, id);
-    if (e && e->pkey && EVP_PKEY_up_ref(e->pkey) == 1)
-        r->pkey = e->pkey;
-    pthread_rwlock_unlock(&h->cache_lock);
-    if (r->pkey)
-        return HSM_OK;
-    rv = session_get(h, &s);
-    if (rv != CKR_OK)
-        return rv_status(rv, OP_GENERIC);
-    rv = obj_read(h, s, r->pub != CK_INVALID_HANDLE ? r->pub : r->priv, &oi, &usable);
-    session_put(h, s, rv);
-    if (rv != CKR_OK || !usable || memcmp(oi.id, id, HSM_ID_LEN) != 0) {
-        EVP_PKEY_free(oi.pkey);
-        return rv != CKR_OK ? rv_status(rv, OP_GENERIC) : HSM_ERR_NOT_FOUND;
+    if (!e) {
+        st = key_lookup_token(h, id, want == PKEY_KEEP, r);
+        if (st != HSM_OK || want != PKEY_PEEK)
+            return st;
     }
-    r->pkey = oi.pkey;
-    return HSM_OK;
+    if (want == PKEY_NONE || r->pkey)
+        return HSM_OK;
+    return want == PKEY_KEEP ? key_pkey_attach(h, id, r) : key_pkey_read(h, id, r, &r->pkey);
 }
 
 /* Caches a pair we just created: its handle and size only, as the start-up path does. The
@@ -2110,7 +2104,7 @@ static hsm_status op_rsa_public(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t 
         return HSM_ERR_ARGS;
     *n = *e = NULL;
     *n_len = *e_len = 0;
-    st = key_peek_pkey(h, id, &r);
+    st = key_get(h, id, PKEY_PEEK, &r);
     if (st != HSM_OK)
         return st;
     if (!pkey_param_bytes(r.pkey, OSSL_PKEY_PARAM_RSA_N, n, n_len) ||
@@ -2132,7 +2126,7 @@ static hsm_status op_rsa_bits(hsm_t *h, const uint8_t id[HSM_ID_LEN], unsigned *
 
     if (!h || !id || !bits)
         return HSM_ERR_ARGS;
-    st = key_get(h, id, 0, &r);
+    st = key_get(h, id, PKEY_NONE, &r);
     if (st == HSM_OK)
         *bits = r.bits;
     return st;
@@ -2147,7 +2141,7 @@ static hsm_status op_key_destroy(hsm_t *h, const uint8_t id[HSM_ID_LEN])
 
     if (!h || !id)
         return HSM_ERR_ARGS;
-    st = key_get(h, id, 0, &r);
+    st = key_get(h, id, PKEY_NONE, &r);
     if (st != HSM_OK)
         return st;
     cache_evict(h, id);
@@ -2322,7 +2316,7 @@ static hsm_status op_rsa_encrypt(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_rsa
 
     if (!h || !id || !out || !out_len || (!in && in_len) || !enc_alg_ok(alg))
         return HSM_ERR_ARGS;
-    st = key_get(h, id, 1, &r);
+    st = key_get(h, id, PKEY_KEEP, &r);
     if (st != HSM_OK)
         return st;
     k = (r.bits + 7) / 8;
@@ -2435,7 +2429,7 @@ static hsm_status op_rsa_decrypt(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_rsa
     hsm_status last = HSM_ERR_NOT_FOUND;
     for (int attempt = 0; attempt < 2; attempt++) {
         key_ref r;
-        hsm_status st = key_get(h, id, 0, &r);
+        hsm_status st = key_get(h, id, PKEY_NONE, &r);
         int stale = 0;
 
         if (st != HSM_OK)
@@ -2558,7 +2552,7 @@ static hsm_status op_sign(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg al
     hsm_status last = HSM_ERR_NOT_FOUND;
     for (int attempt = 0; attempt < 2; attempt++) {
         key_ref r;
-        hsm_status st = key_get(h, id, 0, &r);
+        hsm_status st = key_get(h, id, PKEY_NONE, &r);
         int stale = 0;
 
         if (st != HSM_OK)
@@ -2588,7 +2582,7 @@ static hsm_status op_verify(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg 
 
     if (!h || !id || !digest || !sig || !sig_lookup(alg, &si) || digest_len != si.digest_len)
         return HSM_ERR_ARGS;
-    st = key_get(h, id, 1, &r);
+    st = key_get(h, id, PKEY_KEEP, &r);
     if (st != HSM_OK)
         return st;
     if (sig_len == 0 || sig_len > HSM_MAX_MOD_BYTES) {
@@ -2721,7 +2715,7 @@ static hsm_status op_key_export_wrapped(hsm_t *h, const uint8_t id[HSM_ID_LEN], 
         return HSM_ERR_ARGS;
     *blob = NULL;
     *blob_len = 0;
-    st = key_get(h, id, 1, &r);
+    st = key_get(h, id, PKEY_KEEP, &r);
     if (st != HSM_OK)
         return st;
     if (r.priv == CK_INVALID_HANDLE) {
