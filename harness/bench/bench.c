@@ -55,7 +55,7 @@ typedef struct {
     unsigned long sub_ops[HX_BENCH_MAX_OPS];
 } phase_result;
 
-static double now_s(void)
+double hx_now_s(void)
 {
     struct timespec ts;
 
@@ -446,15 +446,6 @@ typedef struct {
     pthread_barrier_t *start;
 } worker_arg;
 
-/* --client loop: one thread runs the whole group (bench_loop.c). */
-static void *loop_run(void *arg)
-{
-    worker_arg *wa = arg;
-
-    (void)hx_loop_run(wa->w->b, wa->w, wa->n, wa->start);
-    return NULL;
-}
-
 static void *worker_run(void *arg)
 {
     worker_arg *wa = arg;
@@ -468,7 +459,7 @@ static void *worker_run(void *arg)
     (void)hx_bconn_do(&w->conn, b->base_url, "GET", "/_emulator/health", NULL);
     before = w->conn.new_connections;
     pthread_barrier_wait(wa->start);
-    w->t0 = now_s();
+    w->t0 = hx_now_s();
     while (!atomic_load_explicit(w->stop, memory_order_relaxed)) {
         const hx_bench_op *done;
         double t0, t1;
@@ -488,9 +479,9 @@ static void *worker_run(void *arg)
             break;
         }
         done = hx_bench_op_at((size_t)rq.op);
-        t0 = now_s();
+        t0 = hx_now_s();
         status = hx_bconn_do(&w->conn, b->base_url, rq.method, rq.path, rq.body);
-        t1 = now_s();
+        t1 = hx_now_s();
         ok = status >= 200 && status < 300;
         if (ok && done->check && !done->check(w, &rq, w->conn.body, w->conn.len)) {
             hx_bench_note_error(b, &rq, status, "", w->conn.body, 1);
@@ -506,9 +497,47 @@ static void *worker_run(void *arg)
         w->sub_ops[rq.op]++;
         atomic_fetch_add_explicit(&w->ops, 1, memory_order_relaxed);
     }
-    w->t1 = now_s();
+    w->t1 = hx_now_s();
     w->connections = w->conn.new_connections - before;
     return NULL;
+}
+
+/* --client loop: one thread runs the whole group (bench_loop.c). */
+static void *loop_run(void *arg)
+{
+    worker_arg *wa = arg;
+
+    (void)hx_loop_run(wa->w->b, wa->w, wa->n, wa->start);
+    return NULL;
+}
+
+/* Threads that run a group: one per worker with libcurl, one for all with the loop. */
+static unsigned group_threads(const hx_bench *b, unsigned n)
+{
+    return b->use_curl ? n : 1;
+}
+
+/* Starts the group's threads (args[i] filled for workers[i]); the barrier `start` has
+ * group_threads + 1 parties. A thread that cannot start would leave the barrier shut. */
+static void group_start(const hx_bench *b, hx_bench_worker *workers, worker_arg *args,
+                        unsigned n)
+{
+    if (!b->use_curl)
+        args[0].n = n; /* one thread drives them all */
+    for (unsigned i = 0; i < group_threads(b, n); i++) {
+        if (pthread_create(&workers[i].tid, NULL, b->use_curl ? worker_run : loop_run,
+                           &args[i]) != 0) {
+            fprintf(stderr, "cmkharness bench: cannot start thread %u\n", i);
+            abort();
+        }
+        workers[i].started = 1;
+    }
+}
+
+static void group_join(const hx_bench *b, hx_bench_worker *workers, unsigned n)
+{
+    for (unsigned i = 0; i < group_threads(b, n); i++)
+        pthread_join(workers[i].tid, NULL);
 }
 
 static void progress(const hx_bench_op *op, double elapsed, double total, unsigned long ops,
@@ -534,7 +563,7 @@ static int phase_run(hx_bench *b, const hx_bench_op *op, unsigned n, double seco
     hx_histo_init(&res->histo);
     res->op = op;
     args = calloc(n, sizeof(*args));
-    if (!args || pthread_barrier_init(&start, NULL, b->use_curl ? n + 1 : 2) != 0) {
+    if (!args || pthread_barrier_init(&start, NULL, group_threads(b, n) + 1) != 0) {
         free(args);
         return -1;
     }
@@ -560,25 +589,13 @@ static int phase_run(hx_bench *b, const hx_bench_op *op, unsigned n, double seco
         args[i].n = 1;
         args[i].start = &start;
     }
-    if (!b->use_curl) {
-        args[0].n = n; /* one thread drives them all */
-        if (pthread_create(&workers[0].tid, NULL, loop_run, &args[0]) != 0)
-            abort(); /* the barrier would never open */
-        workers[0].started = 1;
-    }
-    for (unsigned i = 0; b->use_curl && i < n; i++) {
-        if (pthread_create(&workers[i].tid, NULL, worker_run, &args[i]) != 0) {
-            fprintf(stderr, "cmkharness bench: cannot start thread %u\n", i);
-            abort(); /* the barrier would never open */
-        }
-        workers[i].started = 1;
-    }
+    group_start(b, workers, args, n);
     pthread_barrier_wait(&start);
     cpu0 = cpu_s();
-    t_start = t_last = now_s();
+    t_start = t_last = hx_now_s();
     for (;;) {
         struct timespec nap = {0, BENCH_TICK_MS * 1000000L};
-        double t = now_s(), left = seconds - (t - t_start);
+        double t = hx_now_s(), left = seconds - (t - t_start);
         unsigned long ops = 0, errs = 0;
 
         if (left <= 0)
@@ -599,16 +616,15 @@ static int phase_run(hx_bench *b, const hx_bench_op *op, unsigned n, double seco
             ops += atomic_load_explicit(&workers[i].ops, memory_order_relaxed);
             errs += atomic_load_explicit(&workers[i].errors, memory_order_relaxed);
         }
-        t = now_s();
+        t = hx_now_s();
         progress(op, t - t_start, seconds, ops, errs,
                  t > t_last ? (double)(ops - last_ops) / (t - t_last) : 0);
         t_last = t;
         last_ops = ops;
     }
     atomic_store(&b->stop, 1);
-    for (unsigned i = 0; i < (b->use_curl ? n : 1); i++)
-        pthread_join(workers[i].tid, NULL);
-    res->wall_s = now_s() - t_start;
+    group_join(b, workers, n);
+    res->wall_s = hx_now_s() - t_start;
     res->cpu_s = cpu_s() - cpu0;
     if (show)
         fprintf(stderr, "\r\033[K");
@@ -648,7 +664,7 @@ static int bg_start(hx_bench *b, const hx_bench_op *op, unsigned n, bg_group *g)
     g->workers = calloc(n, sizeof(*g->workers));
     g->args = calloc(n, sizeof(*g->args));
     if (!g->workers || !g->args ||
-        pthread_barrier_init(&g->start, NULL, b->use_curl ? n + 1 : 2) != 0) {
+        pthread_barrier_init(&g->start, NULL, group_threads(b, n) + 1) != 0) {
         free(g->workers);
         free(g->args);
         return -1;
@@ -672,19 +688,9 @@ static int bg_start(hx_bench *b, const hx_bench_op *op, unsigned n, bg_group *g)
         g->args[i].n = 1;
         g->args[i].start = &g->start;
     }
-    if (!b->use_curl) {
-        g->args[0].n = n;
-        if (pthread_create(&g->workers[0].tid, NULL, loop_run, &g->args[0]) != 0)
-            abort(); /* the barrier would never open */
-        g->workers[0].started = 1;
-    }
-    for (unsigned i = 0; b->use_curl && i < n; i++) {
-        if (pthread_create(&g->workers[i].tid, NULL, worker_run, &g->args[i]) != 0)
-            abort(); /* the barrier would never open */
-        g->workers[i].started = 1;
-    }
+    group_start(b, g->workers, g->args, n);
     pthread_barrier_wait(&g->start);
-    g->t0 = now_s();
+    g->t0 = hx_now_s();
     return 0;
 }
 
@@ -695,9 +701,8 @@ static void bg_stop(hx_bench *b, bg_group *g, const hx_bench_op *op, phase_resul
     hx_histo_init(&res->histo);
     res->op = op;
     atomic_store(&b->bg_stop, 1);
-    for (unsigned i = 0; i < (b->use_curl ? g->n : 1); i++)
-        pthread_join(g->workers[i].tid, NULL);
-    res->wall_s = now_s() - g->t0;
+    group_join(b, g->workers, g->n);
+    res->wall_s = hx_now_s() - g->t0;
     for (unsigned i = 0; i < g->n; i++) {
         hx_bench_worker *w = &g->workers[i];
         double span = w->t1 - w->t0;

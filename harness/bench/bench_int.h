@@ -127,6 +127,9 @@ void hx_bconn_cleanup(hx_bconn *c);
 long hx_bconn_do(hx_bconn *c, const char *base_url, const char *method, const char *path,
                  const char *body);
 
+/* CLOCK_MONOTONIC in seconds (bench.c). */
+double hx_now_s(void);
+
 /* Records the first failed request of the run (bench.c): status 0 = transport error described
  * by transport_err; bad_body = a 2xx whose body the operation's check refused. */
 void hx_bench_note_error(hx_bench *b, const hx_bench_req *rq, long status,

@@ -31,7 +31,6 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #define LOOP_TIMEOUT_S 120.0 /* a request without an answer for this long is a transport error */
@@ -58,14 +57,6 @@ typedef struct {
     double t0;
     char err[256];
 } conn;
-
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void conn_close(conn *c)
 {
@@ -190,7 +181,7 @@ static int reserve(char **buf, size_t *cap, size_t need)
     return 0;
 }
 
-/* Formats the request line, headers and body into c->out. */
+/* Formats the request line, headers and body into c->out, and empties c->in for the answer. */
 static int conn_format(conn *c, const hx_bench *b, const char *path)
 {
     size_t blen = strlen(c->rq.body);
@@ -211,6 +202,9 @@ static int conn_format(conn *c, const hx_bench *b, const char *path)
         if ((size_t)n < c->out_cap) {
             c->out_len = (size_t)n;
             c->out_off = 0;
+            c->in_len = 0; /* and nothing of the answer yet */
+            c->in[0] = '\0';
+            c->hdr_end = 0;
             return 0;
         }
         if (reserve(&c->out, &c->out_cap, (size_t)n + 1) != 0)
@@ -226,11 +220,17 @@ static int conn_parse(conn *c)
         const char *p;
         int have_len = 0;
 
-        if (!e)
-            return c->in_len > 65536 ? -1 : 0;
-        c->hdr_end = (size_t)(e - c->in) + 4;
-        if (strncmp(c->in, "HTTP/1.", 7) != 0 || c->in[8] != ' ')
+        if (!e) {
+            if (c->in_len <= 65536)
+                return 0;
+            snprintf(c->err, sizeof(c->err), "answer headers longer than 64 KiB");
             return -1;
+        }
+        c->hdr_end = (size_t)(e - c->in) + 4;
+        if (c->hdr_end < 13 || strncmp(c->in, "HTTP/1.", 7) != 0 || c->in[8] != ' ') {
+            snprintf(c->err, sizeof(c->err), "not an HTTP/1.x answer");
+            return -1;
+        }
         c->status = strtol(c->in + 9, NULL, 10);
         c->close_after = !strncmp(c->in, "HTTP/1.0", 8);
         c->body_len = 0;
@@ -270,7 +270,7 @@ static int conn_read(conn *c)
         if (want < 4096)
             want = 4096;
         if (reserve(&c->in, &c->in_cap, c->in_len + want + 1) != 0)
-            return -1;
+            abort(); /* out of memory */
         int n = SSL_read(c->ssl, c->in + c->in_len, (int)(c->in_cap - c->in_len - 1));
         if (n > 0) {
             c->in_len += (size_t)n;
@@ -342,7 +342,7 @@ static void conn_stop(loop *l, conn *c)
         return;
     c->done = 1;
     c->busy = 0;
-    c->w->t1 = now_s();
+    c->w->t1 = hx_now_s();
     l->active--;
 }
 
@@ -352,7 +352,7 @@ static void conn_finish(loop *l, conn *c)
     hx_bench *b = l->b;
     hx_bench_worker *w = c->w;
     const hx_bench_op *done = hx_bench_op_at((size_t)c->rq.op);
-    double t1 = now_s();
+    double t1 = hx_now_s();
     char *body = c->in + c->hdr_end;
     int ok = c->status >= 200 && c->status < 300;
 
@@ -427,11 +427,8 @@ static void conn_next(loop *l, conn *c)
         }
         if (conn_format(c, b, path) != 0)
             abort(); /* out of memory */
-        c->in_len = 0;
-        c->in[0] = '\0';
-        c->hdr_end = 0;
         c->busy = 1;
-        c->t0 = now_s();
+        c->t0 = hx_now_s();
         int r = conn_write(c);
         if (r == 0 && !c->want_out) {
             c->want_out = 1;
@@ -502,9 +499,6 @@ static void conn_warm(loop *l, conn *c)
     c->rq.body[0] = '\0';
     if (conn_format(c, l->b, path) != 0)
         abort(); /* out of memory */
-    c->in_len = 0;
-    c->in[0] = '\0';
-    c->hdr_end = 0;
     do
         r = conn_write(c);
     while (r == 0);
@@ -514,7 +508,7 @@ static void conn_warm(loop *l, conn *c)
         conn_close(c);
 }
 
-SSL_CTX *hx_loop_tls(const char *ca)
+static SSL_CTX *loop_tls(const char *ca)
 {
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
 
@@ -538,7 +532,7 @@ int hx_loop_run(hx_bench *b, hx_bench_worker *workers, unsigned n, pthread_barri
     double t_start, last_check;
     int rc = 0;
 
-    l.ctx = hx_loop_tls(b->ca);
+    l.ctx = loop_tls(b->ca);
     l.conns = calloc(n, sizeof(*l.conns));
     l.ep = epoll_create1(EPOLL_CLOEXEC);
     if (!l.ctx || !l.conns || l.ep < 0) {
@@ -559,7 +553,7 @@ int hx_loop_run(hx_bench *b, hx_bench_worker *workers, unsigned n, pthread_barri
         }
     }
     pthread_barrier_wait(start); /* always: the driver waits on it too */
-    t_start = last_check = now_s();
+    t_start = last_check = hx_now_s();
     if (rc == 0) {
         l.active = n;
         for (unsigned i = 0; i < n; i++)
@@ -571,7 +565,7 @@ int hx_loop_run(hx_bench *b, hx_bench_worker *workers, unsigned n, pthread_barri
         int k = epoll_wait(l.ep, evs, (int)(sizeof(evs) / sizeof(evs[0])), 100);
         for (int i = 0; i < k; i++)
             conn_event(&l, evs[i].data.ptr);
-        double t = now_s();
+        double t = hx_now_s();
         if (t - last_check >= 1.0) {
             last_check = t;
             for (unsigned i = 0; i < n; i++) {
