@@ -351,8 +351,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         if (ci && r < 0 && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
             shutdown(ci->connect_fd, SHUT_RDWR);
         } else if (ci) {
-            /* libmicrohttpd corks the TCP socket around the headers and releases it after
-             * the body; the record leaves after that, so push it (else up to 200 ms) */
+            /* libmicrohttpd leaves the TCP socket corked here: its own sends went into the
+             * GnuTLS cork, so its push never reached the socket. Without this the record
+             * waited for the kernel's 200 ms cork timeout. */
             int off = 0;
             setsockopt(ci->connect_fd, IPPROTO_TCP, TCP_CORK, &off, sizeof off);
         }

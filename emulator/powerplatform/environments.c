@@ -902,17 +902,18 @@ static pp_env_status row_seal(const rec_view *v, const char *set, const char *id
 }
 
 /* Writes a sealed row, if the environment is still usable with the key it was sealed under
- * (pp lock, then store lock). insert: fail on an existing id. */
-static pp_env_status rec_store(pp_envs_t *p, const char *env, const char *set,
-                               const rec_view *v, const char *id, const uint8_t *blob,
-                               size_t blen, bool insert, pp_env_err *e)
+ * (pp lock, then store lock). insert: fail on an existing id. Today no operation gives an
+ * environment a different data key (link, unlink and re-enable re-wrap or re-unwrap the same
+ * one), so the key comparison is a guard for a future rotation of the data key itself. */
+static pp_env_status rec_store(pp_envs_t *p, const char *set, const rec_view *v,
+                               const char *id, const uint8_t *blob, size_t blen, bool insert,
+                               pp_env_err *e)
 {
     char singular[80];
     env_rec *r = NULL;
     pthread_mutex_lock(&p->lock);
-    pp_env_status rs = usable_inlock(p, env, set, singular, sizeof singular, &r, e);
-    if (rs == PP_ENV_OK && (strcmp(r->env.id, v->env_id) ||
-                            CRYPTO_memcmp(r->dek.bytes, v->dek.bytes, PP_DEK_LEN) != 0)) {
+    pp_env_status rs = usable_inlock(p, v->env_id, set, singular, sizeof singular, &r, e);
+    if (rs == PP_ENV_OK && CRYPTO_memcmp(r->dek.bytes, v->dek.bytes, PP_DEK_LEN) != 0) {
         snprintf(e->msg, sizeof e->msg,
                  "The data key of environment '%s' changed while the record was written; "
                  "nothing was stored. Try again.",
@@ -988,7 +989,7 @@ pp_env_status pp_record_create(pp_envs_t *p, const char *env, const char *set, c
         goto out;
     stripe = rec_stripe(p, v.env_id, set, id); /* against an upsert of the same id */
     pthread_mutex_lock(stripe);
-    rs = rec_store(p, env, set, &v, id, blob, blen, true, e);
+    rs = rec_store(p, set, &v, id, blob, blen, true, e);
     pthread_mutex_unlock(stripe);
     if (rs != PP_ENV_OK)
         goto out;
@@ -1060,7 +1061,7 @@ pp_env_status pp_record_update(pp_envs_t *p, const char *env, const char *set, c
     stamp(row, idfield, *created);
     rs = row_seal(&v, set, lid, row, &blob, &blen, e);
     if (rs == PP_ENV_OK)
-        rs = rec_store(p, env, set, &v, lid, blob, blen, false, e);
+        rs = rec_store(p, set, &v, lid, blob, blen, false, e);
     if (rs == PP_ENV_OK && stored)
         *stored = json_incref(row);
 out:
