@@ -218,8 +218,19 @@ def template_seeds():
               "[int(string(variables('big')))]"]:
         write("fuzz_template", b"\1" + e.encode())
 
+def jflat_seeds():
+    """Flat record bodies (what the PATCH fast path takes) and near misses."""
+    for b in [b'{}', b'{"name":"Fabrikam","revenue":5,"active":true,"note":null}',
+              b' { "a" : -0.5e-3 , "b" : "x" } ', b'{"caf\\u00e9":"cr\\u00e8me \\ud83d\\ude00"}',
+              '{"caf\u00e9":"\u20ac \U0001F600"}'.encode(),
+              b'{"y":9223372036854775807,"z":-9223372036854775808,"w":1e299}',
+              b'{"a":1,"\\u0061":2}', b'{"a":"\\ud800"}', b'{"a":[1]}', b'{"a":01}',
+              b'{"x":"\\"quoted\\" \\\\ \\/ \\b\\f\\n\\r\\t"}']:
+        write("fuzz_jflat", b)
+
 from_conformance()
 hand_written()
+jflat_seeds()
 b64url_seeds()
 jwt_seeds()
 world_seeds()

@@ -33,7 +33,7 @@ cmake --build "$build" -j2 --target fuzz_all >"$probe/build.log" 2>&1 || { tail 
 export CMKEMU_FUZZ_TMP="$build/fuzz-tmp"
 mkdir -p "$CMKEMU_FUZZ_TMP"
 fail=0
-for t in fuzz_request fuzz_json_bodies fuzz_b64url fuzz_jwt fuzz_world fuzz_template; do
+for t in fuzz_request fuzz_json_bodies fuzz_b64url fuzz_jwt fuzz_world fuzz_template fuzz_jflat; do
     work="$probe/$t"
     mkdir -p "$work/corpus"
     dict=()

@@ -9,17 +9,6 @@
 
 #include "log.h"
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 bool emu_percent_decode(const char *in, size_t len, bool plus_space, char *out, size_t *out_len)
 {
     size_t o = 0;
@@ -28,7 +17,8 @@ bool emu_percent_decode(const char *in, size_t len, bool plus_space, char *out, 
         if (c == '%') {
             if (i + 2 >= len)
                 return false;
-            int a = hexval(in[i + 1]), b = hexval(in[i + 2]);
+            int a = emu_hex_digit((unsigned char)in[i + 1]),
+                b = emu_hex_digit((unsigned char)in[i + 2]);
             if (a < 0 || b < 0)
                 return false;
             out[o++] = (char)(a << 4 | b);
@@ -269,8 +259,7 @@ void emu_resp_header_add(emu_req *req, const char *name, const char *value)
 static bool claim(emu_req *req)
 {
     if (req->responded) {
-        emu_log(EMU_LOG_ERROR, "http", "second response for %s %s ignored", req->method,
-                req->path);
+        emu_log(EMU_LOG_ERROR, "http", "second response for %s %s ignored", req->method, req->path);
         return false;
     }
     req->responded = true;

@@ -273,7 +273,7 @@ void emu_hex_encode(const uint8_t *in, size_t len, char *out)
     out[2 * len] = '\0';
 }
 
-static int hexv(char c)
+int emu_hex_digit(unsigned char c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -289,7 +289,8 @@ bool emu_hex_decode(const char *in, uint8_t *out, size_t out_len)
     if (strlen(in) != out_len * 2)
         return false;
     for (size_t i = 0; i < out_len; i++) {
-        int a = hexv(in[2 * i]), b = hexv(in[2 * i + 1]);
+        int a = emu_hex_digit((unsigned char)in[2 * i]),
+            b = emu_hex_digit((unsigned char)in[2 * i + 1]);
         if (a < 0 || b < 0)
             return false;
         out[i] = (uint8_t)(a << 4 | b);

@@ -38,6 +38,8 @@ uint8_t *emu_b64url_decode(const char *in, size_t in_len, size_t max_out, size_t
 /* standard base64 with padding */
 char *emu_b64_encode(const uint8_t *in, size_t len);
 
+/* The value of one hex digit (either case), -1 for any other byte. */
+int emu_hex_digit(unsigned char c);
 void emu_hex_encode(const uint8_t *in, size_t len, char *out /* 2*len+1 */);
 bool emu_hex_decode(const char *in, uint8_t *out, size_t out_len /* strlen(in)==2*out_len */);
 

@@ -113,8 +113,8 @@ static json_t *env_json_cmk(emu_req *req, const pp_environment *e)
         sid = e->cmk_system_id;
     }
     if (status) {
-        json_t *cmk = json_pack("{s:s,s:s,s:s,s:s}", "policyId", pid, "systemId", sid,
-                                "location", loc, "linkStatus", status);
+        json_t *cmk = json_pack("{s:s,s:s,s:s,s:s}", "policyId", pid, "systemId", sid, "location",
+                                loc, "linkStatus", status);
         if (e->cmk_version[0] && e->key_managed_by == PP_KEY_CUSTOMER)
             json_object_set_new(cmk, "keyVersion", json_string(e->cmk_version));
         json_object_set_new(props, "enterprisePolicies",
@@ -267,10 +267,9 @@ static void set_enabled(emu_req *req, pp_bap_ctx *c, bool enabled)
     if (!pp_bap_check_version(req))
         return;
     pp_env_err e = {{0}};
-    pp_env_status st = enabled ? pp_env_reenable(c->envs, emu_req_param(req, 0), req->principal,
-                                                 &e)
-                               : pp_env_set_enabled(c->envs, emu_req_param(req, 0), false, NULL,
-                                                    &e);
+    pp_env_status st = enabled
+                           ? pp_env_reenable(c->envs, emu_req_param(req, 0), req->principal, &e)
+                           : pp_env_set_enabled(c->envs, emu_req_param(req, 0), false, NULL, &e);
     pp_environment env;
     if (st == PP_ENV_OK)
         st = pp_env_get(c->envs, emu_req_param(req, 0), &env);
@@ -306,10 +305,9 @@ static void link_common(emu_req *req, pp_bap_ctx *c, bool link)
         sid = json_string_value(json_object_get(body, "systemId"));
     pp_env_err e = {{0}};
     pp_env_operation op;
-    pp_env_status st = link ? pp_env_link(c->envs, emu_req_param(req, 0), sid, req->principal,
-                                          &op, &e)
-                            : pp_env_unlink(c->envs, emu_req_param(req, 0), sid, req->principal,
-                                            &op, &e);
+    pp_env_status st =
+        link ? pp_env_link(c->envs, emu_req_param(req, 0), sid, req->principal, &op, &e)
+             : pp_env_unlink(c->envs, emu_req_param(req, 0), sid, req->principal, &op, &e);
     json_decref(body);
     if (st != PP_ENV_OK) {
         send_env_error(req, st, &e);
@@ -472,7 +470,7 @@ static void send_row(emu_req *req, const rec_target *t, int status, json_t *row)
 /* 200 with a stored row as it is, "@odata.context" spliced in first: no parse and no
  * re-serialisation of the row. text is "{...}" as pp_record_get_text gives it; it is cleansed
  * and freed here. */
-static void send_row_text(emu_req *req, const rec_target *t, char *text, size_t len)
+static void send_row_text(emu_req *req, const rec_target *t, int status, char *text, size_t len)
 {
     char ctx[512];
     entity_context(req, t, ctx, sizeof ctx);
@@ -505,7 +503,7 @@ static void send_row_text(emu_req *req, const rec_target *t, char *text, size_t 
     OPENSSL_cleanse(text, len);
     free(text);
     emu_resp_header_add(req, "OData-Version", "4.0");
-    emu_send_json_text(req, 200, out, out_len);
+    emu_send_json_text(req, status, out, out_len);
 }
 
 static bool wants_representation(emu_req *req)
@@ -570,7 +568,7 @@ static void h_rec_get(emu_req *req, void *ud)
         if (st != PP_ENV_OK)
             send_record_error(req, st, &e);
         else
-            send_row_text(req, &t, text, len);
+            send_row_text(req, &t, 200, text, len);
         return;
     }
     int64_t top = 0, after = 0;
@@ -616,30 +614,52 @@ static void h_rec_patch(emu_req *req, void *ud)
         odata_error(req, 405, "0x80060888", "PATCH needs a row: {entitySet}({id}).");
         return;
     }
-    json_t *b = row_body(req);
-    if (!b)
-        return;
     const char *im = emu_req_header(req, "If-Match");
     bool must_exist = im && !strcmp(im, "*");
     bool created = false;
-    json_t *row = NULL;
     pp_env_err e = {{0}};
-    pp_env_status st =
-        pp_record_update(c->envs, t.env, t.set, t.id, b, must_exist, &created, &row, &e);
+    char lid[40];
+    emu_lower_copy(lid, sizeof lid, t.id);
+    /* A flat body (scalars only, the usual record) is merged as text: no JSON tree. */
+    emu_jmember m[EMU_JFLAT_MAX];
+    size_t nm = 0;
+    if (req->max_json_depth >= 1 &&
+        emu_jflat_scan(req->body, req->body_len, m, EMU_JFLAT_MAX, &nm)) {
+        char *text = NULL;
+        size_t len = 0;
+        bool repr = wants_representation(req);
+        pp_env_status st =
+            pp_record_update_flat(c->envs, t.env, t.set, t.id, req->body, req->body_len, m, nm,
+                                  must_exist, &created, repr ? &text : NULL, &len, &e);
+        if (st != PP_ENV_OK) {
+            send_record_error(req, st, &e);
+            return;
+        }
+        emu_resp_header_add(req, "OData-EntityId", entity_url(req, &t, lid));
+        if (repr) {
+            send_row_text(req, &t, created ? 201 : 200, text, len);
+        } else {
+            emu_resp_header_add(req, "OData-Version", "4.0");
+            emu_send_empty(req, 204);
+        }
+        return;
+    }
+    json_t *b = row_body(req);
+    if (!b)
+        return;
+    json_t *row = NULL;
+    bool repr = wants_representation(req);
+    pp_env_status st = pp_record_update(c->envs, t.env, t.set, t.id, b, must_exist, &created,
+                                        repr ? &row : NULL, &e);
     json_decref(b);
     if (st != PP_ENV_OK) {
         send_record_error(req, st, &e);
         return;
     }
-    char idfield[96], singular[80];
-    pp_entity_singular(t.set, singular, sizeof singular);
-    snprintf(idfield, sizeof idfield, "%sid", singular);
-    emu_resp_header_add(req, "OData-EntityId",
-                        entity_url(req, &t, json_string_value(json_object_get(row, idfield))));
-    if (wants_representation(req)) {
+    emu_resp_header_add(req, "OData-EntityId", entity_url(req, &t, lid));
+    if (repr && row) {
         send_row(req, &t, created ? 201 : 200, row);
     } else {
-        json_decref(row);
         emu_resp_header_add(req, "OData-Version", "4.0");
         emu_send_empty(req, 204);
     }

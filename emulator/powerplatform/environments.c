@@ -138,7 +138,7 @@ static void rec_free(env_rec *r)
 }
 
 bool envi_op_insert(sqlite3 *db, const char *id, const char *env, const char *kind,
-                      const char *state, const char *error, int64_t now)
+                    const char *state, const char *error, int64_t now)
 {
     sqlite3_stmt *st = NULL;
     bool ok = sqlite3_prepare_v2(db,
@@ -161,8 +161,8 @@ bool envi_op_insert(sqlite3 *db, const char *id, const char *env, const char *ki
 bool envi_op_update(sqlite3 *db, const char *id, const char *state, const char *error)
 {
     sqlite3_stmt *st = NULL;
-    bool ok = sqlite3_prepare_v2(db, "UPDATE pp_env_operations SET state=?, error=? WHERE id=?",
-                                 -1, &st, NULL) == SQLITE_OK;
+    bool ok = sqlite3_prepare_v2(db, "UPDATE pp_env_operations SET state=?, error=? WHERE id=?", -1,
+                                 &st, NULL) == SQLITE_OK;
     if (ok) {
         sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, error, -1, SQLITE_STATIC);
@@ -174,7 +174,7 @@ bool envi_op_update(sqlite3 *db, const char *id, const char *state, const char *
 }
 
 void envi_op_fill(pp_env_operation *op, const char *id, const char *env, const char *kind,
-                    int64_t now)
+                  int64_t now)
 {
     if (!op)
         return;
@@ -563,8 +563,7 @@ pp_env_status pp_env_set_enabled(pp_envs_t *p, const char *id, bool enabled, con
     pp_key_wrapper w = envi_wrapper_for(p, r, &u);
     char why[sizeof e->msg] = "";
     if (enabled && !r->dek.loaded &&
-        pp_dek_unwrap(&w, r->wrapped, r->wrapped_len, &fresh, why, sizeof why) !=
-            PP_ENVELOPE_OK) {
+        pp_dek_unwrap(&w, r->wrapped, r->wrapped_len, &fresh, why, sizeof why) != PP_ENVELOPE_OK) {
         if (r->env.key_managed_by == PP_KEY_CUSTOMER) {
             if (r->env.lock_msg[0])
                 snprintf(e->msg, sizeof e->msg,
@@ -788,8 +787,7 @@ static void rec_end(rec_view *v)
 
 /* The lock that serialises read-modify-writes of one record (a PATCH reads the row, merges and
  * writes it back; two at once must not lose a field). Taken before the pp lock. */
-static pthread_mutex_t *rec_stripe(pp_envs_t *p, const char *env, const char *set,
-                                   const char *id)
+static pthread_mutex_t *rec_stripe(pp_envs_t *p, const char *env, const char *set, const char *id)
 {
     uint32_t h = 2166136261u; /* FNV-1a */
     const char *parts[3] = {env, set, id};
@@ -855,49 +853,40 @@ out:
     return rs;
 }
 
-/* row_open, parsed. */
-static pp_env_status row_read(pp_envs_t *p, const rec_view *v, const char *set, const char *id,
-                              json_t **out, pp_env_err *e)
-{
-    char *pt = NULL;
-    size_t ptl = 0;
-    *out = NULL;
-    pp_env_status rs = row_open(p, v, set, id, &pt, &ptl, e);
-    if (rs != PP_ENV_OK)
-        return rs;
-    *out = json_loadb(pt, ptl, 0, NULL);
-    OPENSSL_cleanse(pt, ptl);
-    free(pt);
-    if (!*out) {
-        snprintf(e->msg, sizeof e->msg, "Record %s of %s is not JSON", id, set);
-        rs = PP_ENV_ERR_CRYPTO;
-    }
-    return rs;
-}
-
-/* Serialises and seals one row under the view's key: *blob (malloc'd) = nonce||ct||tag. */
-static pp_env_status row_seal(const rec_view *v, const char *set, const char *id,
-                              const json_t *row, uint8_t **blob, size_t *blen, pp_env_err *e)
+/* Seals a row's text under the view's key: *blob (malloc'd) = nonce||ct||tag. */
+static pp_env_status seal_text(const rec_view *v, const char *set, const char *id, const char *txt,
+                               size_t tl, uint8_t **blob, size_t *blen, pp_env_err *e)
 {
     char aad[200];
-    char *txt = json_dumps(row, JSON_COMPACT);
-    pp_env_status rs = PP_ENV_OK;
     *blob = NULL;
     *blen = 0;
-    if (!txt || strlen(txt) > PP_RECORD_MAX) {
+    if (tl > PP_RECORD_MAX) {
         snprintf(e->msg, sizeof e->msg, "The record is larger than %d bytes.", PP_RECORD_MAX);
-        rs = PP_ENV_ERR_BAD_PARAM;
-    } else {
-        pp_record_aad(v->env_id, set, id, aad, sizeof aad);
-        if (pp_seal(&v->dek, aad, strlen(aad), txt, strlen(txt), blob, blen) != PP_ENVELOPE_OK) {
-            snprintf(e->msg, sizeof e->msg, "cannot encrypt the record");
-            rs = PP_ENV_ERR_CRYPTO;
-        }
+        return PP_ENV_ERR_BAD_PARAM;
     }
-    if (txt) {
-        OPENSSL_cleanse(txt, strlen(txt));
-        free(txt);
+    pp_record_aad(v->env_id, set, id, aad, sizeof aad);
+    if (pp_seal(&v->dek, aad, strlen(aad), txt, tl, blob, blen) != PP_ENVELOPE_OK) {
+        snprintf(e->msg, sizeof e->msg, "cannot encrypt the record");
+        return PP_ENV_ERR_CRYPTO;
     }
+    return PP_ENV_OK;
+}
+
+/* Serialises and seals one row. */
+static pp_env_status row_seal(const rec_view *v, const char *set, const char *id, const json_t *row,
+                              uint8_t **blob, size_t *blen, pp_env_err *e)
+{
+    char *txt = json_dumps(row, JSON_COMPACT);
+    *blob = NULL;
+    *blen = 0;
+    if (!txt) {
+        snprintf(e->msg, sizeof e->msg, "The record is larger than %d bytes.", PP_RECORD_MAX);
+        return PP_ENV_ERR_BAD_PARAM;
+    }
+    size_t tl = strlen(txt);
+    pp_env_status rs = seal_text(v, set, id, txt, tl, blob, blen, e);
+    OPENSSL_cleanse(txt, tl);
+    free(txt);
     return rs;
 }
 
@@ -905,9 +894,8 @@ static pp_env_status row_seal(const rec_view *v, const char *set, const char *id
  * (pp lock, then store lock). insert: fail on an existing id. Today no operation gives an
  * environment a different data key (link, unlink and re-enable re-wrap or re-unwrap the same
  * one), so the key comparison is a guard for a future rotation of the data key itself. */
-static pp_env_status rec_store(pp_envs_t *p, const char *set, const rec_view *v,
-                               const char *id, const uint8_t *blob, size_t blen, bool insert,
-                               pp_env_err *e)
+static pp_env_status rec_store(pp_envs_t *p, const char *set, const rec_view *v, const char *id,
+                               const uint8_t *blob, size_t blen, bool insert, pp_env_err *e)
 {
     char singular[80];
     env_rec *r = NULL;
@@ -1019,18 +1007,110 @@ pp_env_status pp_record_get_text(pp_envs_t *p, const char *env, const char *set,
     return rs;
 }
 
-pp_env_status pp_record_update(pp_envs_t *p, const char *env, const char *set, const char *id,
-                               const json_t *fields, bool must_exist, bool *created,
-                               json_t **stored, pp_env_err *e)
+/* What a PATCH merges into a row: a jansson object, or a flat body as text and members. */
+typedef struct {
+    const json_t *json;
+    const char *text;
+    size_t len;
+    const emu_jmember *m;
+    size_t n;
+} rec_fields;
+
+/* The merge of a PATCH, as text (no JSON tree): the stored row's members (none for a new
+ * row) in their order, each replaced in place by a later member of the same key, those
+ * being the body's, then the id field, createdon (a new row only) and modifiedon; a member
+ * the row had not is appended, in that order. That is what json_object_update and
+ * json_object_set_new gave on the parsed rows (jansson keeps insertion order), with every
+ * key and value as it was written. false when the stored row is not flat: the tree merge
+ * takes it then. */
+static bool merge_flat(const char *pt, size_t ptl, const rec_fields *f, const char *idfield,
+                       const char *lid, const char *ts, bool created, char **txt, size_t *tl)
 {
-    char idfield[96], lid[40];
-    json_t *row = NULL;
+    emu_jmember row[2 * EMU_JFLAT_MAX + 3];
+    size_t nr = 0;
+    if (pt && !emu_jflat_scan(pt, ptl, row, EMU_JFLAT_MAX, &nr))
+        return false;
+    char idval[48], tsval[48];
+    snprintf(idval, sizeof idval, "\"%s\"", lid);
+    snprintf(tsval, sizeof tsval, "\"%s\"", ts);
+    const emu_jmember set_after[3] = {
+        {idfield, strlen(idfield), idval, strlen(idval), false},
+        {"createdon", 9, tsval, strlen(tsval), false},
+        {"modifiedon", 10, tsval, strlen(tsval), false},
+    };
+    for (size_t i = 0; i < f->n + 3; i++) {
+        const emu_jmember *o = i < f->n ? &f->m[i] : &set_after[i - f->n];
+        if (i == f->n + 1 && !created)
+            continue;
+        size_t j = 0;
+        while (j < nr && !emu_jflat_key_eq(&row[j], o))
+            j++;
+        if (j < nr) {
+            row[j].val = o->val;
+            row[j].val_len = o->val_len;
+        } else {
+            row[nr++] = *o;
+        }
+    }
+    *tl = emu_jflat_size(row, nr);
+    *txt = emu_xmalloc(*tl + 1);
+    emu_jflat_write(row, nr, *txt);
+    (*txt)[*tl] = '\0';
+    return true;
+}
+
+/* The same merge on jansson trees: for fields given as an object, or rows that are not flat. */
+static pp_env_status merge_tree(const char *pt, size_t ptl, const rec_fields *f, const char *set,
+                                const char *idfield, const char *lid, const char *ts, bool created,
+                                char **txt, size_t *tl, pp_env_err *e)
+{
+    pp_env_status rs = PP_ENV_OK;
+    json_t *row = pt ? json_loadb(pt, ptl, 0, NULL) : json_object();
+    json_t *fields = f->json ? json_incref((json_t *)f->json)
+                             : json_loadb(f->text, f->len, JSON_REJECT_DUPLICATES, NULL);
+    *txt = NULL;
+    if (!row) {
+        snprintf(e->msg, sizeof e->msg, "Record %s of %s is not JSON", lid, set);
+        rs = PP_ENV_ERR_CRYPTO;
+    } else if (!json_is_object(fields)) {
+        snprintf(e->msg, sizeof e->msg, "The request body must be a JSON object.");
+        rs = PP_ENV_ERR_BAD_PARAM;
+    } else {
+        json_object_update(row, fields);
+        json_object_set_new(row, idfield, json_string(lid));
+        if (created)
+            json_object_set_new(row, "createdon", json_string(ts));
+        json_object_set_new(row, "modifiedon", json_string(ts));
+        *txt = json_dumps(row, JSON_COMPACT);
+        if (!*txt) {
+            snprintf(e->msg, sizeof e->msg, "The record is larger than %d bytes.", PP_RECORD_MAX);
+            rs = PP_ENV_ERR_BAD_PARAM;
+        } else {
+            *tl = strlen(*txt);
+        }
+    }
+    json_decref(row);
+    json_decref(fields);
+    return rs;
+}
+
+/* Upsert (or update, must_exist) of one row: read, open, merge, seal and store under the
+ * row's stripe lock. *stored (may be NULL) receives the stored text. */
+static pp_env_status record_update(pp_envs_t *p, const char *env, const char *set, const char *id,
+                                   const rec_fields *f, bool must_exist, bool *created,
+                                   char **stored, size_t *stored_len, pp_env_err *e)
+{
+    char idfield[96], lid[40], ts[40];
+    char *pt = NULL, *txt = NULL;
+    size_t ptl = 0, tl = 0;
     rec_view v;
     uint8_t *blob = NULL;
     size_t blen = 0;
     *created = false;
-    if (stored)
+    if (stored) {
         *stored = NULL;
+        *stored_len = 0;
+    }
     if (!guid_like(id)) {
         snprintf(e->msg, sizeof e->msg, "Record id '%.40s' is not a GUID.", id);
         return PP_ENV_ERR_BAD_PARAM;
@@ -1044,32 +1124,70 @@ pp_env_status pp_record_update(pp_envs_t *p, const char *env, const char *set, c
     pthread_mutex_t *stripe = rec_stripe(p, v.env_id, set, lid);
     pthread_mutex_lock(stripe);
     snprintf(idfield, sizeof idfield, "%sid", v.singular);
-    rs = row_read(p, &v, set, lid, &row, e);
+    rs = row_open(p, &v, set, lid, &pt, &ptl, e);
     if (rs == PP_ENV_ERR_NOT_FOUND) {
         if (must_exist) {
             snprintf(e->msg, sizeof e->msg, "%s With Id = %s Does Not Exist", v.singular, lid);
             goto out;
         }
-        row = json_object();
         *created = true;
         rs = PP_ENV_OK;
     }
     if (rs != PP_ENV_OK)
         goto out;
-    json_object_update(row, (json_t *)fields);
-    json_object_set_new(row, idfield, json_string(lid));
-    stamp(row, idfield, *created);
-    rs = row_seal(&v, set, lid, row, &blob, &blen, e);
+    emu_time_rfc3339(emu_clock_now(), ts, sizeof ts);
+    if (!f->m || !merge_flat(pt, ptl, f, idfield, lid, ts, *created, &txt, &tl))
+        rs = merge_tree(pt, ptl, f, set, idfield, lid, ts, *created, &txt, &tl, e);
+    if (rs == PP_ENV_OK)
+        rs = seal_text(&v, set, lid, txt, tl, &blob, &blen, e);
     if (rs == PP_ENV_OK)
         rs = rec_store(p, set, &v, lid, blob, blen, false, e);
-    if (rs == PP_ENV_OK && stored)
-        *stored = json_incref(row);
+    if (rs == PP_ENV_OK && stored) {
+        *stored = txt;
+        *stored_len = tl;
+        txt = NULL;
+    }
 out:
     pthread_mutex_unlock(stripe);
     rec_end(&v);
+    if (pt) {
+        OPENSSL_cleanse(pt, ptl);
+        free(pt);
+    }
+    if (txt) {
+        OPENSSL_cleanse(txt, tl);
+        free(txt);
+    }
     free(blob);
-    json_decref(row);
     return rs;
+}
+
+pp_env_status pp_record_update(pp_envs_t *p, const char *env, const char *set, const char *id,
+                               const json_t *fields, bool must_exist, bool *created,
+                               json_t **stored, pp_env_err *e)
+{
+    const rec_fields f = {.json = fields};
+    char *txt = NULL;
+    size_t tl = 0;
+    if (stored)
+        *stored = NULL;
+    pp_env_status rs =
+        record_update(p, env, set, id, &f, must_exist, created, stored ? &txt : NULL, &tl, e);
+    if (txt) {
+        *stored = json_loadb(txt, tl, 0, NULL);
+        OPENSSL_cleanse(txt, tl);
+        free(txt);
+    }
+    return rs;
+}
+
+pp_env_status pp_record_update_flat(pp_envs_t *p, const char *env, const char *set, const char *id,
+                                    const char *text, size_t len, const emu_jmember *m, size_t n,
+                                    bool must_exist, bool *created, char **stored,
+                                    size_t *stored_len, pp_env_err *e)
+{
+    const rec_fields f = {.text = text, .len = len, .m = m, .n = n};
+    return record_update(p, env, set, id, &f, must_exist, created, stored, stored_len, e);
 }
 
 pp_env_status pp_record_delete(pp_envs_t *p, const char *env, const char *set, const char *id,

@@ -28,6 +28,7 @@
 #include "auth/roles.h"
 #include "envelope.h"
 #include "hsm.h"
+#include "jflat.h"
 #include "keyvault/kv.h"
 #include "policies.h"
 #include "store.h"
@@ -240,6 +241,14 @@ pp_env_status pp_record_get_text(pp_envs_t *p, const char *env, const char *set,
 pp_env_status pp_record_update(pp_envs_t *p, const char *env, const char *set, const char *id,
                                const json_t *fields, bool must_exist, bool *created,
                                json_t **stored, pp_env_err *e);
+/* pp_record_update with a flat body (the PATCH fast path): text[0..len) is the body and
+ * m[0..n) its members as emu_jflat_scan gave them. No JSON tree is built when the stored row
+ * is flat too: the row is merged as text, values kept as they were written (core/jflat.h).
+ * *stored (may be NULL) receives the stored row's text, as pp_record_get_text gives it. */
+pp_env_status pp_record_update_flat(pp_envs_t *p, const char *env, const char *set, const char *id,
+                                    const char *text, size_t len, const emu_jmember *m, size_t n,
+                                    bool must_exist, bool *created, char **stored,
+                                    size_t *stored_len, pp_env_err *e);
 pp_env_status pp_record_delete(pp_envs_t *p, const char *env, const char *set, const char *id,
                                pp_env_err *e);
 /* Rows after cursor `after` (0 = start), at most top. *rows: new array. *next: cursor for the
