@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -791,6 +792,140 @@ static void test_patch_text_merge_matches_tree_merge(void **state)
     resp_clear(&r);
 }
 
+/* A body's "@ID@" replaced by id. */
+static void body_with_id(const char *tmpl, const char *id, char *out, size_t cap)
+{
+    const char *at = strstr(tmpl, "@ID@");
+    if (!at)
+        snprintf(out, cap, "%s", tmpl);
+    else
+        snprintf(out, cap, "%.*s%s%s", (int)(at - tmpl), tmpl, id, at + 4);
+}
+
+static void test_post_text_create_matches_tree_create(void **state)
+{
+    fixture *f = *state;
+    char env[40];
+    create_env(f, "Create", "Production", env);
+    static const struct {
+        const char *body;
+        int status;       /* of both paths */
+        const char *keys; /* the stored row's keys, in order */
+    } cases[] = {
+        {"{\"name\":\"A\",\"revenue\":1e2,\"ok\":false}", 201,
+         "name|revenue|ok|accountid|createdon|modifiedon|"},
+        /* a given id is lower-cased and stays where the body put it */
+        {"{\"accountid\":\"@ID@\",\"name\":\"given\"}", 201,
+         "accountid|name|createdon|modifiedon|"},
+        /* the id field's key escaped, and its value */
+        {"{\"x\":1,\"account\\u0069d\":\"@ID@\"}", 201, "x|accountid|createdon|modifiedon|"},
+        {"{\"accountid\":null,\"createdon\":\"then\",\"name\":\"null id\"}", 201,
+         "accountid|createdon|name|modifiedon|"},
+        {"{}", 201, "accountid|createdon|modifiedon|"},
+        {"{\"accountid\":5}", 400, NULL},
+        {"{\"accountid\":\"not-a-guid\",\"name\":\"n\"}", 400, NULL},
+        {"{\"accountid\":\"\"}", 400, NULL},
+    };
+    static const char *const given[2][3] = {
+        {"5E000000-0000-4000-8000-00000000B001", "5e000000-0000-4000-8000-00000000b00\\u0033",
+         "5e000000-0000-4000-8000-00000000b005"},
+        {"5E000000-0000-4000-8000-00000000B002", "5e000000-0000-4000-8000-00000000b004",
+         "5e000000-0000-4000-8000-00000000b006"},
+    };
+    size_t ng[2] = {0, 0};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        char body[2][256], ids[2][40] = {"", ""};
+        for (int i = 0; i < 2; i++)
+            body_with_id(cases[c].body, strstr(cases[c].body, "@ID@") ? given[i][ng[i]++] : "",
+                         body[i], sizeof body[i]);
+        /* text path: through the handler (representation asked) */
+        resp r = rec(f, env, "POST", "/api/data/v9.2/accounts", body[0], "return=representation");
+        assert_int_equal(r.status, cases[c].status);
+        if (r.status == 201) {
+            const char *open = strrchr(r.entity_id, '(');
+            assert_non_null(open);
+            snprintf(ids[0], sizeof ids[0], "%.36s", open + 1);
+            assert_string_equal(path_str(r.json, "accountid"), ids[0]);
+            const char *k;
+            json_t *v;
+            json_object_foreach(r.json, k, v)
+            {
+                assert_string_equal(k, "@odata.context"); /* spliced in first */
+                break;
+            }
+        } else {
+            assert_non_null(strstr(path_str(r.json, "error.message"), "accountid must be a GUID"));
+        }
+        resp_clear(&r);
+        /* tree path: the same body parsed */
+        json_t *fields = json_loads(body[1], JSON_REJECT_DUPLICATES, NULL);
+        assert_non_null(fields);
+        pp_env_err e = {{0}};
+        json_t *stored = NULL;
+        pp_env_status st =
+            pp_record_create(f->fx->envs, env, "accounts", fields, ids[1], &stored, &e);
+        json_decref(fields);
+        assert_int_equal(st, cases[c].status == 201 ? PP_ENV_OK : PP_ENV_ERR_BAD_PARAM);
+        if (st != PP_ENV_OK) {
+            assert_null(stored);
+            continue;
+        }
+        assert_string_equal(path_str(stored, "accountid"), ids[1]);
+        json_decref(stored);
+        for (int i = 0; i < 2; i++) /* lower-cased, given or new */
+            for (const char *ch = ids[i]; *ch; ch++)
+                assert_true(!isupper((unsigned char)*ch));
+        if (strstr(cases[c].body, "@ID@")) {
+            assert_memory_equal(ids[0], "5e000000-0000-4000-8000-00000000b00", 35);
+            assert_memory_equal(ids[1], "5e000000-0000-4000-8000-00000000b00", 35);
+        }
+        /* the same members, in the same order, with equal values but the id */
+        json_t *rows[2];
+        char order[2][512];
+        for (int i = 0; i < 2; i++) {
+            char *text = NULL;
+            size_t len = 0;
+            assert_int_equal(
+                pp_record_get_text(f->fx->envs, env, "accounts", ids[i], &text, &len, &e),
+                PP_ENV_OK);
+            keys_and_values(text, len, &rows[i], order[i], sizeof order[i]);
+            if (c == 0) /* a number as written on the text path */
+                assert_true(i == 1 || strstr(text, "\"revenue\":1e2") != NULL);
+            free(text);
+            json_object_del(rows[i], "accountid");
+        }
+        assert_string_equal(order[0], cases[c].keys);
+        assert_string_equal(order[1], cases[c].keys);
+        assert_true(json_equal(rows[0], rows[1]));
+        json_decref(rows[0]);
+        json_decref(rows[1]);
+    }
+    /* an id that exists: 412 (Dataverse's answer to a duplicate key), the row unchanged */
+    resp r =
+        rec(f, env, "POST", "/api/data/v9.2/accounts",
+            "{\"accountid\":\"5e000000-0000-4000-8000-00000000b001\",\"name\":\"again\"}", NULL);
+    assert_int_equal(r.status, 412);
+    resp_clear(&r);
+    r = rec(f, env, "GET", "/api/data/v9.2/accounts(5e000000-0000-4000-8000-00000000b001)", NULL,
+            NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(path_str(r.json, "name"), "given");
+    resp_clear(&r);
+    /* a nested body takes the tree path; representation still answers the row */
+    r = rec(f, env, "POST", "/api/data/v9.2/accounts", "{\"address\":{\"city\":\"Oslo\"}}",
+            "return=representation");
+    assert_int_equal(r.status, 201);
+    assert_string_equal(path_str(r.json, "address.city"), "Oslo");
+    assert_int_equal(strlen(path_str(r.json, "accountid")), 36);
+    resp_clear(&r);
+    /* without representation: 204 and the row's URL */
+    r = rec(f, env, "POST", "/api/data/v9.2/accounts", "{\"name\":\"quiet\"}", NULL);
+    assert_int_equal(r.status, 204);
+    assert_null(r.json);
+    assert_non_null(strstr(r.entity_id, "/api/data/v9.2/accounts("));
+    resp_clear(&r);
+}
+
 static void test_world(void **state)
 {
     fixture *f = *state;
@@ -844,6 +979,7 @@ int main(void)
         cmocka_unit_test(test_no_plaintext_on_disk),
         cmocka_unit_test(test_tampered_row_is_an_error),
         cmocka_unit_test(test_patch_text_merge_matches_tree_merge),
+        cmocka_unit_test(test_post_text_create_matches_tree_create),
         cmocka_unit_test(test_concurrent_patches_keep_every_field),
         cmocka_unit_test(test_world),
     };

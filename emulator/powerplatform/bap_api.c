@@ -532,23 +532,40 @@ static void h_rec_post(emu_req *req, void *ud)
                     "POST creates rows on the entity set URL, not on a row.");
         return;
     }
-    json_t *b = row_body(req);
-    if (!b)
-        return;
     char id[40];
-    json_t *row = NULL;
+    char *text = NULL;
+    size_t len = 0;
+    bool repr = wants_representation(req);
     pp_env_err e = {{0}};
-    pp_env_status st = pp_record_create(c->envs, t.env, t.set, b, id, &row, &e);
-    json_decref(b);
+    pp_env_status st;
+    /* A flat body is stored as text, as in h_rec_patch. */
+    emu_jmember m[EMU_JFLAT_MAX];
+    size_t nm = 0;
+    if (req->max_json_depth >= 1 &&
+        emu_jflat_scan(req->body, req->body_len, m, EMU_JFLAT_MAX, &nm)) {
+        st = pp_record_create_flat(c->envs, t.env, t.set, req->body, req->body_len, m, nm, id,
+                                   repr ? &text : NULL, &len, &e);
+    } else {
+        json_t *b = row_body(req);
+        if (!b)
+            return;
+        json_t *row = NULL;
+        st = pp_record_create(c->envs, t.env, t.set, b, id, repr ? &row : NULL, &e);
+        json_decref(b);
+        if (row) {
+            text = json_dumps(row, JSON_COMPACT);
+            len = text ? strlen(text) : 0;
+            json_decref(row);
+        }
+    }
     if (st != PP_ENV_OK) {
         send_record_error(req, st, &e);
         return;
     }
     emu_resp_header_add(req, "OData-EntityId", entity_url(req, &t, id));
-    if (wants_representation(req)) {
-        send_row(req, &t, 201, row);
+    if (repr && text) {
+        send_row_text(req, &t, 201, text, len);
     } else {
-        json_decref(row);
         emu_resp_header_add(req, "OData-Version", "4.0");
         emu_send_empty(req, 204);
     }

@@ -799,6 +799,23 @@ static pthread_mutex_t *rec_stripe(pp_envs_t *p, const char *env, const char *se
     return &p->rec_stripes[h % PP_REC_STRIPES];
 }
 
+/* Frees a row's plaintext (NULL is a no-op), wiping it first. */
+static void text_free(char *t, size_t n)
+{
+    if (t) {
+        OPENSSL_cleanse(t, n);
+        free(t);
+    }
+}
+
+/* A row's text as a new jansson object (NULL if it is not JSON); the text is freed. */
+static json_t *text_to_json(char *t, size_t n)
+{
+    json_t *j = t ? json_loadb(t, n, 0, NULL) : NULL;
+    text_free(t, n);
+    return j;
+}
+
 /* Reads and opens one row (no pp lock needed: the store lock guards the statement): *pt
  * receives its stored text, compact JSON of an object (malloc'd; the caller cleanses and frees
  * it). NOT_FOUND when absent. */
@@ -841,8 +858,7 @@ static pp_env_status row_open(pp_envs_t *p, const rec_view *v, const char *set, 
         goto out;
     }
     if (*ptl < 2 || (*pt)[0] != '{' || (*pt)[*ptl - 1] != '}') {
-        OPENSSL_cleanse(*pt, *ptl);
-        free(*pt);
+        text_free(*pt, *ptl);
         *pt = NULL;
         *ptl = 0;
         snprintf(e->msg, sizeof e->msg, "Record %s of %s is not a JSON object", id, set);
@@ -870,24 +886,6 @@ static pp_env_status seal_text(const rec_view *v, const char *set, const char *i
         return PP_ENV_ERR_CRYPTO;
     }
     return PP_ENV_OK;
-}
-
-/* Serialises and seals one row. */
-static pp_env_status row_seal(const rec_view *v, const char *set, const char *id, const json_t *row,
-                              uint8_t **blob, size_t *blen, pp_env_err *e)
-{
-    char *txt = json_dumps(row, JSON_COMPACT);
-    *blob = NULL;
-    *blen = 0;
-    if (!txt) {
-        snprintf(e->msg, sizeof e->msg, "The record is larger than %d bytes.", PP_RECORD_MAX);
-        return PP_ENV_ERR_BAD_PARAM;
-    }
-    size_t tl = strlen(txt);
-    pp_env_status rs = seal_text(v, set, id, txt, tl, blob, blen, e);
-    OPENSSL_cleanse(txt, tl);
-    free(txt);
-    return rs;
 }
 
 /* Writes a sealed row, if the environment is still usable with the key it was sealed under
@@ -930,64 +928,6 @@ static pp_env_status rec_store(pp_envs_t *p, const char *set, const rec_view *v,
         }
     }
     pthread_mutex_unlock(&p->lock);
-    return rs;
-}
-
-static void stamp(json_t *row, const char *field, bool created)
-{
-    char ts[40];
-    emu_time_rfc3339(emu_clock_now(), ts, sizeof ts);
-    if (created)
-        json_object_set_new(row, "createdon", json_string(ts));
-    json_object_set_new(row, "modifiedon", json_string(ts));
-    (void)field;
-}
-
-pp_env_status pp_record_create(pp_envs_t *p, const char *env, const char *set, const json_t *row,
-                               char id_out[40], json_t **stored, pp_env_err *e)
-{
-    char idfield[96], id[40];
-    json_t *copy = NULL;
-    rec_view v;
-    uint8_t *blob = NULL;
-    size_t blen = 0;
-    pthread_mutex_t *stripe = NULL;
-    if (stored)
-        *stored = NULL;
-    pp_env_status rs = rec_begin(p, env, set, &v, e);
-    if (rs != PP_ENV_OK)
-        goto out;
-    snprintf(idfield, sizeof idfield, "%sid", v.singular);
-    const json_t *given = json_object_get(row, idfield);
-    if (given && !json_is_null(given)) {
-        if (!json_is_string(given) || !guid_like(json_string_value(given))) {
-            snprintf(e->msg, sizeof e->msg, "%s must be a GUID.", idfield);
-            rs = PP_ENV_ERR_BAD_PARAM;
-            goto out;
-        }
-        emu_lower_copy(id, sizeof id, json_string_value(given));
-    } else {
-        emu_guid(id);
-    }
-    copy = json_deep_copy(row);
-    json_object_set_new(copy, idfield, json_string(id));
-    stamp(copy, idfield, true);
-    rs = row_seal(&v, set, id, copy, &blob, &blen, e);
-    if (rs != PP_ENV_OK)
-        goto out;
-    stripe = rec_stripe(p, v.env_id, set, id); /* against an upsert of the same id */
-    pthread_mutex_lock(stripe);
-    rs = rec_store(p, set, &v, id, blob, blen, true, e);
-    pthread_mutex_unlock(stripe);
-    if (rs != PP_ENV_OK)
-        goto out;
-    snprintf(id_out, 40, "%s", id);
-    if (stored)
-        *stored = json_incref(copy);
-out:
-    rec_end(&v);
-    free(blob);
-    json_decref(copy);
     return rs;
 }
 
@@ -1150,14 +1090,8 @@ static pp_env_status record_update(pp_envs_t *p, const char *env, const char *se
 out:
     pthread_mutex_unlock(stripe);
     rec_end(&v);
-    if (pt) {
-        OPENSSL_cleanse(pt, ptl);
-        free(pt);
-    }
-    if (txt) {
-        OPENSSL_cleanse(txt, tl);
-        free(txt);
-    }
+    text_free(pt, ptl);
+    text_free(txt, tl);
     free(blob);
     return rs;
 }
@@ -1173,11 +1107,8 @@ pp_env_status pp_record_update(pp_envs_t *p, const char *env, const char *set, c
         *stored = NULL;
     pp_env_status rs =
         record_update(p, env, set, id, &f, must_exist, created, stored ? &txt : NULL, &tl, e);
-    if (txt) {
-        *stored = json_loadb(txt, tl, 0, NULL);
-        OPENSSL_cleanse(txt, tl);
-        free(txt);
-    }
+    if (txt)
+        *stored = text_to_json(txt, tl);
     return rs;
 }
 
@@ -1188,6 +1119,112 @@ pp_env_status pp_record_update_flat(pp_envs_t *p, const char *env, const char *s
 {
     const rec_fields f = {.text = text, .len = len, .m = m, .n = n};
     return record_update(p, env, set, id, &f, must_exist, created, stored, stored_len, e);
+}
+
+/* The id a new row's body gives in its id field: *given false when the field is absent or
+ * null; 400 when it is anything but a GUID string. */
+static pp_env_status given_id(const rec_fields *f, const char *idfield, char id[40], bool *given,
+                              pp_env_err *e)
+{
+    json_t *own = NULL;
+    const json_t *g = NULL;
+    *given = false;
+    if (f->json) {
+        g = json_object_get(f->json, idfield);
+    } else {
+        const emu_jmember want = {idfield, strlen(idfield), NULL, 0, false};
+        for (size_t i = 0; i < f->n && !g; i++)
+            if (emu_jflat_key_eq(&f->m[i], &want)) /* the value alone: a few bytes */
+                g = own = json_loadb(f->m[i].val, f->m[i].val_len, JSON_DECODE_ANY, NULL);
+    }
+    pp_env_status rs = PP_ENV_OK;
+    if (g && !json_is_null(g)) {
+        if (json_is_string(g) && guid_like(json_string_value(g))) {
+            emu_lower_copy(id, 40, json_string_value(g));
+            *given = true;
+        } else {
+            snprintf(e->msg, sizeof e->msg, "%s must be a GUID.", idfield);
+            rs = PP_ENV_ERR_BAD_PARAM;
+        }
+    }
+    json_decref(own);
+    return rs;
+}
+
+/* Creates a row: the body's members in order, the id field (the given GUID, lower-cased, or
+ * a new one), createdon and modifiedon, merged as text when the body is flat. *stored (may be
+ * NULL) receives the stored text. */
+static pp_env_status record_create(pp_envs_t *p, const char *env, const char *set,
+                                   const rec_fields *f, char id_out[40], char **stored,
+                                   size_t *stored_len, pp_env_err *e)
+{
+    char idfield[96], id[40], ts[40];
+    char *txt = NULL;
+    size_t tl = 0;
+    rec_view v;
+    uint8_t *blob = NULL;
+    size_t blen = 0;
+    bool given = false;
+    if (stored) {
+        *stored = NULL;
+        *stored_len = 0;
+    }
+    pp_env_status rs = rec_begin(p, env, set, &v, e);
+    if (rs != PP_ENV_OK)
+        goto out;
+    snprintf(idfield, sizeof idfield, "%sid", v.singular);
+    rs = given_id(f, idfield, id, &given, e);
+    if (rs != PP_ENV_OK)
+        goto out;
+    if (!given)
+        emu_guid(id);
+    emu_time_rfc3339(emu_clock_now(), ts, sizeof ts);
+    if (!f->m || !merge_flat(NULL, 0, f, idfield, id, ts, true, &txt, &tl))
+        rs = merge_tree(NULL, 0, f, set, idfield, id, ts, true, &txt, &tl, e);
+    if (rs == PP_ENV_OK)
+        rs = seal_text(&v, set, id, txt, tl, &blob, &blen, e);
+    if (rs == PP_ENV_OK) {
+        pthread_mutex_t *stripe = rec_stripe(p, v.env_id, set, id); /* against an upsert */
+        pthread_mutex_lock(stripe);
+        rs = rec_store(p, set, &v, id, blob, blen, true, e);
+        pthread_mutex_unlock(stripe);
+    }
+    if (rs == PP_ENV_OK) {
+        snprintf(id_out, 40, "%s", id);
+        if (stored) {
+            *stored = txt;
+            *stored_len = tl;
+            txt = NULL;
+        }
+    }
+out:
+    rec_end(&v);
+    text_free(txt, tl);
+    free(blob);
+    return rs;
+}
+
+pp_env_status pp_record_create(pp_envs_t *p, const char *env, const char *set, const json_t *row,
+                               char id_out[40], json_t **stored, pp_env_err *e)
+{
+    const rec_fields f = {.json = row};
+    char *txt = NULL;
+    size_t tl = 0;
+    if (stored)
+        *stored = NULL;
+    pp_env_status rs = record_create(p, env, set, &f, id_out, stored ? &txt : NULL, &tl, e);
+    if (txt)
+        *stored = text_to_json(txt, tl);
+    return rs;
+}
+
+pp_env_status pp_record_create_flat(pp_envs_t *p, const char *env, const char *set,
+                                    const char *text, size_t len, const emu_jmember *m, size_t n,
+                                    char id_out[40], char **stored, size_t *stored_len,
+                                    pp_env_err *e)
+{
+    const rec_fields f = {.text = text, .len = len, .m = m, .n = n};
+    return record_create(p, env, set, &f, id_out, stored, stored_len, e);
 }
 
 pp_env_status pp_record_delete(pp_envs_t *p, const char *env, const char *set, const char *id,
@@ -1273,9 +1310,7 @@ pp_env_status pp_record_list(pp_envs_t *p, const char *env, const char *set, int
                 rs = PP_ENV_ERR_CRYPTO;
                 break;
             }
-            json_t *row = json_loadb(pt, ptl, 0, NULL);
-            OPENSSL_cleanse(pt, ptl);
-            free(pt);
+            json_t *row = text_to_json(pt, ptl);
             if (row)
                 json_array_append_new(arr, row);
             n++;

@@ -232,6 +232,12 @@ bool pp_entity_singular(const char *set, char *out, size_t outlen);
  * else new. *stored (may be NULL) receives the stored row (new reference). */
 pp_env_status pp_record_create(pp_envs_t *p, const char *env, const char *set, const json_t *row,
                                char id_out[40], json_t **stored, pp_env_err *e);
+/* pp_record_create with a flat body (the POST fast path; see pp_record_update_flat). *stored
+ * (may be NULL) receives the stored row's text. */
+pp_env_status pp_record_create_flat(pp_envs_t *p, const char *env, const char *set,
+                                    const char *text, size_t len, const emu_jmember *m, size_t n,
+                                    char id_out[40], char **stored, size_t *stored_len,
+                                    pp_env_err *e);
 /* One row as stored: compact JSON text of an object, "{...}" (malloc'd, NUL-terminated after
  * *len bytes; the caller cleanses and frees it). Not parsed: the read path sends it on as it
  * is. NOT_FOUND with Dataverse's message when absent. */
