@@ -626,6 +626,15 @@ static void test_tampered_row_is_an_error(void **state)
     free(dump);
     assert_null(path_str(r.json, "name"));
     resp_clear(&r);
+    /* a page holding it is refused too, naming the row */
+    r = rec(f, env, "GET", "/api/data/v9.2/accounts", NULL, NULL);
+    assert_int_equal(r.status, 500);
+    dump = json_dumps(r.json, 0);
+    assert_null(strstr(dump ? dump : "", "secret"));
+    free(dump);
+    assert_non_null(strstr(path_str(r.json, "error.message"), id));
+    assert_null(json_object_get(r.json, "value"));
+    resp_clear(&r);
 }
 
 /* Concurrent PATCHes of one record, each adding its own field: the JSON and AES-GCM work runs

@@ -1264,20 +1264,29 @@ out:
     return rs;
 }
 
+/* One sealed row of a page, copied out of SQLite so that it is opened without locks. */
+typedef struct {
+    char id[40];
+    uint8_t *blob;
+    size_t len;
+} sealed_row;
+
 pp_env_status pp_record_list(pp_envs_t *p, const char *env, const char *set, int64_t after,
                              size_t top, json_t **rows, int64_t *next, pp_env_err *e)
 {
-    char singular[80];
-    env_rec *r = NULL;
+    rec_view v;
+    sealed_row *page = NULL;
+    size_t n = 0;
     *rows = NULL;
     *next = 0;
     if (top == 0 || top > PP_LIST_MAX)
         top = PP_LIST_MAX;
-    pthread_mutex_lock(&p->lock);
-    pp_env_status rs = usable_inlock(p, env, set, singular, sizeof singular, &r, e);
+    /* The environment's view (pp lock), the page's sealed rows (store lock), then opening
+     * them without either lock: a long page does not hold up other record operations. */
+    pp_env_status rs = rec_begin(p, env, set, &v, e);
     if (rs != PP_ENV_OK)
         goto out;
-    json_t *arr = json_array();
+    page = emu_xmalloc(top * sizeof *page);
     sqlite3 *db = emu_store_lock(p->store);
     sqlite3_stmt *st = NULL;
     bool ok = sqlite3_prepare_v2(db,
@@ -1285,9 +1294,8 @@ pp_env_status pp_record_list(pp_envs_t *p, const char *env, const char *set, int
                                  "rowid>? ORDER BY rowid LIMIT ?",
                                  -1, &st, NULL) == SQLITE_OK;
     int64_t last = 0;
-    size_t n = 0;
     if (ok) {
-        sqlite3_bind_text(st, 1, r->env.id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 1, v.env_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, set, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, after);
         sqlite3_bind_int64(st, 4, (int64_t)top + 1);
@@ -1298,39 +1306,48 @@ pp_env_status pp_record_list(pp_envs_t *p, const char *env, const char *set, int
                 break;
             }
             last = sqlite3_column_int64(st, 0);
-            char aad[200];
-            pp_record_aad(r->env.id, set, (const char *)sqlite3_column_text(st, 1), aad,
-                          sizeof aad);
-            char *pt = NULL;
-            size_t ptl = 0;
-            if (pp_open(&r->dek, aad, strlen(aad), sqlite3_column_blob(st, 2),
-                        (size_t)sqlite3_column_bytes(st, 2), &pt, &ptl) != PP_ENVELOPE_OK) {
-                snprintf(e->msg, sizeof e->msg, "Record %s of %s cannot be opened",
-                         (const char *)sqlite3_column_text(st, 1), set);
-                rs = PP_ENV_ERR_CRYPTO;
-                break;
-            }
-            json_t *row = text_to_json(pt, ptl);
-            if (row)
-                json_array_append_new(arr, row);
-            n++;
+            sealed_row *r = &page[n++];
+            snprintf(r->id, sizeof r->id, "%s", (const char *)sqlite3_column_text(st, 1));
+            r->len = (size_t)sqlite3_column_bytes(st, 2);
+            r->blob = emu_xmalloc(r->len ? r->len : 1);
+            if (r->len)
+                memcpy(r->blob, sqlite3_column_blob(st, 2), r->len);
         }
         ok = src == SQLITE_ROW || src == SQLITE_DONE;
     }
     sqlite3_finalize(st);
     emu_store_unlock(p->store);
-    if (rs == PP_ENV_OK && !ok) {
+    if (!ok) {
         snprintf(e->msg, sizeof e->msg, "cannot list records");
         rs = PP_ENV_ERR_STORE;
+        goto out;
     }
-    if (rs != PP_ENV_OK) {
-        json_decref(arr);
-        *next = 0;
-    } else {
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++) {
+        char aad[200], *pt = NULL;
+        size_t ptl = 0;
+        pp_record_aad(v.env_id, set, page[i].id, aad, sizeof aad);
+        if (pp_open(&v.dek, aad, strlen(aad), page[i].blob, page[i].len, &pt, &ptl) !=
+            PP_ENVELOPE_OK) {
+            snprintf(e->msg, sizeof e->msg, "Record %s of %s cannot be opened", page[i].id, set);
+            rs = PP_ENV_ERR_CRYPTO;
+            break;
+        }
+        json_t *row = text_to_json(pt, ptl);
+        if (row)
+            json_array_append_new(arr, row);
+    }
+    if (rs == PP_ENV_OK)
         *rows = arr;
-    }
+    else
+        json_decref(arr);
 out:
-    pthread_mutex_unlock(&p->lock);
+    if (rs != PP_ENV_OK)
+        *next = 0;
+    for (size_t i = 0; i < n; i++)
+        free(page[i].blob);
+    free(page);
+    rec_end(&v);
     return rs;
 }
 
