@@ -54,15 +54,15 @@
 #define CMKEMU_SOFTHSM_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 #endif
 
-#define HSM_MAX_MOD_BYTES 512   /* 4096-bit modulus */
-#define HSM_MAX_EXP_BYTES 8     /* public exponent fits an unsigned long */
-#define HSM_MAX_LABEL 200       /* CKA_LABEL of keys */
-#define HSM_PIN_MAX 256         /* PIN buffer incl. NUL */
+#define HSM_MAX_MOD_BYTES 512         /* 4096-bit modulus */
+#define HSM_MAX_EXP_BYTES 8           /* public exponent fits an unsigned long */
+#define HSM_MAX_LABEL 200             /* CKA_LABEL of keys */
+#define HSM_PIN_MAX 256               /* PIN buffer incl. NUL */
 #define HSM_RELOAD_AFTER_DEFAULT 1000 /* destroyed objects between module reloads */
 #define HSM_HEAL_INTERVAL 5           /* seconds between healing reloads at most */
-#define HSM_PIN_RANDOM_BYTES 16 /* generated PINs: 32 hex characters */
-#define HSM_TOKEN_LABEL_MAX 32  /* CK_TOKEN_INFO.label */
-#define HSM_POOL_MAX_IDLE 256   /* idle sessions kept; more are closed on return */
+#define HSM_PIN_RANDOM_BYTES 16       /* generated PINs: 32 hex characters */
+#define HSM_TOKEN_LABEL_MAX 32        /* CK_TOKEN_INFO.label */
+#define HSM_POOL_MAX_IDLE 256         /* idle sessions kept; more are closed on return */
 #define HSM_BACKUP_LABEL "cmkemu-backup-key"
 #define HSM_BLOB_MAGIC "CMKB1"
 #define HSM_BLOB_MAGIC_LEN 5
@@ -445,13 +445,13 @@ struct hsm {
      * starved by a steady stream of operations). */
     pthread_rwlock_t module_lock;
     int module_lock_ready;
-    char *pin;                   /* user PIN for the re-login (secure heap, cleansed at close) */
-    unsigned long reload_after;  /* destroyed objects before a reload; 0 = never */
-    atomic_ulong garbage;        /* objects destroyed since the last (re)load */
-    atomic_int reload_claimed;   /* one reloader at a time */
-    atomic_ulong reloads;        /* reloads since open (both kinds) */
-    atomic_ulong heals;          /* of which after a token failure */
-    atomic_long last_heal;       /* CLOCK_MONOTONIC seconds of the last healing reload */
+    char *pin;                  /* user PIN for the re-login (secure heap, cleansed at close) */
+    unsigned long reload_after; /* destroyed objects before a reload; 0 = never */
+    atomic_ulong garbage;       /* objects destroyed since the last (re)load */
+    atomic_int reload_claimed;  /* one reloader at a time */
+    atomic_ulong reloads;       /* reloads since open (both kinds) */
+    atomic_ulong heals;         /* of which after a token failure */
+    atomic_long last_heal;      /* CLOCK_MONOTONIC seconds of the last healing reload */
 };
 
 /* The one mutable global: 1 while an hsm_t is open in this process (see the file comment). */
@@ -1815,7 +1815,7 @@ static size_t ulong_be(unsigned long v, uint8_t out[HSM_MAX_EXP_BYTES])
 }
 
 static hsm_status op_rsa_generate(hsm_t *h, unsigned bits, unsigned long public_exponent,
-                            const char *label, uint8_t id_out[HSM_ID_LEN])
+                                  const char *label, uint8_t id_out[HSM_ID_LEN])
 {
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
     CK_ULONG mbits = bits;
@@ -1912,7 +1912,7 @@ static void objects_destroy_quiet(hsm_t *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDL
 }
 
 static hsm_status op_rsa_import(hsm_t *h, const hsm_rsa_components *c, const char *label,
-                          uint8_t id_out[HSM_ID_LEN])
+                                uint8_t id_out[HSM_ID_LEN])
 {
     enum { N, E, D, P, Q, DP, DQ, QI, NCOMP };
     hsm_status st = HSM_OK;
@@ -2095,7 +2095,7 @@ out:
 }
 
 static hsm_status op_rsa_public(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t **n, size_t *n_len,
-                          uint8_t **e, size_t *e_len)
+                                uint8_t **e, size_t *e_len)
 {
     key_ref r;
     hsm_status st;
@@ -2181,11 +2181,10 @@ static int info_cmp(const void *a, const void *b)
  * handle cache; the public wrapper calls back with no lock held. */
 static hsm_status op_key_foreach(hsm_t *h, uint8_t (**ids_out)[HSM_ID_LEN], size_t *nids_out)
 {
-    CK_OBJECT_CLASS classes[2] = {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY};
     CK_KEY_TYPE kt = CKK_RSA;
     CK_OBJECT_HANDLE *found = NULL;
     obj_info *infos = NULL;
-    size_t ninfos = 0, cap = 0, nids = 0, nb = 64;
+    size_t ninfos = 0, nfound = 0, nids = 0, nb = 64;
     uint8_t(*ids)[HSM_ID_LEN] = NULL;
     cache_entry **nbuckets = NULL, **old = NULL;
     size_t old_n = 0, count = 0;
@@ -2200,31 +2199,23 @@ static hsm_status op_key_foreach(hsm_t *h, uint8_t (**ids_out)[HSM_ID_LEN], size
     rv = session_get(h, &s);
     if (rv != CKR_OK)
         return rv_status(rv, OP_GENERIC);
-    for (int c = 0; c < 2 && rv == CKR_OK; c++) {
-        CK_ATTRIBUTE tmpl[] = {{CKA_CLASS, &classes[c], sizeof(classes[c])},
-                               {CKA_KEY_TYPE, &kt, sizeof(kt)}};
-        size_t nfound = 0;
-
-        rv = objects_find(h, s, tmpl, 2, &found, &nfound);
-        if (rv == CKR_OK && ninfos + nfound > cap) {
-            size_t ncap = ninfos + nfound;
-            obj_info *ni = realloc(infos, ncap * sizeof(*ni));
-            if (!ni)
-                rv = CKR_HOST_MEMORY;
-            else {
-                infos = ni;
-                cap = ncap;
-            }
-        }
-        for (size_t i = 0; rv == CKR_OK && i < nfound; i++) {
-            int usable = 0;
-            rv = obj_read_opt(h, s, found[i], &infos[ninfos], &usable, 0);
-            if (rv == CKR_OK && usable)
-                ninfos++;
-        }
-        free(found);
-        found = NULL;
+    /* One search for both classes: SoftHSM visits every token object on each search (and
+     * re-checks its file), so a search per class cost a whole extra pass over the token;
+     * obj_read_opt reads the class anyway. */
+    CK_ATTRIBUTE tmpl[] = {{CKA_KEY_TYPE, &kt, sizeof(kt)}};
+    rv = objects_find(h, s, tmpl, 1, &found, &nfound);
+    if (rv == CKR_OK && nfound) {
+        infos = malloc(nfound * sizeof(*infos));
+        if (!infos)
+            rv = CKR_HOST_MEMORY;
     }
+    for (size_t i = 0; rv == CKR_OK && i < nfound; i++) {
+        int usable = 0;
+        rv = obj_read_opt(h, s, found[i], &infos[ninfos], &usable, 0);
+        if (rv == CKR_OK && usable)
+            ninfos++;
+    }
+    free(found);
     session_put(h, s, rv);
     if (rv != CKR_OK) {
         st = rv_status(rv, OP_GENERIC);
@@ -2306,7 +2297,7 @@ static int enc_alg_ok(hsm_rsa_enc_alg alg)
 }
 
 static hsm_status op_rsa_encrypt(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_rsa_enc_alg alg,
-                           const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len)
+                                 const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len)
 {
     static const uint8_t empty[1] = {0};
     EVP_PKEY_CTX *pctx = NULL;
@@ -2422,7 +2413,7 @@ out:
 }
 
 static hsm_status op_rsa_decrypt(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_rsa_enc_alg alg,
-                           const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len)
+                                 const uint8_t *in, size_t in_len, uint8_t *out, size_t *out_len)
 {
     if (!h || !id || !in || !out || !out_len || !enc_alg_ok(alg))
         return HSM_ERR_ARGS;
@@ -2541,8 +2532,8 @@ static hsm_status sign_once(hsm_t *h, CK_OBJECT_HANDLE priv, const sig_info *si,
     return HSM_OK;
 }
 
-static hsm_status op_sign(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg alg, const uint8_t *digest,
-                    size_t digest_len, uint8_t *sig, size_t *sig_len)
+static hsm_status op_sign(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg alg,
+                          const uint8_t *digest, size_t digest_len, uint8_t *sig, size_t *sig_len)
 {
     sig_info si;
 
@@ -2572,7 +2563,8 @@ static hsm_status op_sign(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg al
 }
 
 static hsm_status op_verify(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg alg,
-                      const uint8_t *digest, size_t digest_len, const uint8_t *sig, size_t sig_len)
+                            const uint8_t *digest, size_t digest_len, const uint8_t *sig,
+                            size_t sig_len)
 {
     EVP_PKEY_CTX *pctx = NULL;
     hsm_status st;
@@ -2699,7 +2691,7 @@ static size_t get_u16(const uint8_t *p)
  * The private key is only present wrapped. n and e are not authenticated by the wrap; import
  * checks them against the modulus and exponent of the unwrapped private key. */
 static hsm_status op_key_export_wrapped(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t **blob,
-                                  size_t *blob_len)
+                                        size_t *blob_len)
 {
     CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
     CK_OBJECT_HANDLE wrap_key;
@@ -2812,8 +2804,8 @@ static int blob_parse(const uint8_t *blob, size_t len, blob_parts *bp)
     return 1;
 }
 
-static hsm_status op_key_import_wrapped(hsm_t *h, const uint8_t *blob, size_t blob_len, const char *label,
-                                  uint8_t id_out[HSM_ID_LEN])
+static hsm_status op_key_import_wrapped(hsm_t *h, const uint8_t *blob, size_t blob_len,
+                                        const char *label, uint8_t id_out[HSM_ID_LEN])
 {
     CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
@@ -2975,8 +2967,7 @@ static CK_RV slot_by_label(hsm_t *h, CK_FUNCTION_LIST *fl, CK_SLOT_ID *out)
     memcpy(want, h->token_label, len < sizeof(want) ? len : sizeof(want));
     for (CK_ULONG i = 0; i < n; i++) {
         CK_TOKEN_INFO ti;
-        if (fl->C_GetTokenInfo(slots[i], &ti) == CKR_OK &&
-            (ti.flags & CKF_TOKEN_INITIALIZED) &&
+        if (fl->C_GetTokenInfo(slots[i], &ti) == CKR_OK && (ti.flags & CKF_TOKEN_INITIALIZED) &&
             memcmp(ti.label, want, sizeof(want)) == 0) {
             *out = slots[i];
             return CKR_OK;
@@ -3096,29 +3087,29 @@ static int heal(hsm_t *h, hsm_status st, CK_RV rv)
 }
 
 /* The body of a public operation: call runs under the module lock (read side). */
-#define LOCKED(h, call)                                                                       \
-    do {                                                                                      \
-        if (!(h))                                                                             \
-            return HSM_ERR_ARGS;                                                              \
-        op_enter(h);                                                                          \
-        hsm_status st_ = (call);                                                              \
-        op_leave(h);                                                                          \
-        return st_;                                                                           \
+#define LOCKED(h, call)                                                                            \
+    do {                                                                                           \
+        if (!(h))                                                                                  \
+            return HSM_ERR_ARGS;                                                                   \
+        op_enter(h);                                                                               \
+        hsm_status st_ = (call);                                                                   \
+        op_leave(h);                                                                               \
+        return st_;                                                                                \
     } while (0)
 
 /* The same for operations that create or destroy token objects: healed and retried once. */
-#define LOCKED_HEALED(h, call)                                                                \
-    do {                                                                                      \
-        if (!(h))                                                                             \
-            return HSM_ERR_ARGS;                                                              \
-        for (int attempt_ = 0;; attempt_++) {                                                 \
-            op_enter(h);                                                                      \
-            hsm_status st_ = (call);                                                          \
-            CK_RV rv_ = last_failed_rv;                                                       \
-            op_leave(h);                                                                      \
-            if (st_ == HSM_OK || attempt_ > 0 || !heal((h), st_, rv_))                        \
-                return st_;                                                                   \
-        }                                                                                     \
+#define LOCKED_HEALED(h, call)                                                                     \
+    do {                                                                                           \
+        if (!(h))                                                                                  \
+            return HSM_ERR_ARGS;                                                                   \
+        for (int attempt_ = 0;; attempt_++) {                                                      \
+            op_enter(h);                                                                           \
+            hsm_status st_ = (call);                                                               \
+            CK_RV rv_ = last_failed_rv;                                                            \
+            op_leave(h);                                                                           \
+            if (st_ == HSM_OK || attempt_ > 0 || !heal((h), st_, rv_))                             \
+                return st_;                                                                        \
+        }                                                                                          \
     } while (0)
 
 hsm_status hsm_rsa_generate(hsm_t *h, unsigned bits, unsigned long public_exponent,
@@ -3133,8 +3124,8 @@ hsm_status hsm_rsa_import(hsm_t *h, const hsm_rsa_components *c, const char *lab
     LOCKED_HEALED(h, op_rsa_import(h, c, label, id_out));
 }
 
-hsm_status hsm_key_import_wrapped(hsm_t *h, const uint8_t *blob, size_t blob_len,
-                                  const char *label, uint8_t id_out[HSM_ID_LEN])
+hsm_status hsm_key_import_wrapped(hsm_t *h, const uint8_t *blob, size_t blob_len, const char *label,
+                                  uint8_t id_out[HSM_ID_LEN])
 {
     LOCKED_HEALED(h, op_key_import_wrapped(h, blob, blob_len, label, id_out));
 }

@@ -795,7 +795,8 @@ static void hsm_import_openssl_key(void **state)
     assert_int_equal(hsm_rsa_encrypt(f->h, id1, HSM_RSA_OAEP_SHA256, msg, sizeof(msg), ct, &ct_len),
                      HSM_OK);
     assert_int_equal(hsm_testing_cached_pkeys(f->h), pkeys0 + 1);
-    assert_int_equal(hsm_rsa_decrypt(f->h, id1, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len), HSM_OK);
+    assert_int_equal(hsm_rsa_decrypt(f->h, id1, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
+                     HSM_OK);
     assert_memory_equal(pt, msg, sizeof(msg));
     assert_int_equal(hsm_key_destroy(f->h, gen), HSM_OK);
     for (size_t ai = 0; ai < 3; ai++) {
@@ -1042,6 +1043,89 @@ static void hsm_handle_cache_avoids_searches(void **state)
                      HSM_OK);
     hsm_get_stats(f->h, &s2);
     assert_int_equal(s2.find_objects, s1.find_objects);
+}
+
+/* A raw RW session on the emulator's token (the user is logged in for the whole process). */
+static CK_SESSION_HANDLE raw_session(CK_FUNCTION_LIST *fl)
+{
+    CK_SLOT_ID slots[8];
+    CK_ULONG n = 8;
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+
+    assert_int_equal(fl->C_GetSlotList(CK_TRUE, slots, &n), CKR_OK);
+    assert_true(n >= 1);
+    assert_int_equal(
+        fl->C_OpenSession(slots[0], CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s), CKR_OK);
+    return s;
+}
+
+/* Data directories written before public halves became session objects hold them as token
+ * objects: the listing (one search for both classes) must find them, alone or with their
+ * private half, and such a pair is still one key. */
+static void hsm_listing_finds_public_token_objects(void **state)
+{
+    fixture *f = *state;
+    uint8_t *n = NULL, *e = NULL, ct[512], pt[512];
+    size_t n_len = 0, e_len = 0, ct_len = 0, pt_len = 0;
+    static const uint8_t msg[16] = "public on token";
+    CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+    CK_KEY_TYPE kt = CKK_RSA;
+    CK_BBOOL yes = CK_TRUE;
+    uint8_t lone[HSM_ID_LEN];
+    CK_OBJECT_HANDLE o[2];
+
+    assert_int_equal(hsm_rsa_public(f->h, f->k2048, &n, &n_len, &e, &e_len), HSM_OK);
+    memset(lone, 0xa5, sizeof(lone));
+    int before = probe(f->h, NULL).count;
+    CK_FUNCTION_LIST *fl = hsm_testing_get_functions(f->h);
+    CK_SESSION_HANDLE s = raw_session(fl);
+    for (int i = 0; i < 2; i++) {
+        CK_ATTRIBUTE t[] = {
+            {CKA_CLASS, &cls, sizeof(cls)},
+            {CKA_KEY_TYPE, &kt, sizeof(kt)},
+            {CKA_TOKEN, &yes, sizeof(yes)},
+            {CKA_ENCRYPT, &yes, sizeof(yes)},
+            {CKA_ID, i == 0 ? f->k2048 : lone, HSM_ID_LEN},
+            {CKA_MODULUS, n, n_len},
+            {CKA_PUBLIC_EXPONENT, e, e_len},
+        };
+        assert_int_equal(fl->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), &o[i]), CKR_OK);
+    }
+    assert_int_equal(fl->C_CloseSession(s), CKR_OK);
+    reopen(f);
+    /* the pair is one key, the lone public half another */
+    foreach_probe p = probe(f->h, lone);
+    assert_int_equal(p.found, 1);
+    assert_int_equal(p.count, before + 1);
+    assert_int_equal(probe(f->h, f->k2048).found, 1);
+    /* the pair still works both ways; the lone half encrypts */
+    assert_int_equal(
+        hsm_rsa_encrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA256, msg, sizeof(msg), ct, &ct_len),
+        HSM_OK);
+    assert_int_equal(hsm_rsa_decrypt(f->h, f->k2048, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
+                     HSM_OK);
+    assert_memory_equal(pt, msg, sizeof(msg));
+    assert_int_equal(
+        hsm_rsa_encrypt(f->h, lone, HSM_RSA_OAEP_SHA256, msg, sizeof(msg), ct, &ct_len), HSM_OK);
+    /* leave the token as it was: the extra public objects go */
+    fl = hsm_testing_get_functions(f->h);
+    s = raw_session(fl);
+    for (int i = 0; i < 2; i++) {
+        CK_ATTRIBUTE q[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                            {CKA_ID, i == 0 ? f->k2048 : lone, HSM_ID_LEN}};
+        CK_OBJECT_HANDLE h;
+        CK_ULONG got = 0;
+        assert_int_equal(fl->C_FindObjectsInit(s, q, 2), CKR_OK);
+        assert_int_equal(fl->C_FindObjects(s, &h, 1, &got), CKR_OK);
+        assert_int_equal(fl->C_FindObjectsFinal(s), CKR_OK);
+        assert_int_equal(got, 1);
+        assert_int_equal(fl->C_DestroyObject(s, h), CKR_OK);
+    }
+    assert_int_equal(fl->C_CloseSession(s), CKR_OK);
+    reopen(f);
+    assert_int_equal(probe(f->h, NULL).count, before);
+    free(n);
+    free(e);
 }
 
 static void hsm_random_from_token(void **state)
@@ -1470,6 +1554,7 @@ int main(void)
         cmocka_unit_test(hsm_backup_export_import_roundtrip),
         cmocka_unit_test(hsm_two_threads_decrypt_concurrently),
         cmocka_unit_test(hsm_handle_cache_avoids_searches),
+        cmocka_unit_test(hsm_listing_finds_public_token_objects),
         cmocka_unit_test(hsm_random_from_token),
         cmocka_unit_test(hsm_injected_token_faults_map_to_status),
         cmocka_unit_test(hsm_reload_keeps_keys_and_drops_stale_handles),
