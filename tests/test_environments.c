@@ -935,6 +935,78 @@ static void test_post_text_create_matches_tree_create(void **state)
     resp_clear(&r);
 }
 
+/* The answer's "@odata.context" is the server's (path_str would split the key at its dot). */
+static bool odata_context_is_ours(const json_t *j)
+{
+    const char *c = json_string_value(json_object_get(j, "@odata.context"));
+    return c && !strncmp(c, "https://", 8);
+}
+
+/* What the flat path keeps as written must not change what is accepted or answered: the
+ * size limit is on the normalised row, and "@odata.context" in a body is not stored (the
+ * answer's own is spliced in, never twice). */
+static void test_flat_writes_limit_and_annotations(void **state)
+{
+    fixture *f = *state;
+    char env[40];
+    create_env(f, "Flat edges", "Production", env);
+    /* 50,000 escaped é: 300 KB as written, 100 KB stored */
+    size_t n = 50000;
+    char *body = malloc(n * 6 + 64);
+    assert_non_null(body);
+    char *w = body + sprintf(body, "{\"name\":\"");
+    for (size_t i = 0; i < n; i++)
+        w += sprintf(w, "\\u00e9");
+    strcpy(w, "\"}");
+    resp r = rec(f, env, "POST", "/api/data/v9.2/accounts", body, "return=representation");
+    assert_int_equal(r.status, 201);
+    assert_int_equal(strlen(path_str(r.json, "name")), 2 * n);
+    char id[40];
+    snprintf(id, sizeof id, "%s", path_str(r.json, "accountid"));
+    resp_clear(&r);
+    char uri[128];
+    snprintf(uri, sizeof uri, "/api/data/v9.2/accounts(%s)", id);
+    r = rec(f, env, "PATCH", uri, body, NULL);
+    assert_int_equal(r.status, 204);
+    resp_clear(&r);
+    /* over the limit as stored: refused, nothing written */
+    memset(body, 'a', 270000);
+    memcpy(body, "{\"big\":\"", 8);
+    strcpy(body + 270000, "\"}");
+    r = rec(f, env, "PATCH", uri, body, NULL);
+    assert_int_equal(r.status, 400);
+    assert_non_null(strstr(path_str(r.json, "error.message"), "larger than"));
+    resp_clear(&r);
+    free(body);
+    r = rec(f, env, "GET", uri, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_null(json_object_get(r.json, "big"));
+    resp_clear(&r);
+    /* "@odata.context" in a body, flat and nested: one in the answer, the server's */
+    static const char *const annotated[] = {
+        "{\"@odata.context\":\"x\",\"name\":\"flat\"}",
+        "{\"@odata.context\":\"x\",\"address\":{\"city\":\"Oslo\"}}",
+    };
+    for (int i = 0; i < 2; i++) {
+        r = rec(f, env, "POST", "/api/data/v9.2/accounts", annotated[i], "return=representation");
+        assert_int_equal(r.status, 201);
+        assert_non_null(r.json); /* parsed strictly: never a key twice */
+        assert_true(odata_context_is_ours(r.json));
+        snprintf(uri, sizeof uri, "/api/data/v9.2/accounts(%s)", path_str(r.json, "accountid"));
+        resp_clear(&r);
+        r = rec(f, env, "PATCH", uri, "{\"@odata.context\":\"y\",\"n\":1}",
+                "return=representation");
+        assert_int_equal(r.status, 200);
+        assert_non_null(r.json);
+        assert_true(odata_context_is_ours(r.json));
+        resp_clear(&r);
+        r = rec(f, env, "GET", uri, NULL, NULL);
+        assert_non_null(r.json);
+        assert_true(odata_context_is_ours(r.json));
+        resp_clear(&r);
+    }
+}
+
 static void test_world(void **state)
 {
     fixture *f = *state;
@@ -989,6 +1061,7 @@ int main(void)
         cmocka_unit_test(test_tampered_row_is_an_error),
         cmocka_unit_test(test_patch_text_merge_matches_tree_merge),
         cmocka_unit_test(test_post_text_create_matches_tree_create),
+        cmocka_unit_test(test_flat_writes_limit_and_annotations),
         cmocka_unit_test(test_concurrent_patches_keep_every_field),
         cmocka_unit_test(test_world),
     };

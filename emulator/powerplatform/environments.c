@@ -961,14 +961,15 @@ typedef struct {
  * being the body's, then the id field, createdon (a new row only) and modifiedon; a member
  * the row had not is appended, in that order. That is what json_object_update and
  * json_object_set_new gave on the parsed rows (jansson keeps insertion order), with every
- * key and value as it was written. false when the stored row is not flat: the tree merge
- * takes it then. */
+ * key and value as it was written; "@odata.context" is dropped. false when the stored row
+ * is not flat, the members are more than the scan takes, or the text is over PP_RECORD_MAX:
+ * the tree merge takes it then. */
 static bool merge_flat(const char *pt, size_t ptl, const rec_fields *f, const char *idfield,
                        const char *lid, const char *ts, bool created, char **txt, size_t *tl)
 {
     emu_jmember row[2 * EMU_JFLAT_MAX + 3];
     size_t nr = 0;
-    if (pt && !emu_jflat_scan(pt, ptl, row, EMU_JFLAT_MAX, &nr))
+    if (f->n > EMU_JFLAT_MAX || (pt && !emu_jflat_scan(pt, ptl, row, EMU_JFLAT_MAX, &nr)))
         return false;
     char idval[48], tsval[48];
     snprintf(idval, sizeof idval, "\"%s\"", lid);
@@ -992,7 +993,18 @@ static bool merge_flat(const char *pt, size_t ptl, const rec_fields *f, const ch
             row[nr++] = *o;
         }
     }
+    /* "@odata.context" is the answer's annotation (spliced in when a row is sent), not data */
+    static const emu_jmember ctx = {"@odata.context", 14, NULL, 0, false};
+    size_t kept = 0;
+    for (size_t j = 0; j < nr; j++)
+        if (!emu_jflat_key_eq(&row[j], &ctx))
+            row[kept++] = row[j];
+    nr = kept;
     *tl = emu_jflat_size(row, nr);
+    /* values are kept as written, escapes too: the size limit is judged on the tree merge's
+     * normalised text when this one is over it */
+    if (*tl > PP_RECORD_MAX)
+        return false;
     *txt = emu_xmalloc(*tl + 1);
     emu_jflat_write(row, nr, *txt);
     (*txt)[*tl] = '\0';
@@ -1017,6 +1029,7 @@ static pp_env_status merge_tree(const char *pt, size_t ptl, const rec_fields *f,
         rs = PP_ENV_ERR_BAD_PARAM;
     } else {
         json_object_update(row, fields);
+        json_object_del(row, "@odata.context"); /* as merge_flat */
         json_object_set_new(row, idfield, json_string(lid));
         if (created)
             json_object_set_new(row, "createdon", json_string(ts));
@@ -1327,8 +1340,11 @@ pp_env_status pp_record_list(pp_envs_t *p, const char *env, const char *set, int
         char aad[200], *pt = NULL;
         size_t ptl = 0;
         pp_record_aad(v.env_id, set, page[i].id, aad, sizeof aad);
-        if (pp_open(&v.dek, aad, strlen(aad), page[i].blob, page[i].len, &pt, &ptl) !=
-            PP_ENVELOPE_OK) {
+        pp_envelope_status es =
+            pp_open(&v.dek, aad, strlen(aad), page[i].blob, page[i].len, &pt, &ptl);
+        free(page[i].blob); /* as the rows are parsed: not the whole page twice */
+        page[i].blob = NULL;
+        if (es != PP_ENVELOPE_OK) {
             snprintf(e->msg, sizeof e->msg, "Record %s of %s cannot be opened", page[i].id, set);
             rs = PP_ENV_ERR_CRYPTO;
             break;
