@@ -951,13 +951,17 @@ static void test_flat_writes_limit_and_annotations(void **state)
     char env[40];
     create_env(f, "Flat edges", "Production", env);
     /* 50,000 escaped é: 300 KB as written, 100 KB stored */
-    size_t n = 50000;
-    char *body = malloc(n * 6 + 64);
+    static const char head[] = "{\"name\":\"", esc[] = "\\u00e9", tail[] = "\"}";
+    size_t n = 50000, cap = n * 6 + 64;
+    char *body = malloc(cap);
     assert_non_null(body);
-    char *w = body + sprintf(body, "{\"name\":\"");
-    for (size_t i = 0; i < n; i++)
-        w += sprintf(w, "\\u00e9");
-    strcpy(w, "\"}");
+    size_t len = 0;
+    memcpy(body, head, sizeof head - 1);
+    len += sizeof head - 1;
+    for (size_t i = 0; i < n; i++, len += sizeof esc - 1)
+        memcpy(body + len, esc, sizeof esc - 1);
+    assert_true(len + sizeof tail <= cap);
+    memcpy(body + len, tail, sizeof tail); /* with its NUL */
     resp r = rec(f, env, "POST", "/api/data/v9.2/accounts", body, "return=representation");
     assert_int_equal(r.status, 201);
     assert_int_equal(strlen(path_str(r.json, "name")), 2 * n);
@@ -970,9 +974,10 @@ static void test_flat_writes_limit_and_annotations(void **state)
     assert_int_equal(r.status, 204);
     resp_clear(&r);
     /* over the limit as stored: refused, nothing written */
+    assert_true(270000 + sizeof tail <= cap);
     memset(body, 'a', 270000);
     memcpy(body, "{\"big\":\"", 8);
-    strcpy(body + 270000, "\"}");
+    memcpy(body + 270000, tail, sizeof tail);
     r = rec(f, env, "PATCH", uri, body, NULL);
     assert_int_equal(r.status, 400);
     assert_non_null(strstr(path_str(r.json, "error.message"), "larger than"));
