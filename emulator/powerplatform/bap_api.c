@@ -458,15 +458,6 @@ static void entity_context(emu_req *req, const rec_target *t, char *ctx, size_t 
     snprintf(ctx, cap, "%s" ODATA "$metadata#%s/$entity", emu_req_base_url(req), t->set);
 }
 
-static void send_row(emu_req *req, const rec_target *t, int status, json_t *row)
-{
-    char ctx[512];
-    entity_context(req, t, ctx, sizeof ctx);
-    json_object_set_new(row, "@odata.context", json_string(ctx));
-    emu_resp_header_add(req, "OData-Version", "4.0");
-    emu_send_json(req, status, row);
-}
-
 /* 200 with a stored row as it is, "@odata.context" spliced in first: no parse and no
  * re-serialisation of the row. text is "{...}" as pp_record_get_text gives it; it is cleansed
  * and freed here. */
@@ -512,13 +503,39 @@ static bool wants_representation(emu_req *req)
     return p && strstr(p, "return=representation");
 }
 
-static json_t *row_body(emu_req *req)
+/* A record write's body: a flat object as text and members (m holds EMU_JFLAT_MAX), else
+ * parsed (*tree, which the caller frees). false: answered 400. */
+static bool rec_body(emu_req *req, pp_record_body *b, emu_jmember *m, json_t **tree)
 {
+    *b = (pp_record_body){0};
+    *tree = NULL;
+    if (req->max_json_depth >= 1 &&
+        emu_jflat_scan(req->body, req->body_len, m, EMU_JFLAT_MAX, &b->n)) {
+        b->text = req->body;
+        b->len = req->body_len;
+        b->m = m;
+        return true;
+    }
     char jerr[256];
-    json_t *b = emu_req_json(req, false, jerr, sizeof jerr);
-    if (!b)
+    *tree = emu_req_json(req, false, jerr, sizeof jerr);
+    if (!*tree)
         odata_error(req, 400, "0x80040203", jerr);
-    return b;
+    b->json = *tree;
+    return *tree != NULL;
+}
+
+/* The answer to a stored write: the row's URL, then the row (text, as stored; status) when
+ * representation was asked, else 204. */
+static void send_written(emu_req *req, const rec_target *t, const char *id, int status, char *text,
+                         size_t len)
+{
+    emu_resp_header_add(req, "OData-EntityId", entity_url(req, t, id));
+    if (text) {
+        send_row_text(req, t, status, text, len);
+    } else {
+        emu_resp_header_add(req, "OData-Version", "4.0");
+        emu_send_empty(req, 204);
+    }
 }
 
 static void h_rec_post(emu_req *req, void *ud)
@@ -532,43 +549,21 @@ static void h_rec_post(emu_req *req, void *ud)
                     "POST creates rows on the entity set URL, not on a row.");
         return;
     }
-    char id[40];
-    char *text = NULL;
-    size_t len = 0;
-    bool repr = wants_representation(req);
-    pp_env_err e = {{0}};
-    pp_env_status st;
-    /* A flat body is stored as text, as in h_rec_patch. */
     emu_jmember m[EMU_JFLAT_MAX];
-    size_t nm = 0;
-    if (req->max_json_depth >= 1 &&
-        emu_jflat_scan(req->body, req->body_len, m, EMU_JFLAT_MAX, &nm)) {
-        st = pp_record_create_flat(c->envs, t.env, t.set, req->body, req->body_len, m, nm, id,
-                                   repr ? &text : NULL, &len, &e);
-    } else {
-        json_t *b = row_body(req);
-        if (!b)
-            return;
-        json_t *row = NULL;
-        st = pp_record_create(c->envs, t.env, t.set, b, id, repr ? &row : NULL, &e);
-        json_decref(b);
-        if (row) {
-            text = json_dumps(row, JSON_COMPACT);
-            len = text ? strlen(text) : 0;
-            json_decref(row);
-        }
-    }
-    if (st != PP_ENV_OK) {
-        send_record_error(req, st, &e);
+    pp_record_body b;
+    json_t *tree;
+    if (!rec_body(req, &b, m, &tree))
         return;
-    }
-    emu_resp_header_add(req, "OData-EntityId", entity_url(req, &t, id));
-    if (repr && text) {
-        send_row_text(req, &t, 201, text, len);
-    } else {
-        emu_resp_header_add(req, "OData-Version", "4.0");
-        emu_send_empty(req, 204);
-    }
+    char id[40], *text = NULL;
+    size_t len = 0;
+    pp_env_err e = {{0}};
+    pp_env_status st = pp_record_create(c->envs, t.env, t.set, &b, id,
+                                        wants_representation(req) ? &text : NULL, &len, &e);
+    json_decref(tree);
+    if (st != PP_ENV_OK)
+        send_record_error(req, st, &e);
+    else
+        send_written(req, &t, id, 201, text, len);
 }
 
 static void h_rec_get(emu_req *req, void *ud)
@@ -633,53 +628,25 @@ static void h_rec_patch(emu_req *req, void *ud)
     }
     const char *im = emu_req_header(req, "If-Match");
     bool must_exist = im && !strcmp(im, "*");
-    bool created = false;
-    pp_env_err e = {{0}};
-    char lid[40];
-    emu_lower_copy(lid, sizeof lid, t.id);
-    /* A flat body (scalars only, the usual record) is merged as text: no JSON tree. */
     emu_jmember m[EMU_JFLAT_MAX];
-    size_t nm = 0;
-    if (req->max_json_depth >= 1 &&
-        emu_jflat_scan(req->body, req->body_len, m, EMU_JFLAT_MAX, &nm)) {
-        char *text = NULL;
-        size_t len = 0;
-        bool repr = wants_representation(req);
-        pp_env_status st =
-            pp_record_update_flat(c->envs, t.env, t.set, t.id, req->body, req->body_len, m, nm,
-                                  must_exist, &created, repr ? &text : NULL, &len, &e);
-        if (st != PP_ENV_OK) {
-            send_record_error(req, st, &e);
-            return;
-        }
-        emu_resp_header_add(req, "OData-EntityId", entity_url(req, &t, lid));
-        if (repr) {
-            send_row_text(req, &t, created ? 201 : 200, text, len);
-        } else {
-            emu_resp_header_add(req, "OData-Version", "4.0");
-            emu_send_empty(req, 204);
-        }
+    pp_record_body b;
+    json_t *tree;
+    if (!rec_body(req, &b, m, &tree))
         return;
-    }
-    json_t *b = row_body(req);
-    if (!b)
-        return;
-    json_t *row = NULL;
-    bool repr = wants_representation(req);
-    pp_env_status st = pp_record_update(c->envs, t.env, t.set, t.id, b, must_exist, &created,
-                                        repr ? &row : NULL, &e);
-    json_decref(b);
+    bool created = false;
+    char *text = NULL;
+    size_t len = 0;
+    pp_env_err e = {{0}};
+    pp_env_status st = pp_record_update(c->envs, t.env, t.set, t.id, &b, must_exist, &created,
+                                        wants_representation(req) ? &text : NULL, &len, &e);
+    json_decref(tree);
     if (st != PP_ENV_OK) {
         send_record_error(req, st, &e);
         return;
     }
-    emu_resp_header_add(req, "OData-EntityId", entity_url(req, &t, lid));
-    if (repr && row) {
-        send_row(req, &t, created ? 201 : 200, row);
-    } else {
-        emu_resp_header_add(req, "OData-Version", "4.0");
-        emu_send_empty(req, 204);
-    }
+    char lid[40];
+    emu_lower_copy(lid, sizeof lid, t.id);
+    send_written(req, &t, lid, created ? 201 : 200, text, len);
 }
 
 static void h_rec_delete(emu_req *req, void *ud)

@@ -808,14 +808,6 @@ static void text_free(char *t, size_t n)
     }
 }
 
-/* A row's text as a new jansson object (NULL if it is not JSON); the text is freed. */
-static json_t *text_to_json(char *t, size_t n)
-{
-    json_t *j = t ? json_loadb(t, n, 0, NULL) : NULL;
-    text_free(t, n);
-    return j;
-}
-
 /* Reads and opens one row (no pp lock needed: the store lock guards the statement): *pt
  * receives its stored text, compact JSON of an object (malloc'd; the caller cleanses and frees
  * it). NOT_FOUND when absent. */
@@ -947,15 +939,6 @@ pp_env_status pp_record_get_text(pp_envs_t *p, const char *env, const char *set,
     return rs;
 }
 
-/* What a PATCH merges into a row: a jansson object, or a flat body as text and members. */
-typedef struct {
-    const json_t *json;
-    const char *text;
-    size_t len;
-    const emu_jmember *m;
-    size_t n;
-} rec_fields;
-
 /* The merge of a PATCH, as text (no JSON tree): the stored row's members (none for a new
  * row) in their order, each replaced in place by a later member of the same key, those
  * being the body's, then the id field, createdon (a new row only) and modifiedon; a member
@@ -964,7 +947,7 @@ typedef struct {
  * key and value as it was written; "@odata.context" is dropped. false when the stored row
  * is not flat, the members are more than the scan takes, or the text is over PP_RECORD_MAX:
  * the tree merge takes it then. */
-static bool merge_flat(const char *pt, size_t ptl, const rec_fields *f, const char *idfield,
+static bool merge_flat(const char *pt, size_t ptl, const pp_record_body *f, const char *idfield,
                        const char *lid, const char *ts, bool created, char **txt, size_t *tl)
 {
     emu_jmember row[2 * EMU_JFLAT_MAX + 3];
@@ -1012,9 +995,9 @@ static bool merge_flat(const char *pt, size_t ptl, const rec_fields *f, const ch
 }
 
 /* The same merge on jansson trees: for fields given as an object, or rows that are not flat. */
-static pp_env_status merge_tree(const char *pt, size_t ptl, const rec_fields *f, const char *set,
-                                const char *idfield, const char *lid, const char *ts, bool created,
-                                char **txt, size_t *tl, pp_env_err *e)
+static pp_env_status merge_tree(const char *pt, size_t ptl, const pp_record_body *f,
+                                const char *set, const char *idfield, const char *lid,
+                                const char *ts, bool created, char **txt, size_t *tl, pp_env_err *e)
 {
     pp_env_status rs = PP_ENV_OK;
     json_t *row = pt ? json_loadb(pt, ptl, 0, NULL) : json_object();
@@ -1049,9 +1032,9 @@ static pp_env_status merge_tree(const char *pt, size_t ptl, const rec_fields *f,
 
 /* Upsert (or update, must_exist) of one row: read, open, merge, seal and store under the
  * row's stripe lock. *stored (may be NULL) receives the stored text. */
-static pp_env_status record_update(pp_envs_t *p, const char *env, const char *set, const char *id,
-                                   const rec_fields *f, bool must_exist, bool *created,
-                                   char **stored, size_t *stored_len, pp_env_err *e)
+pp_env_status pp_record_update(pp_envs_t *p, const char *env, const char *set, const char *id,
+                               const pp_record_body *f, bool must_exist, bool *created,
+                               char **stored, size_t *stored_len, pp_env_err *e)
 {
     char idfield[96], lid[40], ts[40];
     char *pt = NULL, *txt = NULL;
@@ -1109,35 +1092,10 @@ out:
     return rs;
 }
 
-pp_env_status pp_record_update(pp_envs_t *p, const char *env, const char *set, const char *id,
-                               const json_t *fields, bool must_exist, bool *created,
-                               json_t **stored, pp_env_err *e)
-{
-    const rec_fields f = {.json = fields};
-    char *txt = NULL;
-    size_t tl = 0;
-    if (stored)
-        *stored = NULL;
-    pp_env_status rs =
-        record_update(p, env, set, id, &f, must_exist, created, stored ? &txt : NULL, &tl, e);
-    if (txt)
-        *stored = text_to_json(txt, tl);
-    return rs;
-}
-
-pp_env_status pp_record_update_flat(pp_envs_t *p, const char *env, const char *set, const char *id,
-                                    const char *text, size_t len, const emu_jmember *m, size_t n,
-                                    bool must_exist, bool *created, char **stored,
-                                    size_t *stored_len, pp_env_err *e)
-{
-    const rec_fields f = {.text = text, .len = len, .m = m, .n = n};
-    return record_update(p, env, set, id, &f, must_exist, created, stored, stored_len, e);
-}
-
 /* The id a new row's body gives in its id field: *given false when the field is absent or
  * null; 400 when it is anything but a GUID string. */
-static pp_env_status given_id(const rec_fields *f, const char *idfield, char id[40], bool *given,
-                              pp_env_err *e)
+static pp_env_status given_id(const pp_record_body *f, const char *idfield, char id[40],
+                              bool *given, pp_env_err *e)
 {
     json_t *own = NULL;
     const json_t *g = NULL;
@@ -1167,9 +1125,9 @@ static pp_env_status given_id(const rec_fields *f, const char *idfield, char id[
 /* Creates a row: the body's members in order, the id field (the given GUID, lower-cased, or
  * a new one), createdon and modifiedon, merged as text when the body is flat. *stored (may be
  * NULL) receives the stored text. */
-static pp_env_status record_create(pp_envs_t *p, const char *env, const char *set,
-                                   const rec_fields *f, char id_out[40], char **stored,
-                                   size_t *stored_len, pp_env_err *e)
+pp_env_status pp_record_create(pp_envs_t *p, const char *env, const char *set,
+                               const pp_record_body *f, char id_out[40], char **stored,
+                               size_t *stored_len, pp_env_err *e)
 {
     char idfield[96], id[40], ts[40];
     char *txt = NULL;
@@ -1215,29 +1173,6 @@ out:
     text_free(txt, tl);
     free(blob);
     return rs;
-}
-
-pp_env_status pp_record_create(pp_envs_t *p, const char *env, const char *set, const json_t *row,
-                               char id_out[40], json_t **stored, pp_env_err *e)
-{
-    const rec_fields f = {.json = row};
-    char *txt = NULL;
-    size_t tl = 0;
-    if (stored)
-        *stored = NULL;
-    pp_env_status rs = record_create(p, env, set, &f, id_out, stored ? &txt : NULL, &tl, e);
-    if (txt)
-        *stored = text_to_json(txt, tl);
-    return rs;
-}
-
-pp_env_status pp_record_create_flat(pp_envs_t *p, const char *env, const char *set,
-                                    const char *text, size_t len, const emu_jmember *m, size_t n,
-                                    char id_out[40], char **stored, size_t *stored_len,
-                                    pp_env_err *e)
-{
-    const rec_fields f = {.text = text, .len = len, .m = m, .n = n};
-    return record_create(p, env, set, &f, id_out, stored, stored_len, e);
 }
 
 pp_env_status pp_record_delete(pp_envs_t *p, const char *env, const char *set, const char *id,
@@ -1349,7 +1284,8 @@ pp_env_status pp_record_list(pp_envs_t *p, const char *env, const char *set, int
             rs = PP_ENV_ERR_CRYPTO;
             break;
         }
-        json_t *row = text_to_json(pt, ptl);
+        json_t *row = json_loadb(pt, ptl, 0, NULL);
+        text_free(pt, ptl);
         if (row)
             json_array_append_new(arr, row);
     }
@@ -1406,7 +1342,8 @@ bool pp_envs_world_apply(pp_envs_t *p, json_t *world, char *err, size_t errlen)
             {
                 char id[40];
                 if (!json_is_object(row) ||
-                    pp_record_create(p, env.id, set, row, id, NULL, &e) != PP_ENV_OK) {
+                    pp_record_create(p, env.id, set, &(pp_record_body){.json = row}, id, NULL, NULL,
+                                     &e) != PP_ENV_OK) {
                     snprintf(err, errlen, "environments[%zu].records.%s[%zu]: %s", i, set, j,
                              json_is_object(row) ? e.msg : "not an object");
                     return false;

@@ -228,33 +228,33 @@ pp_env_status pp_env_with_dek(pp_envs_t *p, const char *env, pp_env_dek_fn fn, v
 /* "accounts" -> "account", "opportunities" -> "opportunity"; false when not [a-z0-9_]{1,64}. */
 bool pp_entity_singular(const char *set, char *out, size_t outlen);
 
-/* Creates a row in entity set `set`. The id is the row's "{singular}id" when given (a GUID),
- * else new. *stored (may be NULL) receives the stored row (new reference). */
-pp_env_status pp_record_create(pp_envs_t *p, const char *env, const char *set, const json_t *row,
-                               char id_out[40], json_t **stored, pp_env_err *e);
-/* pp_record_create with a flat body (the POST fast path; see pp_record_update_flat). *stored
- * (may be NULL) receives the stored row's text. */
-pp_env_status pp_record_create_flat(pp_envs_t *p, const char *env, const char *set,
-                                    const char *text, size_t len, const emu_jmember *m, size_t n,
-                                    char id_out[40], char **stored, size_t *stored_len,
-                                    pp_env_err *e);
 /* One row as stored: compact JSON text of an object, "{...}" (malloc'd, NUL-terminated after
  * *len bytes; the caller cleanses and frees it). Not parsed: the read path sends it on as it
  * is. NOT_FOUND with Dataverse's message when absent. */
 pp_env_status pp_record_get_text(pp_envs_t *p, const char *env, const char *set, const char *id,
                                  char **text, size_t *len, pp_env_err *e);
-/* Merges the fields into the row (upsert unless must_exist). *created says which. */
+/* What a record write carries: a parsed object (json), or a flat body as text with its
+ * members as emu_jflat_scan gave them (m[0..n), at most EMU_JFLAT_MAX): that one is merged
+ * as text, no JSON tree, values kept as they were written (core/jflat.h). */
+typedef struct {
+    const json_t *json;
+    const char *text;
+    size_t len;
+    const emu_jmember *m;
+    size_t n;
+} pp_record_body;
+
+/* Creates a row in entity set `set`: the body's members in order, then "{singular}id" (the
+ * body's GUID, lower-cased, or a new one), createdon and modifiedon. *stored (may be NULL)
+ * receives the stored row's text, as pp_record_get_text gives it. */
+pp_env_status pp_record_create(pp_envs_t *p, const char *env, const char *set,
+                               const pp_record_body *b, char id_out[40], char **stored,
+                               size_t *stored_len, pp_env_err *e);
+/* Merges the body into the row (upsert unless must_exist); *created says which. *stored as
+ * for pp_record_create. */
 pp_env_status pp_record_update(pp_envs_t *p, const char *env, const char *set, const char *id,
-                               const json_t *fields, bool must_exist, bool *created,
-                               json_t **stored, pp_env_err *e);
-/* pp_record_update with a flat body (the PATCH fast path): text[0..len) is the body and
- * m[0..n) its members as emu_jflat_scan gave them. No JSON tree is built when the stored row
- * is flat too: the row is merged as text, values kept as they were written (core/jflat.h).
- * *stored (may be NULL) receives the stored row's text, as pp_record_get_text gives it. */
-pp_env_status pp_record_update_flat(pp_envs_t *p, const char *env, const char *set, const char *id,
-                                    const char *text, size_t len, const emu_jmember *m, size_t n,
-                                    bool must_exist, bool *created, char **stored,
-                                    size_t *stored_len, pp_env_err *e);
+                               const pp_record_body *b, bool must_exist, bool *created,
+                               char **stored, size_t *stored_len, pp_env_err *e);
 pp_env_status pp_record_delete(pp_envs_t *p, const char *env, const char *set, const char *id,
                                pp_env_err *e);
 /* Rows after cursor `after` (0 = start), at most top. *rows: new array. *next: cursor for the
