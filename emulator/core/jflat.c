@@ -29,39 +29,6 @@ static bool hex4(const unsigned char *s, size_t n, size_t i, uint32_t *out)
     return true;
 }
 
-/* Length of the one strict UTF-8 sequence at s (s[0] >= 0x80), 0 when it is not one: no
- * continuation byte first, no overlong form, nothing above U+10FFFF, no surrogate. The same
- * rules as jansson's utf8_check_first/utf8_check_full. */
-static size_t utf8_seq(const unsigned char *s, size_t avail)
-{
-    unsigned c = s[0];
-    size_t len;
-    uint32_t v;
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-        v = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        v = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        v = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (avail < len)
-        return 0;
-    for (size_t k = 1; k < len; k++) {
-        if (s[k] < 0x80 || s[k] > 0xBF)
-            return 0;
-        v = (v << 6) | (s[k] & 0x3Fu);
-    }
-    if (v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF) || (len == 3 && v < 0x800) ||
-        (len == 4 && v < 0x10000))
-        return 0;
-    return len;
-}
-
 /* s[i] is '"'. Returns the index after the closing quote, 0 for anything jansson refuses:
  * a control byte, an unknown escape, \u0000, a lone or unpaired surrogate, bad UTF-8. */
 static size_t scan_string(const unsigned char *s, size_t n, size_t i, bool *esc)
@@ -78,7 +45,7 @@ static size_t scan_string(const unsigned char *s, size_t n, size_t i, bool *esc)
         if (c < 0x20)
             return 0;
         if (c >= 0x80) {
-            size_t len = utf8_seq(s + i, n - i);
+            size_t len = emu_utf8_seq(s + i, n - i);
             if (!len)
                 return 0;
             i += len;

@@ -461,8 +461,7 @@ void emu_lower_copy(char *dst, size_t dstlen, const char *src)
     dst[i] = '\0';
 }
 
-/* Length of the well-formed UTF-8 sequence at p (at most avail bytes), 0 if there is none. */
-static size_t utf8_seq(const unsigned char *p, size_t avail)
+size_t emu_utf8_seq(const unsigned char *p, size_t avail)
 {
     unsigned c = p[0];
     size_t n;
@@ -494,7 +493,7 @@ void emu_utf8_repair(char *s)
     unsigned char *p = (unsigned char *)s;
     size_t len = strlen(s), i = 0;
     while (i < len) {
-        size_t n = utf8_seq(p + i, len - i);
+        size_t n = emu_utf8_seq(p + i, len - i);
         if (n == 0) {
             p[i] = '?';
             n = 1;
@@ -506,7 +505,7 @@ void emu_utf8_repair(char *s)
 bool emu_utf8_valid(const char *s, size_t len)
 {
     for (size_t i = 0, n; i < len; i += n)
-        if ((n = utf8_seq((const unsigned char *)s + i, len - i)) == 0)
+        if ((n = emu_utf8_seq((const unsigned char *)s + i, len - i)) == 0)
             return false;
     return true;
 }

@@ -62,6 +62,10 @@ void emu_guid(char out[37]);
 /* ASCII-lowercased copy of src into dst (truncated to dstlen - 1 bytes, always terminated). */
 void emu_lower_copy(char *dst, size_t dstlen, const char *src);
 
+/* Length of the one well-formed UTF-8 sequence at p (at most avail bytes; 1 for ASCII), 0 if
+ * there is none: no stray continuation byte, overlong form, surrogate or code point above
+ * U+10FFFF (jansson's rules too). */
+size_t emu_utf8_seq(const unsigned char *p, size_t avail);
 /* Whether s[0..len) is well-formed UTF-8 as JSON needs it (RFC 3629: no overlong forms, no
  * surrogates, nothing above U+10FFFF). */
 bool emu_utf8_valid(const char *s, size_t len);
