@@ -64,6 +64,11 @@
 #define HSM_TOKEN_LABEL_MAX 32        /* CK_TOKEN_INFO.label */
 #define HSM_POOL_MAX_IDLE 256         /* idle sessions kept; more are closed on return */
 #define HSM_BACKUP_LABEL "cmkemu-backup-key"
+#define HSM_STORAGE_LABEL "cmkemu-storage-key"
+
+/* The token's two AES-256 wrapping keys: one for Key Vault backup blobs (they leave the
+ * emulator), one for sealed keys at rest (they stay in the caller's store). */
+typedef enum { KEK_BACKUP = 0, KEK_STORAGE = 1 } kek_kind;
 #define HSM_BLOB_MAGIC "CMKB1"
 #define HSM_BLOB_MAGIC_LEN 5
 #define HSM_BLOB_MECH_KWP 1 /* blob byte 5: wrapped with CKM_AES_KEY_WRAP_PAD */
@@ -386,13 +391,19 @@ const char *hsm_status_str(hsm_status st)
 
 /* One key pair in the handle cache. priv or pub may be CK_INVALID_HANDLE when only half of
  * the pair exists in the token. pkey is the public key (owned), NULL until an operation needs
- * it (key_pkey_attach). */
+ * it (key_pkey_attach).
+ * A sealed key (sealed != NULL) lives outside the token: sealed is its blob (wrapped under
+ * KEK_STORAGE, owned), the entry is the only record of it here and stays through reloads and
+ * listings. Its priv is a session object of the anchor session, made on first use
+ * (key_unseal) and CK_INVALID_HANDLE until then or after it went stale. */
 typedef struct cache_entry {
     struct cache_entry *next;
     uint8_t id[HSM_ID_LEN];
     CK_OBJECT_HANDLE priv, pub;
     EVP_PKEY *pkey;
     unsigned bits;
+    uint8_t *sealed;
+    size_t sealed_len;
 } cache_entry;
 
 /* What a caller gets out of the cache: a copy, valid after the lock is released. */
@@ -433,9 +444,14 @@ struct hsm {
     size_t nbuckets, count;
     unsigned long gen;
 
-    /* Backup wrapping key, found or created on first need. Guarded by backup_lock. */
+    /* The AES-256 wrapping keys (kek_kind), found or created on first need. Guarded by
+     * backup_lock. */
     pthread_mutex_t backup_lock;
-    CK_OBJECT_HANDLE backup_key;
+    CK_OBJECT_HANDLE kek[2];
+
+    /* Serialises the use of the anchor session, which holds the sealed keys' live objects
+     * (session objects live as long as the session that made them). */
+    pthread_mutex_t anchor_lock;
 
     atomic_ulong find_objects;
     atomic_ulong sessions;
@@ -990,6 +1006,7 @@ static void cache_entry_free(cache_entry *e)
     if (!e)
         return;
     EVP_PKEY_free(e->pkey);
+    free(e->sealed);
     free(e);
 }
 
@@ -1054,8 +1071,9 @@ static unsigned long cache_gen(hsm_t *h)
 }
 
 /* Takes ownership of e; replaces an entry with the same id. With check_gen, e is dropped
- * instead when an eviction happened since gen was read (e may describe a destroyed key). */
-static void cache_put(hsm_t *h, cache_entry *e, int check_gen, unsigned long gen)
+ * instead when an eviction happened since gen was read (e may describe a destroyed key).
+ * 1 = stored, 0 = dropped. */
+static int cache_put(hsm_t *h, cache_entry *e, int check_gen, unsigned long gen)
 {
     cache_entry **pp;
 
@@ -1063,14 +1081,14 @@ static void cache_put(hsm_t *h, cache_entry *e, int check_gen, unsigned long gen
     if (check_gen && h->gen != gen) {
         pthread_rwlock_unlock(&h->cache_lock);
         cache_entry_free(e);
-        return;
+        return 0;
     }
     if (!h->buckets || h->count >= h->nbuckets)
         cache_grow_inlock(h);
     if (!h->buckets) {
         pthread_rwlock_unlock(&h->cache_lock);
         cache_entry_free(e);
-        return;
+        return 0;
     }
     for (pp = &h->buckets[cache_slot(e->id, h->nbuckets)]; *pp; pp = &(*pp)->next) {
         if (memcmp((*pp)->id, e->id, HSM_ID_LEN) == 0) {
@@ -1079,33 +1097,80 @@ static void cache_put(hsm_t *h, cache_entry *e, int check_gen, unsigned long gen
             *pp = e;
             pthread_rwlock_unlock(&h->cache_lock);
             cache_entry_free(old);
-            return;
+            return 1;
         }
     }
     e->next = NULL;
     *pp = e;
     h->count++;
     pthread_rwlock_unlock(&h->cache_lock);
+    return 1;
 }
 
+/* Unlinks the entry of id (cache_lock held for writing); NULL if there is none. */
+static cache_entry *cache_unlink_inlock(hsm_t *h, const uint8_t id[HSM_ID_LEN])
+{
+    cache_entry **pp, *gone;
+
+    h->gen++;
+    if (!h->buckets)
+        return NULL;
+    for (pp = &h->buckets[cache_slot(id, h->nbuckets)]; *pp; pp = &(*pp)->next) {
+        if (memcmp((*pp)->id, id, HSM_ID_LEN) == 0) {
+            gone = *pp;
+            *pp = gone->next;
+            h->count--;
+            return gone;
+        }
+    }
+    return NULL;
+}
+
+/* Drops what the cache knows of id's token objects (a handle went stale, or a token key is
+ * being destroyed). A sealed key keeps its entry and loses only its live object: the next use
+ * unseals it again. */
 static void cache_evict(hsm_t *h, const uint8_t id[HSM_ID_LEN])
 {
-    cache_entry **pp, *gone = NULL;
+    cache_entry *gone = NULL, *e;
 
     pthread_rwlock_wrlock(&h->cache_lock);
-    h->gen++;
-    if (h->buckets) {
-        for (pp = &h->buckets[cache_slot(id, h->nbuckets)]; *pp; pp = &(*pp)->next) {
-            if (memcmp((*pp)->id, id, HSM_ID_LEN) == 0) {
-                gone = *pp;
-                *pp = gone->next;
-                h->count--;
-                break;
-            }
-        }
+    e = cache_find_inlock(h, id);
+    if (e && e->sealed) {
+        h->gen++;
+        e->priv = e->pub = CK_INVALID_HANDLE;
+    } else {
+        gone = cache_unlink_inlock(h, id);
     }
     pthread_rwlock_unlock(&h->cache_lock);
     cache_entry_free(gone);
+}
+
+/* Moves the sealed entries of an old table into a new one (cache_lock held for writing);
+ * cool drops their live objects (the module that held them was finalised). The old table
+ * keeps the rest. Returns how many moved. */
+static size_t cache_move_sealed_inlock(cache_entry **from, size_t nfrom, cache_entry **to,
+                                       size_t nto, int cool)
+{
+    size_t moved = 0;
+
+    for (size_t i = 0; from && i < nfrom; i++) {
+        cache_entry **pp = &from[i];
+        while (*pp) {
+            cache_entry *e = *pp;
+            if (!e->sealed) {
+                pp = &e->next;
+                continue;
+            }
+            *pp = e->next;
+            if (cool)
+                e->priv = e->pub = CK_INVALID_HANDLE;
+            size_t slot = cache_slot(e->id, nto);
+            e->next = to[slot];
+            to[slot] = e;
+            moved++;
+        }
+    }
+    return moved;
 }
 
 static void key_ref_fill(key_ref *r, const cache_entry *e, int want_pkey)
@@ -1254,11 +1319,211 @@ static hsm_status key_pkey_attach(hsm_t *h, const uint8_t id[HSM_ID_LEN], key_re
     return HSM_OK;
 }
 
+static void put_u16(uint8_t *p, size_t v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static size_t get_u16(const uint8_t *p)
+{
+    return ((size_t)p[0] << 8) | p[1];
+}
+
+typedef struct {
+    const uint8_t *n, *e, *w;
+    size_t n_len, e_len, w_len;
+} blob_parts;
+
+static int blob_parse(const uint8_t *blob, size_t len, blob_parts *bp)
+{
+    size_t off = HSM_BLOB_MAGIC_LEN + 1;
+
+    if (len < off + 6 || memcmp(blob, HSM_BLOB_MAGIC, HSM_BLOB_MAGIC_LEN) != 0 ||
+        blob[HSM_BLOB_MAGIC_LEN] != HSM_BLOB_MECH_KWP)
+        return 0;
+    bp->n_len = get_u16(blob + off);
+    off += 2;
+    if (bp->n_len == 0 || bp->n_len > HSM_MAX_MOD_BYTES || len - off < bp->n_len + 2)
+        return 0;
+    bp->n = blob + off;
+    off += bp->n_len;
+    bp->e_len = get_u16(blob + off);
+    off += 2;
+    if (bp->e_len == 0 || bp->e_len > HSM_MAX_EXP_BYTES || len - off < bp->e_len + 2)
+        return 0;
+    bp->e = blob + off;
+    off += bp->e_len;
+    bp->w_len = get_u16(blob + off);
+    off += 2;
+    if (bp->w_len == 0 || bp->w_len > HSM_BLOB_MAX_WRAPPED || len - off != bp->w_len)
+        return 0;
+    bp->w = blob + off;
+    return 1;
+}
+
+static hsm_status kek_get(hsm_t *h, kek_kind kind, CK_OBJECT_HANDLE *out);
+
 /* What key_get gives besides the handles: no public key; the public key, kept in the cache
  * from then on (wrap, verify: used again); or the public key for this call only, leaving the
  * cache as it was (the one export at create and import: a bulk import must not keep one per
  * version). */
 typedef enum { PKEY_NONE = 0, PKEY_KEEP = 1, PKEY_PEEK = 2 } pkey_want;
+
+/* Modulus bits of big-endian n without leading zero bytes (0 for none). */
+static unsigned be_bits(const uint8_t *n, size_t n_len)
+{
+    unsigned top, lead = 0;
+
+    if (!n_len)
+        return 0;
+    top = n[0];
+    while (lead < 8 && !(top & 0x80u)) {
+        top <<= 1;
+        lead++;
+    }
+    return (unsigned)(n_len * 8) - lead;
+}
+
+/* Registers a sealed key (a copy of its blob), without a live object. 1 = done. */
+static int cache_put_sealed(hsm_t *h, const uint8_t id[HSM_ID_LEN], const uint8_t *sealed,
+                            size_t sealed_len)
+{
+    blob_parts bp;
+    cache_entry *e;
+
+    if (!blob_parse(sealed, sealed_len, &bp))
+        return 0;
+    bp.n_len = be_strip(&bp.n, bp.n_len);
+    e = calloc(1, sizeof(*e));
+    if (!e)
+        return 0;
+    e->sealed = malloc(sealed_len);
+    if (!e->sealed) {
+        free(e);
+        return 0;
+    }
+    memcpy(e->sealed, sealed, sealed_len);
+    e->sealed_len = sealed_len;
+    memcpy(e->id, id, HSM_ID_LEN);
+    e->priv = e->pub = CK_INVALID_HANDLE;
+    e->bits = be_bits(bp.n, bp.n_len);
+    return cache_put(h, e, 0, 0);
+}
+
+/* Destroys a session object of the anchor session. */
+static void anchor_destroy(hsm_t *h, CK_OBJECT_HANDLE o)
+{
+    pthread_mutex_lock(&h->anchor_lock);
+    (void)obj_destroy(h, h->anchor, o);
+    pthread_mutex_unlock(&h->anchor_lock);
+}
+
+/* Makes a sealed key live: unwraps its blob under KEK_STORAGE into a session object of the
+ * anchor session, checks that object's id and public key against the blob's, and keeps the
+ * handle. Two threads may unseal the same key at once; the second destroys its object. A blob
+ * that does not unwrap or match is a damaged store: HSM_ERR_TOKEN, nothing kept. */
+static hsm_status key_unseal(hsm_t *h, const uint8_t id[HSM_ID_LEN], pkey_want want, key_ref *r)
+{
+    CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_KEY_TYPE kt = CKK_RSA;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &no, sizeof(no)},       {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+        {CKA_DECRYPT, &yes, sizeof(yes)},   {CKA_UNWRAP, &yes, sizeof(yes)},
+        {CKA_SIGN, &yes, sizeof(yes)},      {CKA_ID, (void *)id, HSM_ID_LEN},
+    };
+    CK_OBJECT_HANDLE kek, priv = CK_INVALID_HANDLE;
+    uint8_t *blob = NULL;
+    size_t blob_len = 0;
+    blob_parts bp;
+    obj_info oi;
+    int usable = 0, found = 0, cold = 0;
+    EVP_PKEY *blob_pkey = NULL;
+    cache_entry *e;
+    hsm_status st;
+    CK_RV rv;
+
+    memset(&oi, 0, sizeof(oi));
+    pthread_rwlock_rdlock(&h->cache_lock);
+    e = cache_find_inlock(h, id);
+    if (e) {
+        found = 1;
+        cold = e->sealed && e->priv == CK_INVALID_HANDLE;
+        if (!cold)
+            key_ref_fill(r, e, want != PKEY_NONE);
+        else if ((blob = malloc(e->sealed_len)) != NULL) {
+            memcpy(blob, e->sealed, e->sealed_len);
+            blob_len = e->sealed_len;
+        }
+    }
+    pthread_rwlock_unlock(&h->cache_lock);
+    if (!found)
+        return HSM_ERR_NOT_FOUND;
+    if (!cold)
+        return HSM_OK; /* made live by another thread meanwhile */
+    if (!blob)
+        return HSM_ERR_TOKEN;
+    st = HSM_ERR_TOKEN;
+    if (!blob_parse(blob, blob_len, &bp))
+        goto out;
+    bp.n_len = be_strip(&bp.n, bp.n_len);
+    bp.e_len = be_strip(&bp.e, bp.e_len);
+    blob_pkey = bp.n_len && bp.e_len ? hsm_pkey_from_ne(bp.n, bp.n_len, bp.e, bp.e_len) : NULL;
+    if (!blob_pkey)
+        goto out;
+    st = kek_get(h, KEK_STORAGE, &kek);
+    if (st != HSM_OK)
+        goto out;
+    pthread_mutex_lock(&h->anchor_lock);
+    rv = h->fl->C_UnwrapKey(h->anchor, &mech, kek, (CK_BYTE_PTR)bp.w, (CK_ULONG)bp.w_len, t,
+                            sizeof(t) / sizeof(t[0]), &priv);
+    if (rv == CKR_OK)
+        rv = obj_read(h, h->anchor, priv, &oi, &usable);
+    pthread_mutex_unlock(&h->anchor_lock);
+    if (rv != CKR_OK) {
+        st = rv_status(rv, OP_GENERIC);
+        if (st == HSM_ERR_DECRYPT || st == HSM_ERR_ARGS)
+            st = HSM_ERR_TOKEN;
+        goto out;
+    }
+    if (!usable || memcmp(oi.id, id, HSM_ID_LEN) != 0 || EVP_PKEY_eq(oi.pkey, blob_pkey) != 1) {
+        st = HSM_ERR_TOKEN;
+        goto out;
+    }
+    st = HSM_ERR_NOT_FOUND; /* unless the entry is still there */
+    pthread_rwlock_wrlock(&h->cache_lock);
+    e = cache_find_inlock(h, id);
+    if (e && e->sealed) {
+        if (e->priv == CK_INVALID_HANDLE) {
+            e->priv = priv;
+            priv = CK_INVALID_HANDLE;
+            e->bits = oi.bits;
+            if (want == PKEY_KEEP && !e->pkey) {
+                e->pkey = oi.pkey;
+                oi.pkey = NULL;
+            }
+        }
+        key_ref_fill(r, e, want != PKEY_NONE);
+        st = HSM_OK;
+    }
+    pthread_rwlock_unlock(&h->cache_lock);
+    if (st == HSM_OK && want == PKEY_PEEK && !r->pkey) {
+        r->pkey = oi.pkey;
+        oi.pkey = NULL;
+    }
+out:
+    if (priv != CK_INVALID_HANDLE)
+        anchor_destroy(h, priv);
+    EVP_PKEY_free(oi.pkey);
+    EVP_PKEY_free(blob_pkey);
+    free(blob);
+    ERR_clear_error();
+    return st;
+}
 
 /* Looks a key up: in the cache, else in the token (then cached). */
 static hsm_status key_get(hsm_t *h, const uint8_t id[HSM_ID_LEN], pkey_want want, key_ref *r)
@@ -1269,10 +1534,15 @@ static hsm_status key_get(hsm_t *h, const uint8_t id[HSM_ID_LEN], pkey_want want
     memset(r, 0, sizeof(*r));
     pthread_rwlock_rdlock(&h->cache_lock);
     e = cache_find_inlock(h, id);
-    if (e)
+    int cold = e && e->sealed && e->priv == CK_INVALID_HANDLE;
+    if (e && !cold)
         key_ref_fill(r, e, want != PKEY_NONE);
     pthread_rwlock_unlock(&h->cache_lock);
-    if (!e) {
+    if (cold) {
+        st = key_unseal(h, id, want, r);
+        if (st != HSM_OK)
+            return st;
+    } else if (!e) {
         st = key_lookup_token(h, id, want == PKEY_KEEP, r);
         if (st != HSM_OK || want != PKEY_PEEK)
             return st;
@@ -1310,6 +1580,40 @@ static void cache_new_pair(hsm_t *h, CK_SESSION_HANDLE s, const uint8_t id[HSM_I
     e->bits = (unsigned)EVP_PKEY_get_bits(pkey);
     EVP_PKEY_free(pkey);
     cache_put(h, e, 0, 0);
+}
+
+static hsm_status blob_make(hsm_t *h, kek_kind kind, CK_OBJECT_HANDLE priv, const EVP_PKEY *pkey,
+                            uint8_t **blob, size_t *blob_len);
+
+/* Finishes a key pair just made in session s. A token key goes into the cache. A sealed one
+ * (sealed != NULL; priv is then a session object) is wrapped under KEK_STORAGE into *sealed
+ * (malloc'd), registered, and its object destroyed: its first use unseals it into the anchor
+ * session. pkey (taken; NULL = read it from the objects) is its public key. */
+static hsm_status pair_finish(hsm_t *h, CK_SESSION_HANDLE s, const uint8_t id[HSM_ID_LEN],
+                              CK_OBJECT_HANDLE priv, CK_OBJECT_HANDLE pub, EVP_PKEY *pkey,
+                              uint8_t **sealed, size_t *sealed_len)
+{
+    obj_info oi;
+    int usable = 0;
+    hsm_status st;
+
+    if (!sealed) {
+        cache_new_pair(h, s, id, priv, pub, pkey);
+        return HSM_OK;
+    }
+    if (!pkey && obj_read(h, s, pub != CK_INVALID_HANDLE ? pub : priv, &oi, &usable) == CKR_OK &&
+        usable)
+        pkey = oi.pkey;
+    st = pkey ? blob_make(h, KEK_STORAGE, priv, pkey, sealed, sealed_len) : HSM_ERR_TOKEN;
+    (void)obj_destroy(h, s, priv);
+    EVP_PKEY_free(pkey);
+    if (st == HSM_OK && !cache_put_sealed(h, id, *sealed, *sealed_len)) {
+        free(*sealed);
+        *sealed = NULL;
+        *sealed_len = 0;
+        st = HSM_ERR_TOKEN;
+    }
+    return st;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1593,6 +1897,7 @@ hsm_status hsm_open(const hsm_config *cfg, hsm_t **out, char *err, size_t errlen
     }
     pthread_rwlock_init(&h->cache_lock, NULL);
     pthread_mutex_init(&h->backup_lock, NULL);
+    pthread_mutex_init(&h->anchor_lock, NULL);
     h->locks_ready = 1;
     {
         pthread_rwlockattr_t ra;
@@ -1786,6 +2091,7 @@ void hsm_close(hsm_t *h)
         pthread_mutex_destroy(&h->pool_lock);
         pthread_rwlock_destroy(&h->cache_lock);
         pthread_mutex_destroy(&h->backup_lock);
+        pthread_mutex_destroy(&h->anchor_lock);
     }
     free(h);
     atomic_store(&g_hsm_open, 0);
@@ -1815,9 +2121,11 @@ static size_t ulong_be(unsigned long v, uint8_t out[HSM_MAX_EXP_BYTES])
 }
 
 static hsm_status op_rsa_generate(hsm_t *h, unsigned bits, unsigned long public_exponent,
-                                  const char *label, uint8_t id_out[HSM_ID_LEN])
+                                  const char *label, uint8_t id_out[HSM_ID_LEN], uint8_t **sealed,
+                                  size_t *sealed_len)
 {
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE, on_token = sealed ? CK_FALSE : CK_TRUE;
+    hsm_status st = HSM_OK;
     CK_ULONG mbits = bits;
     CK_MECHANISM mech = {CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0};
     CK_OBJECT_HANDLE pub = CK_INVALID_HANDLE, priv = CK_INVALID_HANDLE;
@@ -1849,10 +2157,14 @@ static hsm_status op_rsa_generate(hsm_t *h, unsigned bits, unsigned long public_
         {CKA_LABEL, (void *)label, llen},
     };
     CK_ATTRIBUTE priv_t[] = {
-        {CKA_TOKEN, &yes, sizeof(yes)},     {CKA_PRIVATE, &yes, sizeof(yes)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &yes, sizeof(yes)},
-        {CKA_DECRYPT, &yes, sizeof(yes)},   {CKA_UNWRAP, &yes, sizeof(yes)},
-        {CKA_SIGN, &yes, sizeof(yes)},      {CKA_ID, id, sizeof(id)},
+        {CKA_TOKEN, &on_token, sizeof(on_token)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+        {CKA_DECRYPT, &yes, sizeof(yes)},
+        {CKA_UNWRAP, &yes, sizeof(yes)},
+        {CKA_SIGN, &yes, sizeof(yes)},
+        {CKA_ID, id, sizeof(id)},
         {CKA_LABEL, (void *)label, llen},
     };
     CK_ULONG npub = sizeof(pub_t) / sizeof(pub_t[0]);
@@ -1869,7 +2181,7 @@ static hsm_status op_rsa_generate(hsm_t *h, unsigned bits, unsigned long public_
             return rv_status(rv, OP_GENERIC);
         rv = h->fl->C_GenerateKeyPair(s, &mech, pub_t, npub, priv_t, npriv, &pub, &priv);
         if (rv == CKR_OK) {
-            cache_new_pair(h, s, id, priv, pub, NULL);
+            st = pair_finish(h, s, id, priv, pub, NULL, sealed, sealed_len);
             (void)obj_destroy(h, s, pub);
         }
         session_put(h, s, rv);
@@ -1878,8 +2190,9 @@ static hsm_status op_rsa_generate(hsm_t *h, unsigned bits, unsigned long public_
     }
     if (rv != CKR_OK)
         return rv_status(rv, OP_GENERIC);
-    memcpy(id_out, id, HSM_ID_LEN);
-    return HSM_OK;
+    if (st == HSM_OK)
+        memcpy(id_out, id, HSM_ID_LEN);
+    return st;
 }
 
 /* A component as a BIGNUM (secret ones in secure memory, constant-time flag set). */
@@ -1912,7 +2225,7 @@ static void objects_destroy_quiet(hsm_t *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDL
 }
 
 static hsm_status op_rsa_import(hsm_t *h, const hsm_rsa_components *c, const char *label,
-                                uint8_t id_out[HSM_ID_LEN])
+                                uint8_t id_out[HSM_ID_LEN], uint8_t **sealed, size_t *sealed_len)
 {
     enum { N, E, D, P, Q, DP, DQ, QI, NCOMP };
     hsm_status st = HSM_OK;
@@ -2012,11 +2325,11 @@ static hsm_status op_rsa_import(hsm_t *h, const hsm_rsa_components *c, const cha
     {
         CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
         CK_KEY_TYPE kt = CKK_RSA;
-        CK_BBOOL yes = CK_TRUE;
+        CK_BBOOL yes = CK_TRUE, on_token = sealed ? CK_FALSE : CK_TRUE;
         CK_ATTRIBUTE t[] = {
             {CKA_CLASS, &cls, sizeof(cls)},
             {CKA_KEY_TYPE, &kt, sizeof(kt)},
-            {CKA_TOKEN, &yes, sizeof(yes)},
+            {CKA_TOKEN, &on_token, sizeof(on_token)},
             {CKA_PRIVATE, &yes, sizeof(yes)},
             {CKA_SENSITIVE, &yes, sizeof(yes)},
             {CKA_EXTRACTABLE, &yes, sizeof(yes)},
@@ -2048,9 +2361,10 @@ static hsm_status op_rsa_import(hsm_t *h, const hsm_rsa_components *c, const cha
             goto out;
         }
     }
-    cache_new_pair(h, s, id, priv, CK_INVALID_HANDLE, pkey);
+    st = pair_finish(h, s, id, priv, CK_INVALID_HANDLE, pkey, sealed, sealed_len);
     pkey = NULL;
-    memcpy(id_out, id, HSM_ID_LEN);
+    if (st == HSM_OK)
+        memcpy(id_out, id, HSM_ID_LEN);
 out:
     if (have_session)
         session_put(h, s, rv);
@@ -2094,6 +2408,41 @@ out:
     return ok;
 }
 
+/* The public components of a sealed key, from its blob (no unsealing: a bulk import asks for
+ * them once per key). HSM_ERR_NOT_FOUND when id is not a sealed key. */
+static hsm_status sealed_public(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t **n, size_t *n_len,
+                                uint8_t **e, size_t *e_len)
+{
+    hsm_status st = HSM_ERR_NOT_FOUND;
+    blob_parts bp;
+    cache_entry *c;
+
+    pthread_rwlock_rdlock(&h->cache_lock);
+    c = cache_find_inlock(h, id);
+    if (c && c->sealed) {
+        st = HSM_ERR_TOKEN;
+        if (blob_parse(c->sealed, c->sealed_len, &bp)) {
+            bp.n_len = be_strip(&bp.n, bp.n_len);
+            bp.e_len = be_strip(&bp.e, bp.e_len);
+            *n = bp.n_len ? malloc(bp.n_len) : NULL;
+            *e = bp.e_len ? malloc(bp.e_len) : NULL;
+            if (*n && *e) {
+                memcpy(*n, bp.n, bp.n_len);
+                memcpy(*e, bp.e, bp.e_len);
+                *n_len = bp.n_len;
+                *e_len = bp.e_len;
+                st = HSM_OK;
+            } else {
+                free(*n);
+                free(*e);
+                *n = *e = NULL;
+            }
+        }
+    }
+    pthread_rwlock_unlock(&h->cache_lock);
+    return st;
+}
+
 static hsm_status op_rsa_public(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t **n, size_t *n_len,
                                 uint8_t **e, size_t *e_len)
 {
@@ -2104,6 +2453,9 @@ static hsm_status op_rsa_public(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t 
         return HSM_ERR_ARGS;
     *n = *e = NULL;
     *n_len = *e_len = 0;
+    st = sealed_public(h, id, n, n_len, e, e_len);
+    if (st != HSM_ERR_NOT_FOUND)
+        return st;
     st = key_get(h, id, PKEY_PEEK, &r);
     if (st != HSM_OK)
         return st;
@@ -2126,6 +2478,12 @@ static hsm_status op_rsa_bits(hsm_t *h, const uint8_t id[HSM_ID_LEN], unsigned *
 
     if (!h || !id || !bits)
         return HSM_ERR_ARGS;
+    pthread_rwlock_rdlock(&h->cache_lock);
+    cache_entry *e = cache_find_inlock(h, id);
+    *bits = e && e->sealed ? e->bits : 0; /* known from the blob: no unsealing */
+    pthread_rwlock_unlock(&h->cache_lock);
+    if (*bits)
+        return HSM_OK;
     st = key_get(h, id, PKEY_NONE, &r);
     if (st == HSM_OK)
         *bits = r.bits;
@@ -2141,6 +2499,17 @@ static hsm_status op_key_destroy(hsm_t *h, const uint8_t id[HSM_ID_LEN])
 
     if (!h || !id)
         return HSM_ERR_ARGS;
+    /* A sealed key: forgetting it is destroying it (its blob is the caller's to delete). */
+    pthread_rwlock_wrlock(&h->cache_lock);
+    cache_entry *sealed = cache_find_inlock(h, id);
+    sealed = sealed && sealed->sealed ? cache_unlink_inlock(h, id) : NULL;
+    pthread_rwlock_unlock(&h->cache_lock);
+    if (sealed) {
+        if (sealed->priv != CK_INVALID_HANDLE)
+            anchor_destroy(h, sealed->priv);
+        cache_entry_free(sealed);
+        return HSM_OK;
+    }
     st = key_get(h, id, PKEY_NONE, &r);
     if (st != HSM_OK)
         return st;
@@ -2253,6 +2622,7 @@ static hsm_status op_key_foreach(hsm_t *h, uint8_t (**ids_out)[HSM_ID_LEN], size
     if (h->gen == gen) {
         old = h->buckets;
         old_n = h->nbuckets;
+        count += cache_move_sealed_inlock(old, old_n, nbuckets, nb, 0);
         h->buckets = nbuckets;
         h->nbuckets = nb;
         h->count = count;
@@ -2610,9 +2980,10 @@ out:
 /* ---------------------------------------------------------------------------------------- */
 /* Backup                                                                                    */
 
-/* The token's AES-256 backup wrapping key: found by label or created, then remembered. */
-static hsm_status backup_key_get(hsm_t *h, CK_OBJECT_HANDLE *out)
+/* One of the token's AES-256 wrapping keys: found by label or created, then remembered. */
+static hsm_status kek_get(hsm_t *h, kek_kind kind, CK_OBJECT_HANDLE *out)
 {
+    const char *label = kind == KEK_STORAGE ? HSM_STORAGE_LABEL : HSM_BACKUP_LABEL;
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
     CK_KEY_TYPE kt = CKK_AES;
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
@@ -2621,12 +2992,12 @@ static hsm_status backup_key_get(hsm_t *h, CK_OBJECT_HANDLE *out)
     CK_ATTRIBUTE find_t[] = {
         {CKA_CLASS, &cls, sizeof(cls)},
         {CKA_KEY_TYPE, &kt, sizeof(kt)},
-        {CKA_LABEL, (void *)HSM_BACKUP_LABEL, sizeof(HSM_BACKUP_LABEL) - 1},
+        {CKA_LABEL, (void *)label, (CK_ULONG)strlen(label)},
     };
     CK_ATTRIBUTE gen_t[] = {
         {CKA_CLASS, &cls, sizeof(cls)},
         {CKA_KEY_TYPE, &kt, sizeof(kt)},
-        {CKA_LABEL, (void *)HSM_BACKUP_LABEL, sizeof(HSM_BACKUP_LABEL) - 1},
+        {CKA_LABEL, (void *)label, (CK_ULONG)strlen(label)},
         {CKA_TOKEN, &yes, sizeof(yes)},
         {CKA_PRIVATE, &yes, sizeof(yes)},
         {CKA_SENSITIVE, &yes, sizeof(yes)},
@@ -2647,8 +3018,8 @@ static hsm_status backup_key_get(hsm_t *h, CK_OBJECT_HANDLE *out)
     CK_RV rv;
 
     pthread_mutex_lock(&h->backup_lock);
-    if (h->backup_key != CK_INVALID_HANDLE) {
-        *out = h->backup_key;
+    if (h->kek[kind] != CK_INVALID_HANDLE) {
+        *out = h->kek[kind];
         goto out_unlock;
     }
     rv = session_get(h, &s);
@@ -2658,40 +3029,29 @@ static hsm_status backup_key_get(hsm_t *h, CK_OBJECT_HANDLE *out)
     }
     rv = objects_find(h, s, find_t, sizeof(find_t) / sizeof(find_t[0]), &found, &nfound);
     if (rv == CKR_OK && nfound > 0)
-        h->backup_key = found[0];
+        h->kek[kind] = found[0];
     else if (rv == CKR_OK)
-        rv =
-            h->fl->C_GenerateKey(s, &mech, gen_t, sizeof(gen_t) / sizeof(gen_t[0]), &h->backup_key);
+        rv = h->fl->C_GenerateKey(s, &mech, gen_t, sizeof(gen_t) / sizeof(gen_t[0]), &h->kek[kind]);
     session_put(h, s, rv);
     free(found);
     if (rv != CKR_OK) {
-        h->backup_key = CK_INVALID_HANDLE;
+        h->kek[kind] = CK_INVALID_HANDLE;
         st = rv_status(rv, OP_GENERIC);
         goto out_unlock;
     }
-    *out = h->backup_key;
+    *out = h->kek[kind];
 out_unlock:
     pthread_mutex_unlock(&h->backup_lock);
     return st;
 }
 
-static void put_u16(uint8_t *p, size_t v)
-{
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static size_t get_u16(const uint8_t *p)
-{
-    return ((size_t)p[0] << 8) | p[1];
-}
-
 /* Blob layout (all lengths big-endian u16):
  *   "CMKB1" | mech (1 = CKM_AES_KEY_WRAP_PAD) | n_len n | e_len e | w_len wrapped-PKCS#8
  * The private key is only present wrapped. n and e are not authenticated by the wrap; import
- * checks them against the modulus and exponent of the unwrapped private key. */
-static hsm_status op_key_export_wrapped(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t **blob,
-                                        size_t *blob_len)
+ * checks them against the modulus and exponent of the unwrapped private key. Backup blobs
+ * are wrapped under KEK_BACKUP, sealed keys under KEK_STORAGE. */
+static hsm_status blob_make(hsm_t *h, kek_kind kind, CK_OBJECT_HANDLE priv, const EVP_PKEY *pkey,
+                            uint8_t **blob, size_t *blob_len)
 {
     CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
     CK_OBJECT_HANDLE wrap_key;
@@ -2700,25 +3060,15 @@ static hsm_status op_key_export_wrapped(hsm_t *h, const uint8_t id[HSM_ID_LEN], 
     size_t n_len = 0, e_len = 0, total;
     CK_ULONG w_len = 0;
     hsm_status st;
-    key_ref r;
     CK_RV rv;
 
-    if (!h || !id || !blob || !blob_len)
-        return HSM_ERR_ARGS;
     *blob = NULL;
     *blob_len = 0;
-    st = key_get(h, id, PKEY_KEEP, &r);
+    st = kek_get(h, kind, &wrap_key);
     if (st != HSM_OK)
         return st;
-    if (r.priv == CK_INVALID_HANDLE) {
-        st = HSM_ERR_NOT_FOUND;
-        goto out;
-    }
-    st = backup_key_get(h, &wrap_key);
-    if (st != HSM_OK)
-        goto out;
-    if (!pkey_param_bytes(r.pkey, OSSL_PKEY_PARAM_RSA_N, &n, &n_len) ||
-        !pkey_param_bytes(r.pkey, OSSL_PKEY_PARAM_RSA_E, &e, &e_len)) {
+    if (!pkey_param_bytes(pkey, OSSL_PKEY_PARAM_RSA_N, &n, &n_len) ||
+        !pkey_param_bytes(pkey, OSSL_PKEY_PARAM_RSA_E, &e, &e_len)) {
         st = HSM_ERR_TOKEN;
         goto out;
     }
@@ -2727,7 +3077,7 @@ static hsm_status op_key_export_wrapped(hsm_t *h, const uint8_t id[HSM_ID_LEN], 
         st = rv_status(rv, OP_GENERIC);
         goto out;
     }
-    rv = h->fl->C_WrapKey(s, &mech, wrap_key, r.priv, NULL, &w_len);
+    rv = h->fl->C_WrapKey(s, &mech, wrap_key, priv, NULL, &w_len);
     if (rv == CKR_OK && (w_len == 0 || w_len > HSM_BLOB_MAX_WRAPPED))
         rv = CKR_GENERAL_ERROR;
     if (rv == CKR_OK) {
@@ -2736,7 +3086,7 @@ static hsm_status op_key_export_wrapped(hsm_t *h, const uint8_t id[HSM_ID_LEN], 
             rv = CKR_HOST_MEMORY;
     }
     if (rv == CKR_OK)
-        rv = h->fl->C_WrapKey(s, &mech, wrap_key, r.priv, wrapped, &w_len);
+        rv = h->fl->C_WrapKey(s, &mech, wrap_key, priv, wrapped, &w_len);
     session_put(h, s, rv);
     if (rv != CKR_OK) {
         st = rv_status(rv, OP_GENERIC);
@@ -2768,49 +3118,38 @@ out:
     free(n);
     free(e);
     free(wrapped);
+    return st;
+}
+
+static hsm_status op_key_export_wrapped(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t **blob,
+                                        size_t *blob_len)
+{
+    hsm_status st;
+    key_ref r;
+
+    if (!h || !id || !blob || !blob_len)
+        return HSM_ERR_ARGS;
+    *blob = NULL;
+    *blob_len = 0;
+    st = key_get(h, id, PKEY_KEEP, &r);
+    if (st != HSM_OK)
+        return st;
+    if (r.priv == CK_INVALID_HANDLE)
+        st = HSM_ERR_NOT_FOUND;
+    else
+        st = blob_make(h, KEK_BACKUP, r.priv, r.pkey, blob, blob_len);
     key_ref_cleanup(&r);
     return st;
 }
 
-typedef struct {
-    const uint8_t *n, *e, *w;
-    size_t n_len, e_len, w_len;
-} blob_parts;
-
-static int blob_parse(const uint8_t *blob, size_t len, blob_parts *bp)
-{
-    size_t off = HSM_BLOB_MAGIC_LEN + 1;
-
-    if (len < off + 6 || memcmp(blob, HSM_BLOB_MAGIC, HSM_BLOB_MAGIC_LEN) != 0 ||
-        blob[HSM_BLOB_MAGIC_LEN] != HSM_BLOB_MECH_KWP)
-        return 0;
-    bp->n_len = get_u16(blob + off);
-    off += 2;
-    if (bp->n_len == 0 || bp->n_len > HSM_MAX_MOD_BYTES || len - off < bp->n_len + 2)
-        return 0;
-    bp->n = blob + off;
-    off += bp->n_len;
-    bp->e_len = get_u16(blob + off);
-    off += 2;
-    if (bp->e_len == 0 || bp->e_len > HSM_MAX_EXP_BYTES || len - off < bp->e_len + 2)
-        return 0;
-    bp->e = blob + off;
-    off += bp->e_len;
-    bp->w_len = get_u16(blob + off);
-    off += 2;
-    if (bp->w_len == 0 || bp->w_len > HSM_BLOB_MAX_WRAPPED || len - off != bp->w_len)
-        return 0;
-    bp->w = blob + off;
-    return 1;
-}
-
 static hsm_status op_key_import_wrapped(hsm_t *h, const uint8_t *blob, size_t blob_len,
-                                        const char *label, uint8_t id_out[HSM_ID_LEN])
+                                        const char *label, uint8_t id_out[HSM_ID_LEN],
+                                        uint8_t **sealed, size_t *sealed_len)
 {
     CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
     CK_KEY_TYPE kt = CKK_RSA;
-    CK_BBOOL yes = CK_TRUE;
+    CK_BBOOL yes = CK_TRUE, on_token = sealed ? CK_FALSE : CK_TRUE;
     CK_OBJECT_HANDLE wrap_key, priv = CK_INVALID_HANDLE;
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     int have_session = 0;
@@ -2833,7 +3172,7 @@ static hsm_status op_key_import_wrapped(hsm_t *h, const uint8_t *blob, size_t bl
     blob_pkey = bp.n_len && bp.e_len ? hsm_pkey_from_ne(bp.n, bp.n_len, bp.e, bp.e_len) : NULL;
     if (!blob_pkey)
         return HSM_ERR_DECRYPT;
-    st = backup_key_get(h, &wrap_key);
+    st = kek_get(h, KEK_BACKUP, &wrap_key);
     if (st != HSM_OK)
         goto out;
     if (RAND_bytes(id, sizeof(id)) != 1) {
@@ -2844,7 +3183,7 @@ static hsm_status op_key_import_wrapped(hsm_t *h, const uint8_t *blob, size_t bl
         CK_ATTRIBUTE t[] = {
             {CKA_CLASS, &cls, sizeof(cls)},
             {CKA_KEY_TYPE, &kt, sizeof(kt)},
-            {CKA_TOKEN, &yes, sizeof(yes)},
+            {CKA_TOKEN, &on_token, sizeof(on_token)},
             {CKA_PRIVATE, &yes, sizeof(yes)},
             {CKA_SENSITIVE, &yes, sizeof(yes)},
             {CKA_EXTRACTABLE, &yes, sizeof(yes)},
@@ -2876,9 +3215,10 @@ static hsm_status op_key_import_wrapped(hsm_t *h, const uint8_t *blob, size_t bl
         objects_destroy_quiet(h, s, priv, CK_INVALID_HANDLE);
         goto out;
     }
-    cache_new_pair(h, s, id, priv, CK_INVALID_HANDLE, blob_pkey);
+    st = pair_finish(h, s, id, priv, CK_INVALID_HANDLE, blob_pkey, sealed, sealed_len);
     blob_pkey = NULL;
-    memcpy(id_out, id, HSM_ID_LEN);
+    if (st == HSM_OK)
+        memcpy(id_out, id, HSM_ID_LEN);
 out:
     if (have_session)
         session_put(h, s, rv);
@@ -2982,8 +3322,7 @@ static hsm_status module_reload_locked(hsm_t *h)
     CK_FUNCTION_LIST *fl = h->module_fl;
     CK_C_INITIALIZE_ARGS args;
     CK_SESSION_INFO info;
-    cache_entry **old;
-    size_t old_n;
+    cache_entry *gone;
     CK_RV rv;
 
     if (!fl || !h->pin)
@@ -3012,18 +3351,34 @@ static hsm_status module_reload_locked(hsm_t *h)
         rv = fl->C_GetSessionInfo(h->anchor, &info);
     if (rv == CKR_OK && info.state != CKS_RW_USER_FUNCTIONS)
         rv = CKR_USER_NOT_LOGGED_IN;
-    /* Every cached handle belonged to the old module instance. */
+    /* Every cached handle belonged to the old module instance: token keys are found again on
+     * first use; sealed keys stay known and are unsealed again on first use. */
     pthread_rwlock_wrlock(&h->cache_lock);
-    old = h->buckets;
-    old_n = h->nbuckets;
-    h->buckets = NULL;
-    h->nbuckets = 0;
-    h->count = 0;
+    gone = NULL;
     h->gen++;
+    for (size_t i = 0; h->buckets && i < h->nbuckets; i++) {
+        cache_entry **pp = &h->buckets[i];
+        while (*pp) {
+            cache_entry *e = *pp;
+            if (e->sealed) {
+                e->priv = e->pub = CK_INVALID_HANDLE;
+                pp = &e->next;
+                continue;
+            }
+            *pp = e->next;
+            e->next = gone;
+            gone = e;
+            h->count--;
+        }
+    }
     pthread_rwlock_unlock(&h->cache_lock);
-    cache_buckets_free(old, old_n);
+    while (gone) {
+        cache_entry *next = gone->next;
+        cache_entry_free(gone);
+        gone = next;
+    }
     pthread_mutex_lock(&h->backup_lock);
-    h->backup_key = CK_INVALID_HANDLE;
+    h->kek[KEK_BACKUP] = h->kek[KEK_STORAGE] = CK_INVALID_HANDLE;
     pthread_mutex_unlock(&h->backup_lock);
     atomic_store(&h->garbage, 0);
     atomic_fetch_add(&h->reloads, 1);
@@ -3115,19 +3470,64 @@ static int heal(hsm_t *h, hsm_status st, CK_RV rv)
 hsm_status hsm_rsa_generate(hsm_t *h, unsigned bits, unsigned long public_exponent,
                             const char *label, uint8_t id_out[HSM_ID_LEN])
 {
-    LOCKED_HEALED(h, op_rsa_generate(h, bits, public_exponent, label, id_out));
+    LOCKED_HEALED(h, op_rsa_generate(h, bits, public_exponent, label, id_out, NULL, NULL));
 }
 
 hsm_status hsm_rsa_import(hsm_t *h, const hsm_rsa_components *c, const char *label,
                           uint8_t id_out[HSM_ID_LEN])
 {
-    LOCKED_HEALED(h, op_rsa_import(h, c, label, id_out));
+    LOCKED_HEALED(h, op_rsa_import(h, c, label, id_out, NULL, NULL));
 }
 
 hsm_status hsm_key_import_wrapped(hsm_t *h, const uint8_t *blob, size_t blob_len, const char *label,
                                   uint8_t id_out[HSM_ID_LEN])
 {
-    LOCKED_HEALED(h, op_key_import_wrapped(h, blob, blob_len, label, id_out));
+    LOCKED_HEALED(h, op_key_import_wrapped(h, blob, blob_len, label, id_out, NULL, NULL));
+}
+
+/* The sealed variants: the out-parameters are checked here, the rest by the operations. */
+#define SEALED_OUT_OK(s, l) ((s) && (l) && ((*(s) = NULL), (*(l) = 0), 1))
+
+hsm_status hsm_rsa_generate_sealed(hsm_t *h, unsigned bits, unsigned long public_exponent,
+                                   const char *label, uint8_t id_out[HSM_ID_LEN], uint8_t **sealed,
+                                   size_t *sealed_len)
+{
+    if (!SEALED_OUT_OK(sealed, sealed_len))
+        return HSM_ERR_ARGS;
+    LOCKED_HEALED(h, op_rsa_generate(h, bits, public_exponent, label, id_out, sealed, sealed_len));
+}
+
+hsm_status hsm_rsa_import_sealed(hsm_t *h, const hsm_rsa_components *c, const char *label,
+                                 uint8_t id_out[HSM_ID_LEN], uint8_t **sealed, size_t *sealed_len)
+{
+    if (!SEALED_OUT_OK(sealed, sealed_len))
+        return HSM_ERR_ARGS;
+    LOCKED_HEALED(h, op_rsa_import(h, c, label, id_out, sealed, sealed_len));
+}
+
+hsm_status hsm_key_import_wrapped_sealed(hsm_t *h, const uint8_t *blob, size_t blob_len,
+                                         const char *label, uint8_t id_out[HSM_ID_LEN],
+                                         uint8_t **sealed, size_t *sealed_len)
+{
+    if (!SEALED_OUT_OK(sealed, sealed_len))
+        return HSM_ERR_ARGS;
+    LOCKED_HEALED(h, op_key_import_wrapped(h, blob, blob_len, label, id_out, sealed, sealed_len));
+}
+
+static hsm_status op_key_load_sealed(hsm_t *h, const uint8_t id[HSM_ID_LEN], const uint8_t *sealed,
+                                     size_t sealed_len)
+{
+    blob_parts bp;
+
+    if (!id || !sealed || !blob_parse(sealed, sealed_len, &bp))
+        return HSM_ERR_ARGS;
+    return cache_put_sealed(h, id, sealed, sealed_len) ? HSM_OK : HSM_ERR_TOKEN;
+}
+
+hsm_status hsm_key_load_sealed(hsm_t *h, const uint8_t id[HSM_ID_LEN], const uint8_t *sealed,
+                               size_t sealed_len)
+{
+    LOCKED(h, op_key_load_sealed(h, id, sealed, sealed_len));
 }
 
 hsm_status hsm_key_destroy(hsm_t *h, const uint8_t id[HSM_ID_LEN])

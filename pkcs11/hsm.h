@@ -95,6 +95,35 @@ typedef struct {
 hsm_status hsm_rsa_import(hsm_t *hsm, const hsm_rsa_components *c, const char *label,
                           uint8_t id_out[HSM_ID_LEN]);
 
+/* --- sealed keys ------------------------------------------------------------------------ */
+
+/* A sealed key lives outside the token: the token keeps one AES-256 storage key (a token
+ * object, never extractable) and the caller's store keeps the key's blob, its private key
+ * wrapped under that storage key (CKM_AES_KEY_WRAP_PAD) and its public components; never key
+ * bytes in clear. The first operation that needs the private key unwraps the blob into a
+ * session object (CKA_TOKEN false) and keeps its handle; after a module reload, the next use
+ * unwraps it again. The token's object count, and with it SoftHSM's start-up and search
+ * cost, no longer grows with the number of keys.
+ * The _sealed variants create like their token counterparts and give *sealed (malloc'd, the
+ * caller frees and stores it). At start-up the caller hands every stored blob back with
+ * hsm_key_load_sealed. Every other function takes a sealed key's id like a token key's;
+ * hsm_key_destroy forgets it (the caller deletes its blob); hsm_key_foreach lists only token
+ * objects. */
+hsm_status hsm_rsa_generate_sealed(hsm_t *hsm, unsigned bits, unsigned long public_exponent,
+                                   const char *label, uint8_t id_out[HSM_ID_LEN], uint8_t **sealed,
+                                   size_t *sealed_len);
+hsm_status hsm_rsa_import_sealed(hsm_t *hsm, const hsm_rsa_components *c, const char *label,
+                                 uint8_t id_out[HSM_ID_LEN], uint8_t **sealed, size_t *sealed_len);
+/* Restores a backup blob (hsm_key_export_wrapped) as a sealed key. */
+hsm_status hsm_key_import_wrapped_sealed(hsm_t *hsm, const uint8_t *blob, size_t blob_len,
+                                         const char *label, uint8_t id_out[HSM_ID_LEN],
+                                         uint8_t **sealed, size_t *sealed_len);
+/* Makes a stored sealed key known (no token operation; the blob is copied). A malformed blob
+ * -> HSM_ERR_ARGS; one that was altered is found out when it is first unsealed
+ * (HSM_ERR_TOKEN then). */
+hsm_status hsm_key_load_sealed(hsm_t *hsm, const uint8_t id[HSM_ID_LEN], const uint8_t *sealed,
+                               size_t sealed_len);
+
 /* Exports the public key: *n and *e are malloc'd big-endian bytes without leading zero bytes;
  * the caller frees them. */
 hsm_status hsm_rsa_public(hsm_t *hsm, const uint8_t id[HSM_ID_LEN], uint8_t **n, size_t *n_len,
@@ -150,8 +179,7 @@ hsm_status hsm_sign(hsm_t *hsm, const uint8_t id[HSM_ID_LEN], hsm_sig_alg alg,
 
 /* Verifies with the public key. HSM_OK = valid, HSM_ERR_VERIFY = invalid. */
 hsm_status hsm_verify(hsm_t *hsm, const uint8_t id[HSM_ID_LEN], hsm_sig_alg alg,
-                      const uint8_t *digest, size_t digest_len, const uint8_t *sig,
-                      size_t sig_len);
+                      const uint8_t *digest, size_t digest_len, const uint8_t *sig, size_t sig_len);
 
 /* --- backup ----------------------------------------------------------------------------- */
 
@@ -180,8 +208,8 @@ hsm_status hsm_reload(hsm_t *hsm);
 
 /* Counters for tests and benchmarks. */
 typedef struct {
-    unsigned long find_objects; /* C_FindObjectsInit calls since open */
-    unsigned long sessions;     /* sessions opened since open */
+    unsigned long find_objects;           /* C_FindObjectsInit calls since open */
+    unsigned long sessions;               /* sessions opened since open */
     unsigned long module_reloads;         /* module reloads since open (hsm_reload) */
     unsigned long module_heals;           /* of which after a general token failure */
     unsigned long destroyed_since_reload; /* objects destroyed since the last (re)load */

@@ -1275,6 +1275,273 @@ static void hsm_reload_keeps_keys_and_drops_stale_handles(void **state)
     free(blob);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* sealed keys                                                                               */
+
+static int bytes_within(const uint8_t *hay, size_t hay_len, const uint8_t *needle, size_t n)
+{
+    for (size_t i = 0; n && i + n <= hay_len; i++)
+        if (memcmp(hay + i, needle, n) == 0)
+            return 1;
+    return 0;
+}
+
+/* Session and token objects of the token with this CKA_ID, seen by a raw session. */
+static int raw_count_id(hsm_t *h, const uint8_t id[HSM_ID_LEN], CK_BBOOL on_token)
+{
+    CK_FUNCTION_LIST *fl = hsm_testing_get_functions(h);
+    CK_SESSION_HANDLE s = raw_session(fl);
+    CK_ATTRIBUTE q[] = {{CKA_ID, (void *)id, HSM_ID_LEN}, {CKA_TOKEN, &on_token, sizeof(on_token)}};
+    CK_OBJECT_HANDLE found[8];
+    CK_ULONG got = 0;
+
+    assert_int_equal(fl->C_FindObjectsInit(s, q, 2), CKR_OK);
+    assert_int_equal(fl->C_FindObjects(s, found, 8, &got), CKR_OK);
+    assert_int_equal(fl->C_FindObjectsFinal(s), CKR_OK);
+    assert_int_equal(fl->C_CloseSession(s), CKR_OK);
+    return (int)got;
+}
+
+static void sign_and_check(hsm_t *h, const uint8_t id[HSM_ID_LEN])
+{
+    uint8_t digest[64], sig[512];
+    size_t sig_len = 0;
+    EVP_PKEY *pub = pub_from_hsm(h, id);
+
+    make_digest(HSM_PS256, "signed by a sealed key", digest);
+    assert_int_equal(hsm_sign(h, id, HSM_PS256, digest, 32, sig, &sig_len), HSM_OK);
+    assert_int_equal(ossl_verify(pub, HSM_PS256, digest, sig, sig_len), 1);
+    assert_int_equal(hsm_verify(h, id, HSM_PS256, digest, 32, sig, sig_len), HSM_OK);
+    EVP_PKEY_free(pub);
+}
+
+/* A sealed key works like a token key, leaves no token object, survives a reopen (given its
+ * blob back) and a module reload, and is gone once destroyed. */
+static void hsm_sealed_key_lives_outside_the_token(void **state)
+{
+    fixture *f = *state;
+    static const uint8_t msg[32] = "sealed: wrapped in the caller's";
+    uint8_t id[HSM_ID_LEN], *blob = NULL, ct[512], pt[512];
+    size_t blob_len = 0, ct_len = 0, pt_len = 0;
+    unsigned bits = 0;
+    int before = probe(f->h, NULL).count;
+
+    assert_int_equal(hsm_rsa_generate_sealed(f->h, 2048, 0, "test/sealed", id, &blob, &blob_len),
+                     HSM_OK);
+    assert_non_null(blob);
+    assert_true(blob_len > 1000);
+    assert_int_equal(hsm_rsa_generate_sealed(f->h, 2048, 0, "x", id, NULL, &blob_len),
+                     HSM_ERR_ARGS);
+    /* nothing in the token: not listed, no token object, no session object before first use */
+    assert_int_equal(probe(f->h, NULL).count, before);
+    assert_int_equal(probe(f->h, id).found, 0);
+    assert_int_equal(raw_count_id(f->h, id, CK_TRUE), 0);
+    assert_int_equal(raw_count_id(f->h, id, CK_FALSE), 0);
+    assert_int_equal(hsm_rsa_bits(f->h, id, &bits), HSM_OK);
+    assert_int_equal(bits, 2048);
+    assert_int_equal(raw_count_id(f->h, id, CK_FALSE), 0); /* the size comes from the blob */
+    /* encrypt in OpenSSL with the exported public key, decrypt in the token */
+    EVP_PKEY *pub = pub_from_hsm(f->h, id);
+    ossl_encrypt(pub, HSM_RSA_OAEP_SHA256, msg, sizeof(msg), ct, &ct_len);
+    EVP_PKEY_free(pub);
+    assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
+                     HSM_OK);
+    assert_int_equal(pt_len, sizeof(msg));
+    assert_memory_equal(pt, msg, sizeof(msg));
+    assert_int_equal(raw_count_id(f->h, id, CK_FALSE), 1); /* unsealed once, as a session object */
+    assert_int_equal(raw_count_id(f->h, id, CK_TRUE), 0);
+    sign_and_check(f->h, id);
+    roundtrip(f->h, id);
+
+    /* a new process knows nothing of it until the blob is handed back */
+    reopen(f);
+    assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
+                     HSM_ERR_NOT_FOUND);
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len), HSM_OK);
+    assert_int_equal(probe(f->h, NULL).count, before);
+    pt_len = 0;
+    assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
+                     HSM_OK);
+    assert_memory_equal(pt, msg, sizeof(msg));
+
+    /* a reload drops the session object; the key is unsealed again */
+    assert_int_equal(hsm_reload(f->h), HSM_OK);
+    assert_int_equal(raw_count_id(f->h, id, CK_FALSE), 0);
+    roundtrip(f->h, id);
+    sign_and_check(f->h, id);
+
+    /* destroyed: forgotten, and its live object gone */
+    assert_int_equal(hsm_key_destroy(f->h, id), HSM_OK);
+    assert_int_equal(raw_count_id(f->h, id, CK_FALSE), 0);
+    assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
+                     HSM_ERR_NOT_FOUND);
+    assert_int_equal(hsm_rsa_bits(f->h, id, &bits), HSM_ERR_NOT_FOUND);
+    assert_int_equal(hsm_key_destroy(f->h, id), HSM_ERR_NOT_FOUND);
+    free(blob);
+}
+
+/* Imported and restored keys can be sealed too; the blob never holds key bytes in clear, and
+ * a sealed blob is not a backup blob (other wrapping key). */
+static void hsm_sealed_import_and_restore(void **state)
+{
+    fixture *f = *state;
+    static const uint8_t msg[32] = "imported, sealed, then restored";
+    ossl_key k;
+    hsm_rsa_components c;
+    uint8_t id[HSM_ID_LEN], id2[HSM_ID_LEN], id3[HSM_ID_LEN], *sealed = NULL, *sealed2 = NULL;
+    uint8_t *backup = NULL, ct[512], pt[512];
+    size_t sealed_len = 0, sealed2_len = 0, backup_len = 0, ct_len = 0, pt_len = 0;
+
+    ossl_key_make(&k, 2048);
+    c = ossl_key_components(&k, 1);
+    assert_int_equal(
+        hsm_rsa_import_sealed(f->h, &c, "test/sealed-import", id, &sealed, &sealed_len), HSM_OK);
+    for (int i = 2; i < 8; i++) /* d p q dp dq qi */
+        assert_false(bytes_within(sealed, sealed_len, k.part[i], k.len[i]));
+    assert_true(bytes_within(sealed, sealed_len, k.part[0], k.len[0])); /* n is public */
+    assert_int_equal(raw_count_id(f->h, id, CK_TRUE), 0);
+    ossl_encrypt(k.pkey, HSM_RSA_OAEP_SHA1, msg, sizeof(msg), ct, &ct_len);
+    assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len), HSM_OK);
+    assert_memory_equal(pt, msg, sizeof(msg));
+
+    /* backup of a sealed key, restored as another sealed key */
+    assert_int_equal(hsm_key_export_wrapped(f->h, id, &backup, &backup_len), HSM_OK);
+    assert_int_equal(hsm_key_import_wrapped_sealed(f->h, backup, backup_len, "test/restored", id2,
+                                                   &sealed2, &sealed2_len),
+                     HSM_OK);
+    assert_memory_not_equal(id, id2, HSM_ID_LEN);
+    assert_int_equal(raw_count_id(f->h, id2, CK_TRUE), 0);
+    pt_len = 0;
+    assert_int_equal(hsm_rsa_decrypt(f->h, id2, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len),
+                     HSM_OK);
+    assert_memory_equal(pt, msg, sizeof(msg));
+    /* a sealed blob does not restore as a backup */
+    assert_int_equal(hsm_key_import_wrapped(f->h, sealed, sealed_len, "test/not-backup", id3),
+                     HSM_ERR_DECRYPT);
+    assert_int_equal(hsm_key_destroy(f->h, id), HSM_OK);
+    assert_int_equal(hsm_key_destroy(f->h, id2), HSM_OK);
+    free(sealed);
+    free(sealed2);
+    free(backup);
+    ossl_key_free(&k);
+}
+
+/* A damaged blob: malformed is refused at load; altered wrapped bytes, or a public part that
+ * is not the key's, fail at first use as a token error, leaving nothing behind. */
+static void hsm_sealed_damaged_blob(void **state)
+{
+    fixture *f = *state;
+    uint8_t id[HSM_ID_LEN], other[HSM_ID_LEN], *blob = NULL, *blob2 = NULL, ct[512], pt[512];
+    size_t blob_len = 0, blob2_len = 0, ct_len = 0, pt_len = 0;
+    static const uint8_t msg[16] = "damaged blob";
+
+    assert_int_equal(hsm_rsa_generate_sealed(f->h, 2048, 0, NULL, id, &blob, &blob_len), HSM_OK);
+    assert_int_equal(hsm_rsa_generate_sealed(f->h, 2048, 0, NULL, other, &blob2, &blob2_len),
+                     HSM_OK);
+    assert_int_equal(hsm_rsa_encrypt(f->h, id, HSM_RSA_OAEP_SHA256, msg, 16, ct, &ct_len), HSM_OK);
+    reopen(f);
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len - 1), HSM_ERR_ARGS);
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, 3), HSM_ERR_ARGS);
+    /* the last byte is in the wrapped private key */
+    blob[blob_len - 1] ^= 0x01;
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len), HSM_OK);
+    assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
+                     HSM_ERR_TOKEN);
+    assert_int_equal(raw_count_id(f->h, id, CK_FALSE), 0);
+    blob[blob_len - 1] ^= 0x01;
+    /* the other key's wrapped private key under this key's public part (same layout) */
+    assert_int_equal(blob_len, blob2_len);
+    memcpy(blob2 + 8, blob + 8, 256); /* n, after magic, mech and n_len */
+    assert_int_equal(hsm_key_load_sealed(f->h, other, blob2, blob2_len), HSM_OK);
+    assert_int_equal(hsm_rsa_decrypt(f->h, other, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
+                     HSM_ERR_TOKEN);
+    assert_int_equal(raw_count_id(f->h, other, CK_FALSE), 0);
+    /* the intact blob still works */
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len), HSM_OK);
+    pt_len = 0;
+    assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
+                     HSM_OK);
+    assert_memory_equal(pt, msg, sizeof(msg));
+    assert_int_equal(hsm_key_destroy(f->h, id), HSM_OK);
+    assert_int_equal(hsm_key_destroy(f->h, other), HSM_OK);
+    free(blob);
+    free(blob2);
+}
+
+/* The live object destroyed behind the cache's back: the next use unseals the key again. */
+static void hsm_sealed_key_survives_losing_its_object(void **state)
+{
+    fixture *f = *state;
+    uint8_t id[HSM_ID_LEN], *blob = NULL;
+    size_t blob_len = 0;
+    CK_BBOOL no = CK_FALSE;
+
+    assert_int_equal(hsm_rsa_generate_sealed(f->h, 2048, 0, NULL, id, &blob, &blob_len), HSM_OK);
+    roundtrip(f->h, id);
+    CK_FUNCTION_LIST *fl = hsm_testing_get_functions(f->h);
+    CK_SESSION_HANDLE s = raw_session(fl);
+    CK_ATTRIBUTE q[] = {{CKA_ID, id, HSM_ID_LEN}, {CKA_TOKEN, &no, sizeof(no)}};
+    CK_OBJECT_HANDLE o;
+    CK_ULONG got = 0;
+    assert_int_equal(fl->C_FindObjectsInit(s, q, 2), CKR_OK);
+    assert_int_equal(fl->C_FindObjects(s, &o, 1, &got), CKR_OK);
+    assert_int_equal(fl->C_FindObjectsFinal(s), CKR_OK);
+    assert_int_equal(got, 1);
+    assert_int_equal(fl->C_DestroyObject(s, o), CKR_OK);
+    assert_int_equal(fl->C_CloseSession(s), CKR_OK);
+    roundtrip(f->h, id);
+    sign_and_check(f->h, id);
+    assert_int_equal(raw_count_id(f->h, id, CK_FALSE), 1);
+    assert_int_equal(hsm_key_destroy(f->h, id), HSM_OK);
+    free(blob);
+}
+
+/* Eight threads use a cold sealed key at once: all succeed, and one session object is kept
+ * (the threads that lost the race destroyed theirs). */
+static void hsm_sealed_concurrent_first_use(void **state)
+{
+    fixture *f = *state;
+    enum { NT = 8 };
+    uint8_t id[HSM_ID_LEN], *blob = NULL;
+    size_t blob_len = 0;
+    pthread_barrier_t start;
+    pthread_t th[NT];
+    worker *w = calloc(NT, sizeof(*w));
+
+    assert_non_null(w);
+    assert_int_equal(hsm_rsa_generate_sealed(f->h, 2048, 0, NULL, id, &blob, &blob_len), HSM_OK);
+    for (int t = 0; t < NT; t++) {
+        w[t].h = f->h;
+        w[t].id = id;
+        w[t].start = &start;
+        for (int i = 0; i < 50; i++) {
+            w[t].alg[i] = enc_algs[(size_t)(i + t) % 3];
+            assert_int_equal(RAND_bytes(w[t].msg[i], 32), 1);
+            assert_int_equal(hsm_rsa_encrypt(f->h, id, w[t].alg[i], w[t].msg[i], 32, w[t].ct[i],
+                                             &w[t].ct_len[i]),
+                             HSM_OK);
+        }
+    }
+    reopen(f);
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len), HSM_OK);
+    for (int t = 0; t < NT; t++)
+        w[t].h = f->h;
+    assert_int_equal(pthread_barrier_init(&start, NULL, NT), 0);
+    for (int t = 0; t < NT; t++)
+        assert_int_equal(pthread_create(&th[t], NULL, decrypt_worker, &w[t]), 0);
+    for (int t = 0; t < NT; t++)
+        pthread_join(th[t], NULL);
+    pthread_barrier_destroy(&start);
+    for (int t = 0; t < NT; t++) {
+        assert_int_equal(w[t].failed, 0);
+        assert_int_equal(w[t].ok, 50);
+    }
+    assert_int_equal(raw_count_id(f->h, id, CK_FALSE), 1);
+    assert_int_equal(hsm_key_destroy(f->h, id), HSM_OK);
+    free(blob);
+    free(w);
+}
+
 static void hsm_reloads_itself_after_destroyed_objects(void **state)
 {
     fixture *f = *state;
@@ -1555,6 +1822,11 @@ int main(void)
         cmocka_unit_test(hsm_two_threads_decrypt_concurrently),
         cmocka_unit_test(hsm_handle_cache_avoids_searches),
         cmocka_unit_test(hsm_listing_finds_public_token_objects),
+        cmocka_unit_test(hsm_sealed_key_lives_outside_the_token),
+        cmocka_unit_test(hsm_sealed_import_and_restore),
+        cmocka_unit_test(hsm_sealed_damaged_blob),
+        cmocka_unit_test(hsm_sealed_key_survives_losing_its_object),
+        cmocka_unit_test(hsm_sealed_concurrent_first_use),
         cmocka_unit_test(hsm_random_from_token),
         cmocka_unit_test(hsm_injected_token_faults_map_to_status),
         cmocka_unit_test(hsm_reload_keeps_keys_and_drops_stale_handles),
