@@ -67,7 +67,7 @@ bool emu_fsck_run(emu_store *store, hsm_t *hsm, emu_fsck_report *out, char *err,
         snprintf(err, errlen, "cannot list the token's key pairs: %s", hsm_status_str(hs));
         goto out;
     }
-    if (!kv_store_hsm_ids(store, on_token_id, &rows) ||
+    if (!kv_store_hsm_ids(store, &out->sealed, on_token_id, &rows) ||
         !emu_store_owned_foreach(store, on_owned_id, &rows)) {
         snprintf(err, errlen,
                  "cannot read the rows that refer to token objects (is this a "
@@ -157,12 +157,14 @@ int emu_fsck_main(int argc, char **argv)
         goto out;
     }
     if (json)
-        printf("{\"tokenKeys\":%zu,\"rows\":%zu,\"orphans\":%zu,\"missing\":%zu}\n", r.token_keys,
-               r.rows, r.orphans, r.missing);
+        printf("{\"tokenKeys\":%zu,\"rows\":%zu,\"sealed\":%zu,\"orphans\":%zu,\"missing\":%zu}"
+               "\n",
+               r.token_keys, r.rows, r.sealed, r.orphans, r.missing);
     else
-        printf("token key pairs: %zu\nrows referring to one: %zu\nkey pairs without a row "
-               "(orphans, destroyed at the next start): %zu\nrows without their key pair: %zu\n",
-               r.token_keys, r.rows, r.orphans, r.missing);
+        printf("token key pairs: %zu\nrows referring to one: %zu\nsealed key versions (blob in "
+               "the store): %zu\nkey pairs without a row (orphans, destroyed at the next start): "
+               "%zu\nrows without their key pair: %zu\n",
+               r.token_keys, r.rows, r.sealed, r.orphans, r.missing);
     rc = r.orphans || r.missing ? 1 : 0;
 out:
     emu_store_close(store);

@@ -3,10 +3,12 @@
  *
  * Every RSA key pair in the token must be referred to by a row (a key version in kv_versions,
  * or an object another module owns, table hsm_owned), and every such row must have its key
- * pair. The emulator keeps this true by its order of effects (the token object is created
- * before the row commits; on purge the row delete is made durable before the object is
- * destroyed), so after a crash only the first kind of difference can exist: an orphan, which
- * kv_open destroys at the next start (see kv_reconciled). A row without its object is a bug.
+ * pair. Key versions made since sealed keys (hsm.h) have no token object: their blob is in
+ * table kv_sealed, deleted with the row, and they are only counted. The emulator keeps this true by
+ * its order of effects (the token object is created before the row commits; on purge the row delete
+ * is made durable before the object is destroyed), so after a crash only the first kind of
+ * difference can exist: an orphan, which kv_open destroys at the next start (see kv_reconciled). A
+ * row without its object is a bug.
  *
  * The check reads, never repairs: the server does that at start-up. It needs the data dir
  * to itself (the store is opened in exclusive mode), so it runs while the server is stopped.
@@ -31,6 +33,7 @@ emu_data_status emu_data_dir_open(const emu_config *cfg, hsm_t **hsm, emu_store 
 typedef struct {
     size_t token_keys; /* RSA key pairs in the token */
     size_t rows;       /* distinct token ids that rows refer to */
+    size_t sealed;     /* key versions kept sealed (their blob is in the store, see hsm.h) */
     size_t orphans;    /* key pairs no row refers to (the next start destroys them) */
     size_t missing;    /* rows whose key pair is missing (never expected) */
 } emu_fsck_report;

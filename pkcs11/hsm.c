@@ -2571,8 +2571,10 @@ static hsm_status op_key_foreach(hsm_t *h, uint8_t (**ids_out)[HSM_ID_LEN], size
     /* One search for both classes: SoftHSM visits every token object on each search (and
      * re-checks its file), so a search per class cost a whole extra pass over the token;
      * obj_read_opt reads the class anyway. */
-    CK_ATTRIBUTE tmpl[] = {{CKA_KEY_TYPE, &kt, sizeof(kt)}};
-    rv = objects_find(h, s, tmpl, 1, &found, &nfound);
+    CK_BBOOL on_token = CK_TRUE; /* not the session objects of live sealed keys */
+    CK_ATTRIBUTE tmpl[] = {{CKA_KEY_TYPE, &kt, sizeof(kt)},
+                           {CKA_TOKEN, &on_token, sizeof(on_token)}};
+    rv = objects_find(h, s, tmpl, 2, &found, &nfound);
     if (rv == CKR_OK && nfound) {
         infos = malloc(nfound * sizeof(*infos));
         if (!infos)

@@ -44,8 +44,7 @@ bool cmk_test_mkdtemp(const char *prefix, char *out, size_t outlen)
 static bool fixture_pp_open(cmk_fixture *fx, unsigned parts, char *err, size_t errlen)
 {
     bool want_envs = parts & (CMK_FX_ENVS | CMK_FX_PP | CMK_FX_COMPS | CMK_FX_BAP);
-    if ((parts & CMK_FX_ROLES) &&
-        !(fx->roles = auth_roles_open(fx->store, fx->auth, err, errlen)))
+    if ((parts & CMK_FX_ROLES) && !(fx->roles = auth_roles_open(fx->store, fx->auth, err, errlen)))
         return false;
     if (fx->roles && fx->kv)
         kv_set_rbac_roles(fx->kv, fx->roles);
@@ -58,8 +57,9 @@ static bool fixture_pp_open(cmk_fixture *fx, unsigned parts, char *err, size_t e
         return false;
     pp_envs_set_audit(fx->envs, fx->audit);
     if (parts & CMK_FX_PP)
-        pp_envs_set_cmk(fx->envs, &(pp_cmk_deps){.kv = fx->kv, .policies = fx->pol,
-                                                 .roles = fx->roles, .auth = fx->auth});
+        pp_envs_set_cmk(
+            fx->envs, &(pp_cmk_deps){
+                          .kv = fx->kv, .policies = fx->pol, .roles = fx->roles, .auth = fx->auth});
     if ((parts & CMK_FX_COMPS) &&
         !(fx->comps = pp_comps_open(fx->store, fx->hsm, fx->envs, fx->audit, err, errlen)))
         return false;
@@ -237,8 +237,8 @@ bool cmk_fx_access(cmk_fixture *fx, const char *vault, const char *oid, uint32_t
     return st == KV_OK;
 }
 
-bool cmk_fx_cmk_policy(cmk_fixture *fx, const char *name, const char *location,
-                       const char *vault, const char *key_version, pp_policy *out)
+bool cmk_fx_cmk_policy(cmk_fixture *fx, const char *name, const char *location, const char *vault,
+                       const char *key_version, pp_policy *out)
 {
     char vid[300];
     snprintf(vid, sizeof vid, CMK_FX_VAULT_ID "%s", vault);
@@ -259,4 +259,25 @@ bool cmk_fx_cmk_policy(cmk_fixture *fx, const char *name, const char *location,
         return true;
     fprintf(stderr, "policy %s: %s\n", name, e.msg);
     return false;
+}
+
+static void count_stored(const uint8_t id[HSM_ID_LEN], void *ud)
+{
+    (void)id;
+    (*(size_t *)ud)++;
+}
+
+size_t cmk_test_stored_keys(hsm_t *hsm, emu_store *store)
+{
+    size_t n = 0;
+    if (hsm_key_foreach(hsm, count_stored, &n) != HSM_OK)
+        return (size_t)-1;
+    sqlite3 *db = emu_store_lock(store);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM kv_sealed", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        n += (size_t)sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    emu_store_unlock(store);
+    return n;
 }

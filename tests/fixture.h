@@ -76,13 +76,17 @@ bool cmk_test_mkdtemp(const char *prefix, char *out, size_t outlen);
 /* Remove a directory tree (nftw, depth first, no symlinks followed). */
 void cmk_test_rm_rf(const char *path);
 
+/* Key pairs the emulator keeps: RSA key pairs in the token plus sealed key versions (their
+ * blobs in the store, table kv_sealed; 0 of those before the key vault schema exists). */
+size_t cmk_test_stored_keys(hsm_t *hsm, emu_store *store);
+
 /* Open what parts asks for, with tenant for auth/armres/the routes; NULL on failure (reported
  * on stderr, everything opened so far closed). The clock offset and hooks are reset first. */
 cmk_fixture *cmk_fixture_new(const char *prefix, const char *tenant, unsigned parts);
 
 /* Register on fx->router, in this order, the routes parts names (CMK_FX_KV_API,
- * CMK_FX_ARM_ROUTES, CMK_FX_VAULTS_ARM, CMK_FX_BAP); cmk_fixture_new does this for its own parts. For a test
- * whose own routes must come first (the router takes the first match). */
+ * CMK_FX_ARM_ROUTES, CMK_FX_VAULTS_ARM, CMK_FX_BAP); cmk_fixture_new does this for its own parts.
+ * For a test whose own routes must come first (the router takes the first match). */
 void cmk_fixture_register(cmk_fixture *fx, unsigned parts);
 
 /* Close what cmk_fixture_new opened, clear the clock hooks, remove the data directory (unless
@@ -91,11 +95,11 @@ void cmk_fixture_free(cmk_fixture *fx);
 
 /* One request. */
 typedef struct {
-    const char *host;            /* NULL = "localhost:8443" */
-    const char *body;            /* NULL = none */
-    bool no_token;               /* true = no "Authorization: Bearer test" */
-    void *principal;             /* req->principal, NULL = none */
-    const char *const *headers;  /* extra name, value pairs, NULL-terminated; NULL = none */
+    const char *host;           /* NULL = "localhost:8443" */
+    const char *body;           /* NULL = none */
+    bool no_token;              /* true = no "Authorization: Bearer test" */
+    void *principal;            /* req->principal, NULL = none */
+    const char *const *headers; /* extra name, value pairs, NULL-terminated; NULL = none */
 } cmk_call_opts;
 
 /* Dispatch one request through fx->router; the answered request returned (emu_req_free). */
@@ -107,7 +111,8 @@ emu_req *cmk_fixture_dispatch(cmk_fixture *fx, const char *method, const char *u
 
 /* Subscription and resource group ("rg") of the vaults and policies below. */
 #define CMK_FX_SUB "00000000-0000-4000-8000-000000000001"
-#define CMK_FX_VAULT_ID "/subscriptions/" CMK_FX_SUB "/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/"
+#define CMK_FX_VAULT_ID                                                                            \
+    "/subscriptions/" CMK_FX_SUB "/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/"
 
 /* A vault in fx->tenant with soft delete (7 days) and purge protection as given. */
 bool cmk_fx_vault(cmk_fixture *fx, const char *name, bool purge_protection);
@@ -117,8 +122,8 @@ bool cmk_fx_access(cmk_fixture *fx, const char *vault, const char *oid, uint32_t
                    int rbac);
 /* An encryption enterprise policy with a managed identity over key "cmk" of vault
  * (key_version NULL = the latest). */
-bool cmk_fx_cmk_policy(cmk_fixture *fx, const char *name, const char *location,
-                       const char *vault, const char *key_version, pp_policy *out);
+bool cmk_fx_cmk_policy(cmk_fixture *fx, const char *name, const char *location, const char *vault,
+                       const char *key_version, pp_policy *out);
 
 /* The response body parsed as JSON; NULL when empty or not JSON. */
 json_t *cmk_resp_json(const emu_req *req);

@@ -5,8 +5,8 @@
  * recovery of vaults as the data plane sees them, purge (token objects destroyed), access
  * policy operations and the access check decision table.
  *
- * The group fixture (fixture.h) opens hsm + store + kv + armres, registers the data plane, the resource
- * group routes and Microsoft.KeyVault/vaults, and creates resource group "rg1" (eastus).
+ * The group fixture (fixture.h) opens hsm + store + kv + armres, registers the data plane, the
+ * resource group routes and Microsoft.KeyVault/vaults, and creates resource group "rg1" (eastus).
  * Tests run in order; each uses its own vaults.
  */
 #include <setjmp.h>
@@ -23,8 +23,8 @@
 #include <jansson.h>
 
 #include "armres.h"
-#include "fixture.h"
 #include "clock.h"
+#include "fixture.h"
 #include "hsm.h"
 #include "keyvault/access.h"
 #include "keyvault/kv.h"
@@ -58,16 +58,15 @@ static void on_change(const char *vault, const char *key, void *ud)
 static json_t *call_as(fixture *f, const char *method, const char *uri, const char *body,
                        const char *host, auth_principal *p, int *status)
 {
-    emu_req *req = cmk_fixture_dispatch(f->fx, method, uri,
-                                        &(cmk_call_opts){.host = host, .body = body, .principal = p});
+    emu_req *req = cmk_fixture_dispatch(
+        f->fx, method, uri, &(cmk_call_opts){.host = host, .body = body, .principal = p});
     *status = req->status;
     json_t *j = cmk_resp_json(req);
     emu_req_free(req);
     return j;
 }
 
-static json_t *call(fixture *f, const char *method, const char *uri, const char *body,
-                    int *status)
+static json_t *call(fixture *f, const char *method, const char *uri, const char *body, int *status)
 {
     return call_as(f, method, uri, body, NULL, NULL, status);
 }
@@ -91,26 +90,22 @@ static void put_vault_ok(fixture *f, const char *name, const char *props_extra)
     if (st != 200)
         fail_msg("PUT vault %s -> %d %s: %s", name, st, err_code(j),
                  json_string_value(json_object_get(json_object_get(j, "error"), "message")));
-    assert_string_equal(json_string_value(json_object_get(
-                            json_object_get(j, "properties"), "provisioningState")),
-                        "Succeeded");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(j, "properties"), "provisioningState")),
+        "Succeeded");
     json_decref(j);
 }
 
-static void count_id(const uint8_t id[HSM_ID_LEN], void *ud)
-{
-    (void)id;
-    (*(size_t *)ud)++;
-}
-
+/* Key pairs kept: in the token, or sealed with their blob in the store. */
 static size_t token_keys(fixture *f)
 {
-    size_t n = 0;
-    assert_int_equal(hsm_key_foreach(f->fx->hsm, count_id, &n), HSM_OK);
+    size_t n = cmk_test_stored_keys(f->fx->hsm, f->fx->store);
+    assert_true(n != (size_t)-1);
     return n;
 }
 
-/* ---- tests ------------------------------------------------------------------------------------ */
+/* ---- tests ------------------------------------------------------------------------------------
+ */
 
 static void test_id_parse(void **state)
 {
@@ -124,8 +119,7 @@ static void test_id_parse(void **state)
         {"/subscriptions/s1/resourceGroups/rg", true, "s1", "rg", "", "", ""},
         {"/subscriptions/s1/resourcegroups/rg/providers/Microsoft.KeyVault/vaults/v1", true, "s1",
          "rg", "Microsoft.KeyVault", "vaults", "v1"},
-        {"/SUBSCRIPTIONS/s1/RESOURCEGROUPS/rg/PROVIDERS/ns/t/n/", true, "s1", "rg", "ns", "t",
-         "n"},
+        {"/SUBSCRIPTIONS/s1/RESOURCEGROUPS/rg/PROVIDERS/ns/t/n/", true, "s1", "rg", "ns", "t", "n"},
         {"//subscriptions/s1//resourceGroups/rg", true, "s1", "rg", "", "", ""},
         {"/subscriptions", false, 0, 0, 0, 0, 0},
         {"subscriptions/s1", false, 0, 0, 0, 0, 0},
@@ -229,12 +223,20 @@ static void test_vault_put_validation(void **state)
         {"badjson", "{", 400, "InvalidRequestContent"},
     };
     const char *props[] = {
-        "", "", "",
+        "",
+        "",
+        "",
         NULL,
         "\"sku\":{\"family\":\"A\",\"name\":\"standard\"}",
         "\"tenantId\":\"" TENANT "\",\"sku\":{\"family\":\"B\",\"name\":\"standard\"}",
         "\"tenantId\":\"" TENANT "\",\"sku\":{\"family\":\"A\",\"name\":\"gold\"}",
-        NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+        NULL,
+        NULL,
+        NULL,
+        NULL,
+        NULL,
+        NULL,
+        NULL,
     };
     for (size_t i = 0; i < N_ELEMS(T); i++) {
         if (T[i].body[0])
@@ -254,13 +256,11 @@ static void test_vault_put_validation(void **state)
                      "\"permissions\":{\"keys\":[\"fly\"]}}]");
         else if (!strcmp(T[i].name, "toomany"))
             snprintf(extra, sizeof extra, ",\"accessPolicies\":%s", many);
-        snprintf(T[i].body, sizeof T[i].body,
-                 "{\"location\":\"eastus\",\"properties\":{%s%s}}",
+        snprintf(T[i].body, sizeof T[i].body, "{\"location\":\"eastus\",\"properties\":{%s%s}}",
                  props[i] ? props[i] : "\"tenantId\":\"" TENANT "\",", extra);
         if (!props[i]) /* tenant + sku + extra */
             snprintf(T[i].body, sizeof T[i].body,
-                     "{\"location\":\"eastus\",\"properties\":{\"tenantId\":\"" TENANT
-                     "\",%s%s}}",
+                     "{\"location\":\"eastus\",\"properties\":{\"tenantId\":\"" TENANT "\",%s%s}}",
                      OK_SKU, extra);
     }
     for (size_t i = 0; i < N_ELEMS(T); i++) {
@@ -293,9 +293,9 @@ static void test_purge_protection_irreversible(void **state)
                      "{\"properties\":{\"enablePurgeProtection\":false}}", &st);
     assert_int_equal(st, 400);
     assert_string_equal(err_code(j), "BadRequest");
-    assert_non_null(strstr(json_string_value(json_object_get(json_object_get(j, "error"),
-                                                             "message")),
-                           "irreversible"));
+    assert_non_null(
+        strstr(json_string_value(json_object_get(json_object_get(j, "error"), "message")),
+               "irreversible"));
     json_decref(j);
     /* a PUT that omits it keeps it */
     put_vault_ok(f, "pp-vault", "");
@@ -324,9 +324,9 @@ static void test_soft_delete_recover_purge(void **state)
     put_vault_ok(f, "life", ",\"softDeleteRetentionInDays\":7");
     size_t before = token_keys(f);
     int st;
-    json_t *j = call_as(f, "POST", "/keys/k1/create?api-version=7.5",
-                        "{\"kty\":\"RSA\",\"key_size\":2048}", "life.vault.localhost:8443", NULL,
-                        &st);
+    json_t *j =
+        call_as(f, "POST", "/keys/k1/create?api-version=7.5", "{\"kty\":\"RSA\",\"key_size\":2048}",
+                "life.vault.localhost:8443", NULL, &st);
     assert_int_equal(st, 200);
     json_decref(j);
     assert_int_equal(token_keys(f), before + 1);
@@ -335,8 +335,7 @@ static void test_soft_delete_recover_purge(void **state)
     assert_int_equal(st, 200);
     assert_true(f->changes > changes);
     /* the data plane no longer answers */
-    j = call_as(f, "GET", "/keys/k1?api-version=7.5", NULL, "life.vault.localhost:8443", NULL,
-                &st);
+    j = call_as(f, "GET", "/keys/k1?api-version=7.5", NULL, "life.vault.localhost:8443", NULL, &st);
     assert_int_equal(st, 404);
     assert_string_equal(err_code(j), "VaultNotFound");
     json_decref(j);
@@ -362,8 +361,7 @@ static void test_soft_delete_recover_purge(void **state)
     j = call(f, "PUT", VAULTS "life" AV, body, &st);
     assert_int_equal(st, 200);
     json_decref(j);
-    j = call_as(f, "GET", "/keys/k1?api-version=7.5", NULL, "life.vault.localhost:8443", NULL,
-                &st);
+    j = call_as(f, "GET", "/keys/k1?api-version=7.5", NULL, "life.vault.localhost:8443", NULL, &st);
     assert_int_equal(st, 200);
     json_decref(j);
     /* delete again and purge: the key pair leaves the token */
@@ -436,22 +434,42 @@ static void test_access_policy_ops(void **state)
 static void test_access_check(void **state)
 {
     fixture *f = *state;
-    put_vault_ok(f, "acv", ",\"accessPolicies\":[{\"tenantId\":\"" TENANT "\",\"objectId\":\"" OID_A
-                       "\",\"permissions\":{\"keys\":[\"get\",\"unwrapKey\"]}},"
-                       "{\"tenantId\":\"" TENANT "\",\"objectId\":\"all-oid\","
-                       "\"permissions\":{\"keys\":[\"all\"]}},"
-                       "{\"tenantId\":\"" TENANT "\",\"objectId\":\"app-oid\",\"applicationId\":"
-                       "\"" APP_A "\",\"permissions\":{\"keys\":[\"wrapKey\"]}}]");
+    put_vault_ok(f, "acv",
+                 ",\"accessPolicies\":[{\"tenantId\":\"" TENANT "\",\"objectId\":\"" OID_A
+                 "\",\"permissions\":{\"keys\":[\"get\",\"unwrapKey\"]}},"
+                 "{\"tenantId\":\"" TENANT "\",\"objectId\":\"all-oid\","
+                 "\"permissions\":{\"keys\":[\"all\"]}},"
+                 "{\"tenantId\":\"" TENANT "\",\"objectId\":\"app-oid\",\"applicationId\":"
+                 "\"" APP_A "\",\"permissions\":{\"keys\":[\"wrapKey\"]}}]");
     put_vault_ok(f, "rbacv", ",\"enableRbacAuthorization\":true");
-    static const char *const PERMS[] = {
-        "create", "import",  "get",    "update",  "list",   "delete",            "purge",
-        "recover", "encrypt", "decrypt", "wrapKey", "unwrapKey", "sign",          "verify",
-        "backup", "restore", "rotate", "getrotationpolicy", "setrotationpolicy"};
-    auth_principal a = {.oid = OID_A, .appid = "some-app", .tid = TENANT, .from_token = true,
+    static const char *const PERMS[] = {"create",
+                                        "import",
+                                        "get",
+                                        "update",
+                                        "list",
+                                        "delete",
+                                        "purge",
+                                        "recover",
+                                        "encrypt",
+                                        "decrypt",
+                                        "wrapKey",
+                                        "unwrapKey",
+                                        "sign",
+                                        "verify",
+                                        "backup",
+                                        "restore",
+                                        "rotate",
+                                        "getrotationpolicy",
+                                        "setrotationpolicy"};
+    auth_principal a = {.oid = OID_A,
+                        .appid = "some-app",
+                        .tid = TENANT,
+                        .from_token = true,
                         .iss = "https://sts.windows.net/" TENANT "/"};
     auth_principal all = {.oid = "all-oid", .tid = TENANT, .from_token = true};
     auth_principal app_ok = {.oid = "app-oid", .appid = APP_A, .tid = TENANT, .from_token = true};
-    auth_principal app_bad = {.oid = "app-oid", .appid = "other", .tid = TENANT, .from_token = true};
+    auth_principal app_bad = {
+        .oid = "app-oid", .appid = "other", .tid = TENANT, .from_token = true};
     auth_principal nobody = {.oid = "nobody", .tid = TENANT, .from_token = true};
     auth_principal mapped = {.oid = "nobody", .tid = TENANT, .from_token = false};
     kv_err e;
@@ -460,7 +478,8 @@ static void test_access_check(void **state)
         assert_int_equal(kv_access_check(f->fx->kv, "acv", &a, PERMS[i], &e),
                          a_ok ? KV_OK : KV_ERR_FORBIDDEN);
         assert_int_equal(kv_access_check(f->fx->kv, "acv", &all, PERMS[i], &e), KV_OK);
-        assert_int_equal(kv_access_check(f->fx->kv, "acv", &nobody, PERMS[i], &e), KV_ERR_FORBIDDEN);
+        assert_int_equal(kv_access_check(f->fx->kv, "acv", &nobody, PERMS[i], &e),
+                         KV_ERR_FORBIDDEN);
         assert_int_equal(kv_access_check(f->fx->kv, "acv", NULL, PERMS[i], &e), KV_OK);
         assert_int_equal(kv_access_check(f->fx->kv, "acv", &mapped, PERMS[i], &e), KV_OK);
         assert_int_equal(kv_access_check(f->fx->kv, "rbacv", &all, PERMS[i], &e),
@@ -469,16 +488,17 @@ static void test_access_check(void **state)
     /* the permission name is case-insensitive; the message names caller and vault */
     assert_int_equal(kv_access_check(f->fx->kv, "acv", &a, "UNWRAPKEY", &e), KV_OK);
     assert_int_equal(kv_access_check(f->fx->kv, "acv", &a, "wrapKey", &e), KV_ERR_FORBIDDEN);
-    assert_non_null(strstr(e.msg, "'appid=some-app;oid=" OID_A ";iss=https://sts.windows.net/" TENANT
-                                  "/' does not have keys wrapKey permission on key vault "
-                                  "'acv;location=eastus'"));
+    assert_non_null(strstr(e.msg,
+                           "'appid=some-app;oid=" OID_A ";iss=https://sts.windows.net/" TENANT
+                           "/' does not have keys wrapKey permission on key vault "
+                           "'acv;location=eastus'"));
     /* appid-bound policy */
     assert_int_equal(kv_access_check(f->fx->kv, "acv", &app_ok, "wrapKey", &e), KV_OK);
     assert_int_equal(kv_access_check(f->fx->kv, "acv", &app_bad, "wrapKey", &e), KV_ERR_FORBIDDEN);
     /* through the data plane: 403 ForbiddenByPolicy */
     int st;
-    json_t *j = call_as(f, "GET", "/keys?api-version=7.5", NULL, "acv.vault.localhost:8443",
-                        &nobody, &st);
+    json_t *j =
+        call_as(f, "GET", "/keys?api-version=7.5", NULL, "acv.vault.localhost:8443", &nobody, &st);
     assert_int_equal(st, 403);
     assert_string_equal(err_code(j), "Forbidden");
     assert_string_equal(json_string_value(json_object_get(
@@ -496,7 +516,8 @@ static void test_access_check(void **state)
     json_decref(j);
 }
 
-/* ---- fixture ----------------------------------------------------------------------------------- */
+/* ---- fixture -----------------------------------------------------------------------------------
+ */
 
 static int group_setup(void **state)
 {

@@ -35,12 +35,14 @@ typedef struct kv_version {
     unsigned ops;
     bool enabled;
     int64_t nbf, exp, created, updated;
-    json_t *tags; /* owned; NULL = none */
+    json_t *tags;    /* owned; NULL = none */
+    uint8_t *sealed; /* a new sealed version's blob until its row is written; NULL after */
+    size_t sealed_len;
 } kv_version;
 
 typedef struct kv_key {
-    char name[128];  /* as created */
-    char lname[128]; /* lowercase: identity and sort order */
+    char name[128];        /* as created */
+    char lname[128];       /* lowercase: identity and sort order */
     kv_version **versions; /* creation order; latest last */
     size_t nversions, capversions;
     kv_version **by_version; /* sorted by version string */
@@ -120,28 +122,54 @@ static const emu_migration KV_MIGRATIONS[] = {
      " ON DELETE CASCADE, idx INTEGER NOT NULL, tenant TEXT NOT NULL, object_id TEXT NOT NULL,"
      " application_id TEXT NOT NULL, keys INTEGER NOT NULL, permissions TEXT NOT NULL,"
      " PRIMARY KEY(vault, idx));"},
+    /* 3: sealed key versions (hsm.h): the blob lives here, keyed like the version's token
+     * object was; a version row without one refers to a token object (older data dirs).
+     * Deleting a version row (a purge, directly or by cascade) deletes its blob in the same
+     * transaction. INSERT OR REPLACE of a version row does not fire the trigger (SQLite
+     * fires delete triggers for REPLACE only with recursive_triggers on; it is off). */
+    {"keyvault", 3,
+     "CREATE TABLE kv_sealed(hsm_id BLOB PRIMARY KEY, blob BLOB NOT NULL);"
+     "CREATE TRIGGER kv_versions_sealed_delete AFTER DELETE ON kv_versions"
+     " BEGIN DELETE FROM kv_sealed WHERE hsm_id = OLD.hsm_id; END;"},
 };
 
 const char *kv_status_str(kv_status st)
 {
     switch (st) {
-    case KV_OK: return "ok";
-    case KV_ERR_BAD_PARAM: return "bad parameter";
-    case KV_ERR_VAULT_NOT_FOUND: return "vault not found";
-    case KV_ERR_KEY_NOT_FOUND: return "key not found";
-    case KV_ERR_DELETED_CONFLICT: return "deleted but recoverable";
-    case KV_ERR_CONFLICT: return "conflict";
-    case KV_ERR_PURGE_PROTECTED: return "purge protected";
-    case KV_ERR_DISABLED: return "key disabled";
-    case KV_ERR_EXPIRED: return "key expired";
-    case KV_ERR_NOT_YET_VALID: return "key not yet valid";
-    case KV_ERR_OP_NOT_ALLOWED: return "operation not allowed";
-    case KV_ERR_FORBIDDEN: return "forbidden";
-    case KV_ERR_HSM: return "hsm failure";
-    case KV_ERR_STORE: return "store failure";
-    case KV_ERR_VAULT_EXISTS: return "vault exists";
-    case KV_ERR_FORBIDDEN_RBAC: return "forbidden by rbac";
-    case KV_ERR_HSM_UNAVAILABLE: return "hsm unavailable";
+    case KV_OK:
+        return "ok";
+    case KV_ERR_BAD_PARAM:
+        return "bad parameter";
+    case KV_ERR_VAULT_NOT_FOUND:
+        return "vault not found";
+    case KV_ERR_KEY_NOT_FOUND:
+        return "key not found";
+    case KV_ERR_DELETED_CONFLICT:
+        return "deleted but recoverable";
+    case KV_ERR_CONFLICT:
+        return "conflict";
+    case KV_ERR_PURGE_PROTECTED:
+        return "purge protected";
+    case KV_ERR_DISABLED:
+        return "key disabled";
+    case KV_ERR_EXPIRED:
+        return "key expired";
+    case KV_ERR_NOT_YET_VALID:
+        return "key not yet valid";
+    case KV_ERR_OP_NOT_ALLOWED:
+        return "operation not allowed";
+    case KV_ERR_FORBIDDEN:
+        return "forbidden";
+    case KV_ERR_HSM:
+        return "hsm failure";
+    case KV_ERR_STORE:
+        return "store failure";
+    case KV_ERR_VAULT_EXISTS:
+        return "vault exists";
+    case KV_ERR_FORBIDDEN_RBAC:
+        return "forbidden by rbac";
+    case KV_ERR_HSM_UNAVAILABLE:
+        return "hsm unavailable";
     }
     return "?";
 }
@@ -247,6 +275,7 @@ static void version_free(kv_version *ver)
         return;
     json_decref(ver->tags);
     free(ver->n);
+    free(ver->sealed);
     free(ver);
 }
 
@@ -298,8 +327,12 @@ static kv_version *version_find(const kv_key *k, const char *version)
     return NULL;
 }
 
+/* Adds a version whose row is written (a new sealed version's blob is in the store now). */
 static void version_add(kv_key *k, kv_version *ver)
 {
+    free(ver->sealed);
+    ver->sealed = NULL;
+    ver->sealed_len = 0;
     if (k->nversions == k->capversions) {
         k->capversions = k->capversions ? k->capversions * 2 : 4;
         k->versions = emu_xrealloc(k->versions, k->capversions * sizeof *k->versions);
@@ -312,8 +345,7 @@ static void version_add(kv_key *k, kv_version *ver)
     memmove(k->versions + i + 1, k->versions + i, (k->nversions - i) * sizeof *k->versions);
     k->versions[i] = ver;
     size_t j = version_lower_bound(k, ver->version);
-    memmove(k->by_version + j + 1, k->by_version + j,
-            (k->nversions - j) * sizeof *k->by_version);
+    memmove(k->by_version + j + 1, k->by_version + j, (k->nversions - j) * sizeof *k->by_version);
     k->by_version[j] = ver;
     k->nversions++;
 }
@@ -359,8 +391,8 @@ static const struct {
     const char *name;
     unsigned bit;
 } OPS[] = {
-    {"encrypt", KV_OP_ENCRYPT}, {"decrypt", KV_OP_DECRYPT},     {"sign", KV_OP_SIGN},
-    {"verify", KV_OP_VERIFY},   {"wrapKey", KV_OP_WRAP},        {"unwrapKey", KV_OP_UNWRAP},
+    {"encrypt", KV_OP_ENCRYPT}, {"decrypt", KV_OP_DECRYPT}, {"sign", KV_OP_SIGN},
+    {"verify", KV_OP_VERIFY},   {"wrapKey", KV_OP_WRAP},    {"unwrapKey", KV_OP_UNWRAP},
     {"import", KV_OP_IMPORT},   {"export", KV_OP_EXPORT},
 };
 
@@ -450,8 +482,7 @@ static bool db_put_key(sqlite3 *db, const char *vault, const kv_key *k)
     return db_step_done(db, st);
 }
 
-static bool db_put_version(sqlite3 *db, const char *vault, const char *lname,
-                           const kv_version *ver)
+static bool db_put_version(sqlite3 *db, const char *vault, const char *lname, const kv_version *ver)
 {
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db,
@@ -481,6 +512,16 @@ static bool db_put_version(sqlite3 *db, const char *vault, const char *lname,
     else
         sqlite3_bind_null(st, 16);
     free(tags);
+    if (!db_step_done(db, st))
+        return false;
+    if (!ver->sealed)
+        return true;
+    st = NULL;
+    if (sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO kv_sealed(hsm_id, blob) VALUES(?,?)", -1,
+                           &st, NULL) != SQLITE_OK)
+        return false;
+    sqlite3_bind_blob(st, 1, ver->hsm_id, HSM_ID_LEN, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, ver->sealed, (int)ver->sealed_len, SQLITE_STATIC);
     return db_step_done(db, st);
 }
 
@@ -670,8 +711,7 @@ static bool load_all(kv_t *kv, char *err, size_t errlen)
         k->deleted_date = sqlite3_column_int64(st, 3);
         k->scheduled_purge = sqlite3_column_int64(st, 4);
         if (sqlite3_column_type(st, 5) != SQLITE_NULL)
-            k->rotation_policy =
-                json_loads((const char *)sqlite3_column_text(st, 5), 0, NULL);
+            k->rotation_policy = json_loads((const char *)sqlite3_column_text(st, 5), 0, NULL);
         k->rp_created = sqlite3_column_int64(st, 6);
         k->rp_updated = sqlite3_column_int64(st, 7);
         /* rows come sorted by lname: append */
@@ -769,23 +809,80 @@ static bool id_owned_elsewhere(sqlite3 *db, const uint8_t id[HSM_ID_LEN])
     return found;
 }
 
+/* Hands every stored sealed blob to the HSM layer and lists their ids (sorted). A blob no
+ * version row refers to (the trigger makes that impossible short of editing the file) is
+ * deleted. Returns false when the table cannot be read. */
+static bool load_sealed(kv_t *kv, const id_list *rows, id_list *sealed)
+{
+    sqlite3 *db = emu_store_lock(kv->store);
+    sqlite3_stmt *st = NULL;
+    bool ok =
+        sqlite3_prepare_v2(db, "SELECT hsm_id, blob FROM kv_sealed", -1, &st, NULL) == SQLITE_OK;
+    id_list stray = {0};
+    size_t bad = 0;
+    int rc = SQLITE_DONE;
+    while (ok && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const uint8_t *id = sqlite3_column_blob(st, 0);
+        if (sqlite3_column_bytes(st, 0) != HSM_ID_LEN)
+            continue;
+        if (!rows->n || !bsearch(id, rows->ids, rows->n, HSM_ID_LEN, cmp_id)) {
+            collect_id(id, &stray);
+            continue;
+        }
+        int len = sqlite3_column_bytes(st, 1);
+        if (hsm_key_load_sealed(kv->hsm, id, sqlite3_column_blob(st, 1),
+                                (size_t)(len > 0 ? len : 0)) == HSM_OK)
+            collect_id(id, sealed);
+        else
+            bad++;
+    }
+    ok = ok && rc == SQLITE_DONE;
+    sqlite3_finalize(st);
+    for (size_t i = 0; ok && i < stray.n; i++) {
+        st = NULL;
+        if (sqlite3_prepare_v2(db, "DELETE FROM kv_sealed WHERE hsm_id=?", -1, &st, NULL) ==
+            SQLITE_OK) {
+            sqlite3_bind_blob(st, 1, stray.ids[i], HSM_ID_LEN, SQLITE_STATIC);
+            db_step_done(db, st);
+        }
+    }
+    emu_store_unlock(kv->store);
+    if (stray.n)
+        emu_log(EMU_LOG_WARN, "kv", "deleted %zu sealed key blob(s) that no key version refers to",
+                stray.n);
+    if (bad)
+        emu_log(EMU_LOG_ERROR, "kv",
+                "%zu sealed key blob(s) are malformed: their key versions' crypto operations fail",
+                bad);
+    free(stray.ids);
+    if (sealed->n)
+        qsort(sealed->ids, sealed->n, HSM_ID_LEN, cmp_id);
+    kv->reconciled_orphans += stray.n;
+    return ok;
+}
+
 static void reconcile(kv_t *kv)
 {
-    id_list token = {0}, rows = {0};
-    if (hsm_key_foreach(kv->hsm, collect_id, &token) != HSM_OK) {
-        emu_log(EMU_LOG_WARN, "kv", "cannot list token keys; reconciliation skipped");
-        return;
-    }
+    id_list token = {0}, rows = {0}, sealed = {0};
     for (size_t i = 0; i < kv->nvaults; i++)
         for (size_t j = 0; j < kv->vaults[i]->nkeys; j++) {
             kv_key *k = kv->vaults[i]->keys[j];
             for (size_t x = 0; x < k->nversions; x++)
                 collect_id(k->versions[x]->hsm_id, &rows);
         }
-    if (token.n)
-        qsort(token.ids, token.n, HSM_ID_LEN, cmp_id);
     if (rows.n)
         qsort(rows.ids, rows.n, HSM_ID_LEN, cmp_id);
+    if (!load_sealed(kv, &rows, &sealed))
+        emu_log(EMU_LOG_ERROR, "kv", "cannot read the sealed key blobs: %s",
+                "their key versions' crypto operations fail");
+    if (hsm_key_foreach(kv->hsm, collect_id, &token) != HSM_OK) {
+        emu_log(EMU_LOG_WARN, "kv", "cannot list token keys; reconciliation skipped");
+        free(rows.ids);
+        free(sealed.ids);
+        return;
+    }
+    if (token.n)
+        qsort(token.ids, token.n, HSM_ID_LEN, cmp_id);
     sqlite3 *db = emu_store_lock(kv->store);
     size_t orphans = 0, missing = 0;
     for (size_t i = 0; i < token.n; i++) {
@@ -798,9 +895,10 @@ static void reconcile(kv_t *kv)
     }
     emu_store_unlock(kv->store);
     for (size_t i = 0; i < rows.n; i++)
-        if (!token.n || !bsearch(rows.ids[i], token.ids, token.n, HSM_ID_LEN, cmp_id))
+        if ((!token.n || !bsearch(rows.ids[i], token.ids, token.n, HSM_ID_LEN, cmp_id)) &&
+            (!sealed.n || !bsearch(rows.ids[i], sealed.ids, sealed.n, HSM_ID_LEN, cmp_id)))
             missing++;
-    kv->reconciled_orphans = orphans;
+    kv->reconciled_orphans += orphans;
     kv->reconciled_missing = missing;
     if (orphans)
         emu_log(EMU_LOG_WARN, "kv", "destroyed %zu token key pair(s) that no key version refers to",
@@ -811,6 +909,7 @@ static void reconcile(kv_t *kv)
                 missing);
     free(token.ids);
     free(rows.ids);
+    free(sealed.ids);
 }
 
 /* The backup signing key: created after reconciliation on first start and recorded in
@@ -844,19 +943,35 @@ void kv_reconciled(const kv_t *kv, size_t *orphans, size_t *missing)
     *missing = kv->reconciled_missing;
 }
 
-bool kv_store_hsm_ids(emu_store *store, void (*fn)(const uint8_t id[HSM_ID_LEN], void *ud),
-                      void *ud)
+bool kv_store_hsm_ids(emu_store *store, size_t *nsealed,
+                      void (*fn)(const uint8_t id[HSM_ID_LEN], void *ud), void *ud)
 {
     sqlite3 *db = emu_store_lock(store);
     sqlite3_stmt *st = NULL;
-    bool ok = sqlite3_prepare_v2(db, "SELECT hsm_id FROM kv_versions", -1, &st, NULL) == SQLITE_OK;
+    /* a data dir last served before sealed keys has no kv_sealed table: every row is a token
+     * key then */
+    bool have_sealed =
+        sqlite3_prepare_v2(db, "SELECT 1 FROM kv_sealed", -1, &st, NULL) == SQLITE_OK;
+    sqlite3_finalize(st);
+    st = NULL;
+    bool ok = sqlite3_prepare_v2(db,
+                                 have_sealed ? "SELECT v.hsm_id, s.hsm_id IS NOT NULL FROM "
+                                               "kv_versions v LEFT JOIN kv_sealed s USING(hsm_id)"
+                                             : "SELECT hsm_id, 0 FROM kv_versions",
+                                 -1, &st, NULL) == SQLITE_OK;
     int rc = SQLITE_DONE;
-    while (ok && (rc = sqlite3_step(st)) == SQLITE_ROW)
-        if (sqlite3_column_bytes(st, 0) == HSM_ID_LEN)
+    size_t sealed = 0;
+    while (ok && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (sqlite3_column_int(st, 1))
+            sealed++;
+        else if (sqlite3_column_bytes(st, 0) == HSM_ID_LEN)
             fn(sqlite3_column_blob(st, 0), ud);
+    }
     ok = ok && rc == SQLITE_DONE;
     sqlite3_finalize(st);
     emu_store_unlock(store);
+    if (nsealed)
+        *nsealed = sealed;
     return ok;
 }
 
@@ -947,28 +1062,29 @@ static bool db_put_vault(sqlite3 *db, void *ud)
     vault_put_ud *u = ud;
     const kv_vault_info *i = u->info;
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db,
-                           "INSERT INTO kv_vaults(name,is_default,soft_delete,"
-                           "retention_days,purge_protection,rbac,tenant,created,subscription,"
-                           "resource_group,location,sku,public_network_access,tags,network_acls,"
-                           "updated,created_by,created_by_type,modified_by,modified_by_type,"
-                           "deletion_date,scheduled_purge) "
-                           "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-                           "ON CONFLICT(name) DO UPDATE SET "
-                           "is_default=excluded.is_default, soft_delete=excluded.soft_delete,"
-                           " retention_days=excluded.retention_days,"
-                           " purge_protection=excluded.purge_protection, rbac=excluded.rbac,"
-                           " tenant=excluded.tenant, subscription=excluded.subscription,"
-                           " resource_group=excluded.resource_group, location=excluded.location,"
-                           " sku=excluded.sku, public_network_access=excluded.public_network_access,"
-                           " tags=excluded.tags, network_acls=excluded.network_acls,"
-                           " updated=excluded.updated, created_by=excluded.created_by,"
-                           " created_by_type=excluded.created_by_type,"
-                           " modified_by=excluded.modified_by,"
-                           " modified_by_type=excluded.modified_by_type,"
-                           " deletion_date=excluded.deletion_date,"
-                           " scheduled_purge=excluded.scheduled_purge",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(
+            db,
+            "INSERT INTO kv_vaults(name,is_default,soft_delete,"
+            "retention_days,purge_protection,rbac,tenant,created,subscription,"
+            "resource_group,location,sku,public_network_access,tags,network_acls,"
+            "updated,created_by,created_by_type,modified_by,modified_by_type,"
+            "deletion_date,scheduled_purge) "
+            "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(name) DO UPDATE SET "
+            "is_default=excluded.is_default, soft_delete=excluded.soft_delete,"
+            " retention_days=excluded.retention_days,"
+            " purge_protection=excluded.purge_protection, rbac=excluded.rbac,"
+            " tenant=excluded.tenant, subscription=excluded.subscription,"
+            " resource_group=excluded.resource_group, location=excluded.location,"
+            " sku=excluded.sku, public_network_access=excluded.public_network_access,"
+            " tags=excluded.tags, network_acls=excluded.network_acls,"
+            " updated=excluded.updated, created_by=excluded.created_by,"
+            " created_by_type=excluded.created_by_type,"
+            " modified_by=excluded.modified_by,"
+            " modified_by_type=excluded.modified_by_type,"
+            " deletion_date=excluded.deletion_date,"
+            " scheduled_purge=excluded.scheduled_purge",
+            -1, &st, NULL) != SQLITE_OK)
         return false;
     sqlite3_bind_text(st, 1, i->name, -1, SQLITE_STATIC);
     sqlite3_bind_int(st, 2, i->is_default);
@@ -1158,8 +1274,7 @@ kv_status kv_vault_put(kv_t *kv, const kv_vault_state *in, bool *created, kv_err
         return fail(e, KV_ERR_BAD_PARAM,
                     "The value of softDeleteRetentionInDays must be between 7 and 90.");
     if (in->npolicies > KV_MAX_ACCESS_POLICIES)
-        return fail(e, KV_ERR_BAD_PARAM,
-                    "The number of access policies exceeds the maximum of %d.",
+        return fail(e, KV_ERR_BAD_PARAM, "The number of access policies exceeds the maximum of %d.",
                     KV_MAX_ACCESS_POLICIES);
     kv_vault *nv = vault_from_info(&in->info);
     nv->tags = in->tags ? json_deep_copy(in->tags) : NULL;
@@ -1292,8 +1407,8 @@ static kv_status vault_purge_locked(kv_t *kv, kv_vault *v, kv_err *e)
         }
         key_free(k);
     }
-    emu_log(EMU_LOG_INFO, "kv", "purged vault %s (%zu keys, %zu key pairs destroyed)",
-            v->info.name, v->nkeys, destroyed);
+    emu_log(EMU_LOG_INFO, "kv", "purged vault %s (%zu keys, %zu key pairs destroyed)", v->info.name,
+            v->nkeys, destroyed);
     v->nkeys = 0;
     vault_shell_free(v);
     return KV_OK;
@@ -1660,7 +1775,8 @@ kv_status kv_key_create(kv_t *kv, const char *vault, const char *name, const kv_
     kv_version *ver = version_new(kv, p);
     char label[256];
     snprintf(label, sizeof label, "%s/%s/%s", vault, name, ver->version);
-    hsm_status hs = hsm_rsa_generate(kv->hsm, p->bits, p->exponent, label, ver->hsm_id);
+    hsm_status hs = hsm_rsa_generate_sealed(kv->hsm, p->bits, p->exponent, label, ver->hsm_id,
+                                            &ver->sealed, &ver->sealed_len);
     if (hs != HSM_OK) {
         version_free(ver);
         return hsm_fail(e, hs, "key generation");
@@ -1674,9 +1790,8 @@ kv_status kv_key_create(kv_t *kv, const char *vault, const char *name, const kv_
     return add_version(kv, vault, name, ver, out, e);
 }
 
-kv_status kv_key_import(kv_t *kv, const char *vault, const char *name,
-                        const hsm_rsa_components *c, const kv_create_params *p, kv_key_view *out,
-                        kv_err *e)
+kv_status kv_key_import(kv_t *kv, const char *vault, const char *name, const hsm_rsa_components *c,
+                        const kv_create_params *p, kv_key_view *out, kv_err *e)
 {
     kv_status st = validate_create(name, p, e);
     if (st != KV_OK)
@@ -1691,7 +1806,8 @@ kv_status kv_key_import(kv_t *kv, const char *vault, const char *name,
     kv_version *ver = version_new(kv, p);
     char label[256];
     snprintf(label, sizeof label, "%s/%s/%s", vault, name, ver->version);
-    hsm_status hs = hsm_rsa_import(kv->hsm, c, label, ver->hsm_id);
+    hsm_status hs =
+        hsm_rsa_import_sealed(kv->hsm, c, label, ver->hsm_id, &ver->sealed, &ver->sealed_len);
     if (hs != HSM_OK) {
         version_free(ver);
         if (hs == HSM_ERR_ARGS)
@@ -1723,8 +1839,9 @@ static kv_status live_version(kv_t *kv, const char *vault, const char *name, con
         return fail(e, KV_ERR_VAULT_NOT_FOUND, "Vault '%s' does not exist.", vault);
     kv_key *k = key_find(v, name);
     if (!k || k->deleted)
-        return fail(e, KV_ERR_KEY_NOT_FOUND, "A key with (name/id) %.130s was not found in this "
-                                             "key vault.",
+        return fail(e, KV_ERR_KEY_NOT_FOUND,
+                    "A key with (name/id) %.130s was not found in this "
+                    "key vault.",
                     name);
     kv_version *ver = version_find(k, version);
     if (!ver)
@@ -1783,8 +1900,8 @@ kv_status kv_key_update(kv_t *kv, const char *vault, const char *name, const cha
         if (next.nbf && next.exp && next.nbf >= next.exp) {
             st = fail(e, KV_ERR_BAD_PARAM, "The key's nbf must be earlier than its exp.");
         } else {
-            next.tags = p->tags ? json_deep_copy(p->tags) : (ver->tags ? json_incref(ver->tags)
-                                                                       : NULL);
+            next.tags =
+                p->tags ? json_deep_copy(p->tags) : (ver->tags ? json_incref(ver->tags) : NULL);
             next.updated = emu_clock_now();
             ver_ud ud = {v->info.name, k->lname, &next};
             if (!db_txn(kv, db_put_one_version, &ud)) {
@@ -1803,8 +1920,8 @@ kv_status kv_key_update(kv_t *kv, const char *vault, const char *name, const cha
     return st;
 }
 
-static kv_status list_keys(kv_t *kv, const char *vault, const char *after, size_t max,
-                           bool deleted, kv_key_view *out, size_t *n, bool *more, kv_err *e)
+static kv_status list_keys(kv_t *kv, const char *vault, const char *after, size_t max, bool deleted,
+                           kv_key_view *out, size_t *n, bool *more, kv_err *e)
 {
     *n = 0;
     *more = false;
@@ -1833,8 +1950,8 @@ static kv_status list_keys(kv_t *kv, const char *vault, const char *after, size_
     return KV_OK;
 }
 
-kv_status kv_key_list(kv_t *kv, const char *vault, const char *after, size_t max,
-                      kv_key_view *out, size_t *n, bool *more, kv_err *e)
+kv_status kv_key_list(kv_t *kv, const char *vault, const char *after, size_t max, kv_key_view *out,
+                      size_t *n, bool *more, kv_err *e)
 {
     return list_keys(kv, vault, after, max, false, out, n, more, e);
 }
@@ -1845,8 +1962,8 @@ kv_status kv_deleted_list(kv_t *kv, const char *vault, const char *after, size_t
     return list_keys(kv, vault, after, max, true, out, n, more, e);
 }
 
-kv_status kv_key_versions(kv_t *kv, const char *vault, const char *name, size_t start,
-                          size_t max, kv_key_view *out, size_t *n, bool *more, kv_err *e)
+kv_status kv_key_versions(kv_t *kv, const char *vault, const char *name, size_t start, size_t max,
+                          kv_key_view *out, size_t *n, bool *more, kv_err *e)
 {
     *n = 0;
     *more = false;
@@ -1910,8 +2027,7 @@ static kv_status purge_locked(kv_t *kv, kv_vault *v, kv_key *k, kv_err *e)
     return KV_OK;
 }
 
-kv_status kv_key_delete(kv_t *kv, const char *vault, const char *name, kv_key_view *out,
-                        kv_err *e)
+kv_status kv_key_delete(kv_t *kv, const char *vault, const char *name, kv_key_view *out, kv_err *e)
 {
     pthread_rwlock_wrlock(&kv->lock);
     kv_vault *v;
@@ -1960,8 +2076,7 @@ static kv_status deleted_key(kv_t *kv, const char *vault, const char *name, kv_v
     return KV_OK;
 }
 
-kv_status kv_deleted_get(kv_t *kv, const char *vault, const char *name, kv_key_view *out,
-                         kv_err *e)
+kv_status kv_deleted_get(kv_t *kv, const char *vault, const char *name, kv_key_view *out, kv_err *e)
 {
     pthread_rwlock_rdlock(&kv->lock);
     kv_vault *v;
@@ -2027,8 +2142,8 @@ typedef struct {
 /* Resolves and checks a version for an operation needing `op`; `dated` ops also need
  * nbf <= now < exp. */
 static kv_status crypt_target_get(kv_t *kv, const char *vault, const char *name,
-                                  const char *version, unsigned op, const char *opname,
-                                  bool dated, crypt_target *t, kv_err *e)
+                                  const char *version, unsigned op, const char *opname, bool dated,
+                                  crypt_target *t, kv_err *e)
 {
     pthread_rwlock_rdlock(&kv->lock);
     kv_vault *v;
@@ -2038,8 +2153,7 @@ static kv_status crypt_target_get(kv_t *kv, const char *vault, const char *name,
     if (st == KV_OK) {
         int64_t now = emu_clock_now();
         if (!ver->enabled)
-            st = fail(e, KV_ERR_DISABLED, "Operation %s is not allowed on a disabled key.",
-                      opname);
+            st = fail(e, KV_ERR_DISABLED, "Operation %s is not allowed on a disabled key.", opname);
         else if (!(ver->ops & op))
             st = fail(e, KV_ERR_OP_NOT_ALLOWED,
                       "Operation %s is not permitted on this key: it is not in the key's "
@@ -2075,21 +2189,21 @@ kv_status kv_key_crypt(kv_t *kv, const char *vault, const char *name, const char
         [KV_CRYPT_UNWRAP] = {KV_OP_UNWRAP, "unwrapKey", false, true},
     };
     crypt_target t;
-    kv_status st = crypt_target_get(kv, vault, name, version, M[op].bit, M[op].name, M[op].dated,
-                                    &t, e);
+    kv_status st =
+        crypt_target_get(kv, vault, name, version, M[op].bit, M[op].name, M[op].dated, &t, e);
     if (st != KV_OK)
         return st;
     hsm_status hs = M[op].private_op
                         ? hsm_rsa_decrypt(kv->hsm, t.id, alg, in, in_len, out, out_len)
                         : hsm_rsa_encrypt(kv->hsm, t.id, alg, in, in_len, out, out_len);
     if (hs == HSM_ERR_DECRYPT)
-        return fail(e, KV_ERR_BAD_PARAM, "The ciphertext could not be decrypted with this key "
-                                         "and algorithm.");
+        return fail(e, KV_ERR_BAD_PARAM,
+                    "The ciphertext could not be decrypted with this key "
+                    "and algorithm.");
     if (hs == HSM_ERR_ARGS)
         return fail(e, KV_ERR_BAD_PARAM,
-                    M[op].private_op
-                        ? "The ciphertext length does not match the key size."
-                        : "The plaintext is too long for this key and algorithm.");
+                    M[op].private_op ? "The ciphertext length does not match the key size."
+                                     : "The plaintext is too long for this key and algorithm.");
     if (hs != HSM_OK)
         return hsm_fail(e, hs, M[op].name);
     memcpy(version_out, t.version, 33);
@@ -2102,8 +2216,8 @@ kv_status kv_key_sign(kv_t *kv, const char *vault, const char *name, const char 
 {
     if (digest_len != hsm_sig_digest_len(alg))
         return fail(e, KV_ERR_BAD_PARAM,
-                    "The digest is %zu bytes; this algorithm signs a %zu-byte digest.",
-                    digest_len, hsm_sig_digest_len(alg));
+                    "The digest is %zu bytes; this algorithm signs a %zu-byte digest.", digest_len,
+                    hsm_sig_digest_len(alg));
     crypt_target t;
     kv_status st = crypt_target_get(kv, vault, name, version, KV_OP_SIGN, "sign", true, &t, e);
     if (st != KV_OK)
@@ -2125,8 +2239,7 @@ kv_status kv_key_verify(kv_t *kv, const char *vault, const char *name, const cha
                     "The digest is %zu bytes; this algorithm verifies a %zu-byte digest.",
                     digest_len, hsm_sig_digest_len(alg));
     crypt_target t;
-    kv_status st =
-        crypt_target_get(kv, vault, name, version, KV_OP_VERIFY, "verify", false, &t, e);
+    kv_status st = crypt_target_get(kv, vault, name, version, KV_OP_VERIFY, "verify", false, &t, e);
     if (st != KV_OK)
         return st;
     hsm_status hs = hsm_verify(kv->hsm, t.id, alg, digest, digest_len, sig, sig_len);
@@ -2153,14 +2266,13 @@ static json_t *policy_get_default(void)
 
 static int64_t policy_expiry_seconds(const json_t *policy)
 {
-    const char *s = json_string_value(json_object_get(json_object_get(policy, "attributes"),
-                                                      "expiryTime"));
+    const char *s =
+        json_string_value(json_object_get(json_object_get(policy, "attributes"), "expiryTime"));
     int64_t secs;
     return s && emu_iso_duration_parse(s, &secs) ? secs : 0;
 }
 
-kv_status kv_key_rotate(kv_t *kv, const char *vault, const char *name, kv_key_view *out,
-                        kv_err *e)
+kv_status kv_key_rotate(kv_t *kv, const char *vault, const char *name, kv_key_view *out, kv_err *e)
 {
     kv_key_view cur;
     kv_status st = kv_key_get(kv, vault, name, "", &cur, e);
@@ -2178,8 +2290,7 @@ kv_status kv_key_rotate(kv_t *kv, const char *vault, const char *name, kv_key_vi
     st = kv_key_create(kv, vault, cur.name, &p, out, e);
     kv_key_view_cleanup(&cur);
     if (st == KV_OK)
-        emu_log(EMU_LOG_INFO, "kv", "rotated key %s/%s: new version %s", vault, name,
-                out->version);
+        emu_log(EMU_LOG_INFO, "kv", "rotated key %s/%s: new version %s", vault, name, out->version);
     return st;
 }
 
@@ -2221,13 +2332,15 @@ static json_t *policy_normalise(const json_t *in, kv_err *e)
         json_t *et = json_object_get(attrs_in, "expiryTime");
         if (et && !json_is_null(et)) {
             if (!json_is_string(et) || !emu_iso_duration_parse(json_string_value(et), &expiry)) {
-                fail(e, KV_ERR_BAD_PARAM, "attributes.expiryTime must be an ISO-8601 duration "
-                                          "such as P2Y or P90D.");
+                fail(e, KV_ERR_BAD_PARAM,
+                     "attributes.expiryTime must be an ISO-8601 duration "
+                     "such as P2Y or P90D.");
                 goto bad;
             }
             if (expiry < 28 * 86400) {
-                fail(e, KV_ERR_BAD_PARAM, "attributes.expiryTime must be at least 28 days "
-                                          "(P28D).");
+                fail(e, KV_ERR_BAD_PARAM,
+                     "attributes.expiryTime must be at least 28 days "
+                     "(P28D).");
                 goto bad;
             }
             json_object_set(attrs, "expiryTime", et);
@@ -2307,9 +2420,9 @@ static json_t *policy_normalise(const json_t *in, kv_err *e)
                                                   rotate ? "Rotate" : "Notify"));
         }
         if (has_rotate && !has_notify)
-            json_array_append_new(acts, json_pack("{s:{s:s},s:{s:s}}", "trigger",
-                                                  "timeBeforeExpiry", "P30D", "action", "type",
-                                                  "Notify"));
+            json_array_append_new(acts,
+                                  json_pack("{s:{s:s},s:{s:s}}", "trigger", "timeBeforeExpiry",
+                                            "P30D", "action", "type", "Notify"));
     }
     return out;
 bad:
@@ -2364,8 +2477,7 @@ static int64_t rotation_due(const kv_key *k)
     json_t *a;
     json_array_foreach(json_object_get(k->rotation_policy, "lifetimeActions"), i, a)
     {
-        const char *type =
-            json_string_value(json_object_get(json_object_get(a, "action"), "type"));
+        const char *type = json_string_value(json_object_get(json_object_get(a, "action"), "type"));
         if (!type || strcmp(type, "Rotate"))
             continue;
         json_t *trig = json_object_get(a, "trigger");
@@ -2482,13 +2594,13 @@ kv_status kv_key_backup(kv_t *kv, const char *vault, const char *name, char **bl
         for (size_t i = 0; i < k->nversions; i++) {
             kv_version *x = k->versions[i];
             memcpy(ids[i], x->hsm_id, HSM_ID_LEN);
-            json_array_append_new(
-                vers, json_pack("{s:s,s:I,s:b,s:o,s:b,s:I,s:I,s:I,s:I,s:O?}", "version",
-                                x->version, "seq", (json_int_t)x->seq, "hsm", x->hsm, "ops",
-                                kv_ops_json(x->ops), "enabled", x->enabled, "nbf",
-                                (json_int_t)x->nbf, "exp", (json_int_t)x->exp, "created",
-                                (json_int_t)x->created, "updated", (json_int_t)x->updated,
-                                "tags", x->tags));
+            json_array_append_new(vers,
+                                  json_pack("{s:s,s:I,s:b,s:o,s:b,s:I,s:I,s:I,s:I,s:O?}", "version",
+                                            x->version, "seq", (json_int_t)x->seq, "hsm", x->hsm,
+                                            "ops", kv_ops_json(x->ops), "enabled", x->enabled,
+                                            "nbf", (json_int_t)x->nbf, "exp", (json_int_t)x->exp,
+                                            "created", (json_int_t)x->created, "updated",
+                                            (json_int_t)x->updated, "tags", x->tags));
         }
     }
     pthread_rwlock_unlock(&kv->lock);
@@ -2550,15 +2662,15 @@ kv_status kv_key_restore(kv_t *kv, const char *vault, const char *blob, size_t b
             break;
         }
     size_t sigl = 0;
-    uint8_t *sig = nl ? emu_b64url_decode((const char *)nl + 1, tl - (size_t)(nl + 1 - text), 1024,
-                                          &sigl)
-                      : NULL;
+    uint8_t *sig =
+        nl ? emu_b64url_decode((const char *)nl + 1, tl - (size_t)(nl + 1 - text), 1024, &sigl)
+           : NULL;
     uint8_t digest[32];
     unsigned int dl = 32;
     if (sig)
         EVP_Digest(text, (size_t)(nl - text), digest, &dl, EVP_sha256(), NULL);
-    if (!sig || hsm_verify(kv->hsm, kv->backup_sign_id, HSM_RS256, digest, 32, sig, sigl) !=
-                    HSM_OK) {
+    if (!sig ||
+        hsm_verify(kv->hsm, kv->backup_sign_id, HSM_RS256, digest, 32, sig, sigl) != HSM_OK) {
         free(sig);
         free(text);
         return fail(e, KV_ERR_BAD_PARAM,
@@ -2634,7 +2746,8 @@ kv_status kv_key_restore(kv_t *kv, const char *vault, const char *blob, size_t b
         ver->tags = json_is_object(tags) ? json_deep_copy(tags) : NULL;
         char label[256];
         snprintf(label, sizeof label, "%s/%s/%s", vault, name, version);
-        hsm_status hs = w ? hsm_key_import_wrapped(kv->hsm, w, wl, label, ver->hsm_id)
+        hsm_status hs = w ? hsm_key_import_wrapped_sealed(kv->hsm, w, wl, label, ver->hsm_id,
+                                                          &ver->sealed, &ver->sealed_len)
                           : HSM_ERR_DECRYPT;
         free(w);
         if (hs != HSM_OK) {

@@ -29,23 +29,23 @@
 
 typedef enum {
     KV_OK = 0,
-    KV_ERR_BAD_PARAM,          /* 400 BadParameter */
-    KV_ERR_VAULT_NOT_FOUND,    /* 404 VaultNotFound */
-    KV_ERR_KEY_NOT_FOUND,      /* 404 KeyNotFound */
-    KV_ERR_DELETED_CONFLICT,   /* 409 ObjectIsDeletedButRecoverable */
-    KV_ERR_CONFLICT,           /* 409 Conflict (name in use) */
-    KV_ERR_PURGE_PROTECTED,    /* 403 Forbidden: purge under purge protection */
-    KV_ERR_DISABLED,           /* 403 Forbidden / KeyDisabled */
-    KV_ERR_EXPIRED,            /* 403 Forbidden / KeyExpired */
-    KV_ERR_NOT_YET_VALID,      /* 403 Forbidden / KeyNotYetValid */
-    KV_ERR_OP_NOT_ALLOWED,     /* 403 Forbidden / KeyOperationNotAllowed */
-    KV_ERR_FORBIDDEN,          /* 403 access policy / RBAC (auth layer) */
-    KV_ERR_HSM,                /* 500 HSM failure */
-    KV_ERR_STORE,              /* 500 store failure */
-    KV_ERR_VAULT_EXISTS,       /* 409 vault name in use */
-    KV_ERR_FORBIDDEN_RBAC,     /* 403 Forbidden / ForbiddenByRbac (RBAC vault) */
-    KV_ERR_HSM_UNAVAILABLE,    /* 503 ServiceUnavailable / HsmUnavailable: transient HSM fault,
-                                  nothing changed, retry later */
+    KV_ERR_BAD_PARAM,        /* 400 BadParameter */
+    KV_ERR_VAULT_NOT_FOUND,  /* 404 VaultNotFound */
+    KV_ERR_KEY_NOT_FOUND,    /* 404 KeyNotFound */
+    KV_ERR_DELETED_CONFLICT, /* 409 ObjectIsDeletedButRecoverable */
+    KV_ERR_CONFLICT,         /* 409 Conflict (name in use) */
+    KV_ERR_PURGE_PROTECTED,  /* 403 Forbidden: purge under purge protection */
+    KV_ERR_DISABLED,         /* 403 Forbidden / KeyDisabled */
+    KV_ERR_EXPIRED,          /* 403 Forbidden / KeyExpired */
+    KV_ERR_NOT_YET_VALID,    /* 403 Forbidden / KeyNotYetValid */
+    KV_ERR_OP_NOT_ALLOWED,   /* 403 Forbidden / KeyOperationNotAllowed */
+    KV_ERR_FORBIDDEN,        /* 403 access policy / RBAC (auth layer) */
+    KV_ERR_HSM,              /* 500 HSM failure */
+    KV_ERR_STORE,            /* 500 store failure */
+    KV_ERR_VAULT_EXISTS,     /* 409 vault name in use */
+    KV_ERR_FORBIDDEN_RBAC,   /* 403 Forbidden / ForbiddenByRbac (RBAC vault) */
+    KV_ERR_HSM_UNAVAILABLE,  /* 503 ServiceUnavailable / HsmUnavailable: transient HSM fault,
+                                nothing changed, retry later */
 } kv_status;
 
 const char *kv_status_str(kv_status st);
@@ -67,22 +67,23 @@ void kv_close(kv_t *kv);
 void kv_reconciled(const kv_t *kv, size_t *orphans, size_t *missing);
 
 /* Offline check (cmkemu fsck): calls fn with the token id of every key version row in the
- * store, without loading the domain. The caller must have opened store only (the server is
- * not running). false if the rows cannot be read (no key vault schema yet). fn must not call
- * into the store. */
-bool kv_store_hsm_ids(emu_store *store, void (*fn)(const uint8_t id[HSM_ID_LEN], void *ud),
-                      void *ud);
+ * store whose key is a token object (not sealed), without loading the domain; *nsealed
+ * (may be NULL) gets the number of sealed versions. The caller must have opened store only
+ * (the server is not running). false if the rows cannot be read (no key vault schema yet).
+ * fn must not call into the store. */
+bool kv_store_hsm_ids(emu_store *store, size_t *nsealed,
+                      void (*fn)(const uint8_t id[HSM_ID_LEN], void *ud), void *ud);
 hsm_t *kv_hsm(kv_t *kv);
 
 /* ---- vaults ---------------------------------------------------------------------------- */
 
 typedef struct {
-    char name[64];      /* 3-24 chars [0-9a-zA-Z-], stored lowercase */
-    bool is_default;    /* answers on localhost / 127.0.0.1 / [::1] */
+    char name[64];   /* 3-24 chars [0-9a-zA-Z-], stored lowercase */
+    bool is_default; /* answers on localhost / 127.0.0.1 / [::1] */
     bool soft_delete;
     int retention_days; /* 7..90 */
     bool purge_protection;
-    bool rbac;          /* enableRbacAuthorization */
+    bool rbac; /* enableRbacAuthorization */
     char tenant[40];
     int64_t created;
     /* ARM side (schema 2). Empty strings get the defaults below at creation. */
@@ -188,9 +189,8 @@ void kv_set_change_hook(kv_t *kv, kv_change_fn fn, void *ud);
 
 /* RBAC decision for vaults with enableRbacAuthorization (set later by the role-assignment
  * module; see access.h). Returns KV_OK or KV_ERR_FORBIDDEN_RBAC with a message. */
-typedef kv_status (*kv_rbac_check_fn)(const char *vault, const char *key,
-                                      const auth_principal *p, const char *permission,
-                                      kv_err *e, void *ud);
+typedef kv_status (*kv_rbac_check_fn)(const char *vault, const char *key, const auth_principal *p,
+                                      const char *permission, kv_err *e, void *ud);
 void kv_set_rbac_check(kv_t *kv, kv_rbac_check_fn fn, void *ud);
 kv_rbac_check_fn kv_rbac_check(kv_t *kv, void **ud);
 /* The RBAC decision the server uses: the role assignments in roles (auth/roles.h) at the
@@ -210,7 +210,7 @@ enum {
     KV_OP_IMPORT = 1 << 6,
     KV_OP_EXPORT = 1 << 7,
 };
-#define KV_OPS_RSA_DEFAULT                                                                    \
+#define KV_OPS_RSA_DEFAULT                                                                         \
     (KV_OP_ENCRYPT | KV_OP_DECRYPT | KV_OP_SIGN | KV_OP_VERIFY | KV_OP_WRAP | KV_OP_UNWRAP)
 
 /* Parses a key_ops JSON array into a mask; false + message on an unknown name. */
@@ -244,23 +244,22 @@ typedef struct {
 void kv_key_view_cleanup(kv_key_view *v);
 
 typedef struct {
-    bool hsm;                /* kty RSA-HSM */
-    unsigned bits;           /* 2048, 3072, 4096 */
-    unsigned long exponent;  /* 0 = 65537 */
-    unsigned ops;            /* 0 = KV_OPS_RSA_DEFAULT */
+    bool hsm;               /* kty RSA-HSM */
+    unsigned bits;          /* 2048, 3072, 4096 */
+    unsigned long exponent; /* 0 = 65537 */
+    unsigned ops;           /* 0 = KV_OPS_RSA_DEFAULT */
     bool has_enabled;
     bool enabled;
-    int64_t nbf, exp;        /* 0 = not set */
-    const json_t *tags;      /* borrowed; NULL = none */
+    int64_t nbf, exp;   /* 0 = not set */
+    const json_t *tags; /* borrowed; NULL = none */
 } kv_create_params;
 
 /* Creates a new key, or a new version when the name exists (live). */
 kv_status kv_key_create(kv_t *kv, const char *vault, const char *name, const kv_create_params *p,
                         kv_key_view *out, kv_err *e);
 /* Imports an RSA private key as a new key or new version. */
-kv_status kv_key_import(kv_t *kv, const char *vault, const char *name,
-                        const hsm_rsa_components *c, const kv_create_params *p, kv_key_view *out,
-                        kv_err *e);
+kv_status kv_key_import(kv_t *kv, const char *vault, const char *name, const hsm_rsa_components *c,
+                        const kv_create_params *p, kv_key_view *out, kv_err *e);
 /* version "" or NULL = latest. Deleted keys answer KV_ERR_KEY_NOT_FOUND. */
 kv_status kv_key_get(kv_t *kv, const char *vault, const char *name, const char *version,
                      kv_key_view *out, kv_err *e);
@@ -282,15 +281,14 @@ kv_status kv_key_update(kv_t *kv, const char *vault, const char *name, const cha
 /* Lists live keys (latest version each) whose lowercase name sorts after `after` ("" =
  * from the start), at most max; *more tells whether another page exists. out has room for
  * max views; *n is set. */
-kv_status kv_key_list(kv_t *kv, const char *vault, const char *after, size_t max,
-                      kv_key_view *out, size_t *n, bool *more, kv_err *e);
+kv_status kv_key_list(kv_t *kv, const char *vault, const char *after, size_t max, kv_key_view *out,
+                      size_t *n, bool *more, kv_err *e);
 /* Versions of a live key in creation order from index start. */
-kv_status kv_key_versions(kv_t *kv, const char *vault, const char *name, size_t start,
-                          size_t max, kv_key_view *out, size_t *n, bool *more, kv_err *e);
+kv_status kv_key_versions(kv_t *kv, const char *vault, const char *name, size_t start, size_t max,
+                          kv_key_view *out, size_t *n, bool *more, kv_err *e);
 
 /* Soft-deletes (or, with soft delete off, purges) a key; out describes it as deleted. */
-kv_status kv_key_delete(kv_t *kv, const char *vault, const char *name, kv_key_view *out,
-                        kv_err *e);
+kv_status kv_key_delete(kv_t *kv, const char *vault, const char *name, kv_key_view *out, kv_err *e);
 kv_status kv_deleted_list(kv_t *kv, const char *vault, const char *after, size_t max,
                           kv_key_view *out, size_t *n, bool *more, kv_err *e);
 kv_status kv_deleted_get(kv_t *kv, const char *vault, const char *name, kv_key_view *out,
@@ -324,8 +322,7 @@ kv_status kv_key_verify(kv_t *kv, const char *vault, const char *name, const cha
 kv_status kv_key_backup(kv_t *kv, const char *vault, const char *name, char **blob, kv_err *e);
 kv_status kv_key_restore(kv_t *kv, const char *vault, const char *blob, size_t blob_len,
                          kv_key_view *out, kv_err *e);
-kv_status kv_key_rotate(kv_t *kv, const char *vault, const char *name, kv_key_view *out,
-                        kv_err *e);
+kv_status kv_key_rotate(kv_t *kv, const char *vault, const char *name, kv_key_view *out, kv_err *e);
 /* The policy as stored (or the default), as a new JSON object without "id". */
 kv_status kv_rotation_policy_get(kv_t *kv, const char *vault, const char *name, json_t **out,
                                  kv_err *e);
