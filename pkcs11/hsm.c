@@ -17,8 +17,9 @@
  * hsm_close finalises the module (C_Finalize through PKCS11_CTX_unload), so a later hsm_open,
  * even on another data directory, re-reads the configuration.
  *
- * Lock order (outer first): backup_lock -> pool_lock. cache_lock is never held across a PKCS#11
- * call and never together with another lock. pool_lock is never held across a PKCS#11 call.
+ * Lock order (outer first): anchor_lock -> backup_lock -> pool_lock. cache_lock is never held
+ * across a PKCS#11 call and never together with another lock. pool_lock is never held across a
+ * PKCS#11 call.
  */
 #include "hsm.h"
 #include "hsm_openssl.h"
@@ -382,6 +383,8 @@ const char *hsm_status_str(hsm_status st)
         return "not supported";
     case HSM_ERR_UNAVAILABLE:
         return "HSM unavailable";
+    case HSM_ERR_SEALED:
+        return "sealed key blob damaged";
     }
     return "unknown status";
 }
@@ -1070,6 +1073,8 @@ static unsigned long cache_gen(hsm_t *h)
     return gen;
 }
 
+static void anchor_destroy(hsm_t *h, CK_OBJECT_HANDLE o);
+
 /* Takes ownership of e; replaces an entry with the same id. With check_gen, e is dropped
  * instead when an eviction happened since gen was read (e may describe a destroyed key).
  * 1 = stored, 0 = dropped. */
@@ -1096,6 +1101,8 @@ static int cache_put(hsm_t *h, cache_entry *e, int check_gen, unsigned long gen)
             e->next = old->next;
             *pp = e;
             pthread_rwlock_unlock(&h->cache_lock);
+            if (old->sealed && old->priv != CK_INVALID_HANDLE)
+                anchor_destroy(h, old->priv); /* a sealed key replaced: its live object */
             cache_entry_free(old);
             return 1;
         }
@@ -1394,6 +1401,15 @@ static int cache_put_sealed(hsm_t *h, const uint8_t id[HSM_ID_LEN], const uint8_
 
     if (!blob_parse(sealed, sealed_len, &bp))
         return 0;
+    /* the same key handed back again (a domain reopened on a running HSM) stays as it is,
+     * live object included */
+    pthread_rwlock_rdlock(&h->cache_lock);
+    e = cache_find_inlock(h, id);
+    int same =
+        e && e->sealed && e->sealed_len == sealed_len && memcmp(e->sealed, sealed, sealed_len) == 0;
+    pthread_rwlock_unlock(&h->cache_lock);
+    if (same)
+        return 1;
     bp.n_len = be_strip(&bp.n, bp.n_len);
     e = calloc(1, sizeof(*e));
     if (!e)
@@ -1419,35 +1435,95 @@ static void anchor_destroy(hsm_t *h, CK_OBJECT_HANDLE o)
     pthread_mutex_unlock(&h->anchor_lock);
 }
 
-/* Makes a sealed key live: unwraps its blob under KEK_STORAGE into a session object of the
- * anchor session, checks that object's id and public key against the blob's, and keeps the
- * handle. Two threads may unseal the same key at once; the second destroys its object. A blob
- * that does not unwrap or match is a damaged store: HSM_ERR_TOKEN, nothing kept. */
-static hsm_status key_unseal(hsm_t *h, const uint8_t id[HSM_ID_LEN], pkey_want want, key_ref *r)
+static void objects_destroy_quiet(hsm_t *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE a,
+                                  CK_OBJECT_HANDLE b);
+
+/* Unwraps a blob's private key (under the wrapping key kind) into a new object of session s
+ * with CKA_ID id (and CKA_LABEL label, if any), as a token object or not, and checks that its
+ * public key is the blob's. On success *priv and *pkey (its public key, the caller's). A blob
+ * that is malformed, does not unwrap or does not match -> HSM_ERR_DECRYPT, nothing left.
+ * *rv: the last PKCS#11 code (for the session's health). */
+static hsm_status blob_unwrap(hsm_t *h, CK_SESSION_HANDLE s, kek_kind kind, const uint8_t *blob,
+                              size_t blob_len, CK_BBOOL on_token, const uint8_t id[HSM_ID_LEN],
+                              const char *label, CK_OBJECT_HANDLE *priv, EVP_PKEY **pkey, CK_RV *rv)
 {
     CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
     CK_KEY_TYPE kt = CKK_RSA;
-    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_BBOOL yes = CK_TRUE;
     CK_ATTRIBUTE t[] = {
-        {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &kt, sizeof(kt)},
-        {CKA_TOKEN, &no, sizeof(no)},       {CKA_PRIVATE, &yes, sizeof(yes)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &yes, sizeof(yes)},
-        {CKA_DECRYPT, &yes, sizeof(yes)},   {CKA_UNWRAP, &yes, sizeof(yes)},
-        {CKA_SIGN, &yes, sizeof(yes)},      {CKA_ID, (void *)id, HSM_ID_LEN},
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &on_token, sizeof(on_token)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+        {CKA_DECRYPT, &yes, sizeof(yes)},
+        {CKA_UNWRAP, &yes, sizeof(yes)},
+        {CKA_SIGN, &yes, sizeof(yes)},
+        {CKA_ID, (void *)id, HSM_ID_LEN},
+        {CKA_LABEL, (void *)label, label ? strlen(label) : 0},
     };
-    CK_OBJECT_HANDLE kek, priv = CK_INVALID_HANDLE;
-    uint8_t *blob = NULL;
-    size_t blob_len = 0;
+    CK_ULONG nt = sizeof(t) / sizeof(t[0]) - (label ? 0 : 1);
+    CK_OBJECT_HANDLE kek, o = CK_INVALID_HANDLE;
+    EVP_PKEY *blob_pkey = NULL;
     blob_parts bp;
     obj_info oi;
-    int usable = 0, found = 0, cold = 0;
-    EVP_PKEY *blob_pkey = NULL;
+    int usable = 0;
+    hsm_status st;
+
+    memset(&oi, 0, sizeof(oi));
+    *priv = CK_INVALID_HANDLE;
+    *pkey = NULL;
+    *rv = CKR_OK;
+    /* Any damage to the blob reads as "does not decrypt", whatever part was touched. */
+    if (!blob_parse(blob, blob_len, &bp))
+        return HSM_ERR_DECRYPT;
+    bp.n_len = be_strip(&bp.n, bp.n_len);
+    bp.e_len = be_strip(&bp.e, bp.e_len);
+    blob_pkey = bp.n_len && bp.e_len ? hsm_pkey_from_ne(bp.n, bp.n_len, bp.e, bp.e_len) : NULL;
+    if (!blob_pkey)
+        return HSM_ERR_DECRYPT;
+    st = kek_get(h, kind, &kek);
+    if (st != HSM_OK)
+        goto out;
+    *rv = h->fl->C_UnwrapKey(s, &mech, kek, (CK_BYTE_PTR)bp.w, (CK_ULONG)bp.w_len, t, nt, &o);
+    if (*rv != CKR_OK) {
+        st = rv_status(*rv, OP_UNWRAP);
+        goto out;
+    }
+    /* The public part of the blob must be the unwrapped key's own. */
+    *rv = obj_read(h, s, o, &oi, &usable);
+    if (*rv != CKR_OK || !usable || EVP_PKEY_eq(oi.pkey, blob_pkey) != 1) {
+        st = *rv != CKR_OK ? rv_status(*rv, OP_GENERIC) : HSM_ERR_DECRYPT;
+        objects_destroy_quiet(h, s, o, CK_INVALID_HANDLE);
+        goto out;
+    }
+    *priv = o;
+    *pkey = oi.pkey;
+    oi.pkey = NULL;
+out:
+    EVP_PKEY_free(oi.pkey);
+    EVP_PKEY_free(blob_pkey);
+    ERR_clear_error();
+    return st;
+}
+
+/* Makes a sealed key live: unwraps its blob under KEK_STORAGE into a session object of the
+ * anchor session (blob_unwrap checks its public key against the blob's) and keeps the handle.
+ * Two threads may unseal the same key at once; the second destroys its object. A blob that
+ * does not unwrap or match is a damaged store: HSM_ERR_SEALED, nothing kept. */
+static hsm_status key_unseal(hsm_t *h, const uint8_t id[HSM_ID_LEN], pkey_want want, key_ref *r)
+{
+    CK_OBJECT_HANDLE priv = CK_INVALID_HANDLE;
+    uint8_t *blob = NULL;
+    size_t blob_len = 0;
+    int found = 0, cold = 0;
+    EVP_PKEY *pkey = NULL;
     cache_entry *e;
     hsm_status st;
     CK_RV rv;
 
-    memset(&oi, 0, sizeof(oi));
     pthread_rwlock_rdlock(&h->cache_lock);
     e = cache_find_inlock(h, id);
     if (e) {
@@ -1466,34 +1542,16 @@ static hsm_status key_unseal(hsm_t *h, const uint8_t id[HSM_ID_LEN], pkey_want w
     if (!cold)
         return HSM_OK; /* made live by another thread meanwhile */
     if (!blob)
-        return HSM_ERR_TOKEN;
-    st = HSM_ERR_TOKEN;
-    if (!blob_parse(blob, blob_len, &bp))
-        goto out;
-    bp.n_len = be_strip(&bp.n, bp.n_len);
-    bp.e_len = be_strip(&bp.e, bp.e_len);
-    blob_pkey = bp.n_len && bp.e_len ? hsm_pkey_from_ne(bp.n, bp.n_len, bp.e, bp.e_len) : NULL;
-    if (!blob_pkey)
-        goto out;
-    st = kek_get(h, KEK_STORAGE, &kek);
-    if (st != HSM_OK)
-        goto out;
+        return HSM_ERR_TOKEN; /* no memory */
     pthread_mutex_lock(&h->anchor_lock);
-    rv = h->fl->C_UnwrapKey(h->anchor, &mech, kek, (CK_BYTE_PTR)bp.w, (CK_ULONG)bp.w_len, t,
-                            sizeof(t) / sizeof(t[0]), &priv);
-    if (rv == CKR_OK)
-        rv = obj_read(h, h->anchor, priv, &oi, &usable);
+    st = blob_unwrap(h, h->anchor, KEK_STORAGE, blob, blob_len, CK_FALSE, id, NULL, &priv, &pkey,
+                     &rv);
     pthread_mutex_unlock(&h->anchor_lock);
-    if (rv != CKR_OK) {
-        st = rv_status(rv, OP_GENERIC);
-        if (st == HSM_ERR_DECRYPT || st == HSM_ERR_ARGS)
-            st = HSM_ERR_TOKEN;
-        goto out;
-    }
-    if (!usable || memcmp(oi.id, id, HSM_ID_LEN) != 0 || EVP_PKEY_eq(oi.pkey, blob_pkey) != 1) {
-        st = HSM_ERR_TOKEN;
-        goto out;
-    }
+    free(blob);
+    if (st == HSM_ERR_DECRYPT || st == HSM_ERR_ARGS)
+        return HSM_ERR_SEALED;
+    if (st != HSM_OK)
+        return st;
     st = HSM_ERR_NOT_FOUND; /* unless the entry is still there */
     pthread_rwlock_wrlock(&h->cache_lock);
     e = cache_find_inlock(h, id);
@@ -1501,10 +1559,10 @@ static hsm_status key_unseal(hsm_t *h, const uint8_t id[HSM_ID_LEN], pkey_want w
         if (e->priv == CK_INVALID_HANDLE) {
             e->priv = priv;
             priv = CK_INVALID_HANDLE;
-            e->bits = oi.bits;
+            e->bits = (unsigned)EVP_PKEY_get_bits(pkey);
             if (want == PKEY_KEEP && !e->pkey) {
-                e->pkey = oi.pkey;
-                oi.pkey = NULL;
+                e->pkey = pkey;
+                pkey = NULL;
             }
         }
         key_ref_fill(r, e, want != PKEY_NONE);
@@ -1512,16 +1570,12 @@ static hsm_status key_unseal(hsm_t *h, const uint8_t id[HSM_ID_LEN], pkey_want w
     }
     pthread_rwlock_unlock(&h->cache_lock);
     if (st == HSM_OK && want == PKEY_PEEK && !r->pkey) {
-        r->pkey = oi.pkey;
-        oi.pkey = NULL;
+        r->pkey = pkey;
+        pkey = NULL;
     }
-out:
     if (priv != CK_INVALID_HANDLE)
         anchor_destroy(h, priv);
-    EVP_PKEY_free(oi.pkey);
-    EVP_PKEY_free(blob_pkey);
-    free(blob);
-    ERR_clear_error();
+    EVP_PKEY_free(pkey);
     return st;
 }
 
@@ -3148,85 +3202,28 @@ static hsm_status op_key_import_wrapped(hsm_t *h, const uint8_t *blob, size_t bl
                                         const char *label, uint8_t id_out[HSM_ID_LEN],
                                         uint8_t **sealed, size_t *sealed_len)
 {
-    CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
-    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
-    CK_KEY_TYPE kt = CKK_RSA;
-    CK_BBOOL yes = CK_TRUE, on_token = sealed ? CK_FALSE : CK_TRUE;
-    CK_OBJECT_HANDLE wrap_key, priv = CK_INVALID_HANDLE;
-    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-    int have_session = 0;
+    CK_OBJECT_HANDLE priv = CK_INVALID_HANDLE;
+    CK_SESSION_HANDLE s;
     uint8_t id[HSM_ID_LEN];
-    blob_parts bp;
-    obj_info oi;
-    int usable = 0;
-    EVP_PKEY *blob_pkey = NULL;
-    hsm_status st = HSM_OK;
-    CK_RV rv = CKR_OK;
+    EVP_PKEY *pkey = NULL;
+    hsm_status st;
+    CK_RV rv;
 
-    memset(&oi, 0, sizeof(oi));
     if (!h || !blob || !id_out || !label_ok(label))
         return HSM_ERR_ARGS;
-    /* Any damage to the blob reads as "does not decrypt", whatever part was touched. */
-    if (!blob_parse(blob, blob_len, &bp))
-        return HSM_ERR_DECRYPT;
-    bp.n_len = be_strip(&bp.n, bp.n_len);
-    bp.e_len = be_strip(&bp.e, bp.e_len);
-    blob_pkey = bp.n_len && bp.e_len ? hsm_pkey_from_ne(bp.n, bp.n_len, bp.e, bp.e_len) : NULL;
-    if (!blob_pkey)
-        return HSM_ERR_DECRYPT;
-    st = kek_get(h, KEK_BACKUP, &wrap_key);
-    if (st != HSM_OK)
-        goto out;
-    if (RAND_bytes(id, sizeof(id)) != 1) {
-        st = HSM_ERR_TOKEN;
-        goto out;
+    if (RAND_bytes(id, sizeof(id)) != 1)
+        return HSM_ERR_TOKEN;
+    rv = session_get(h, &s);
+    if (rv != CKR_OK)
+        return rv_status(rv, OP_GENERIC);
+    st = blob_unwrap(h, s, KEK_BACKUP, blob, blob_len, sealed ? CK_FALSE : CK_TRUE, id, label,
+                     &priv, &pkey, &rv);
+    if (st == HSM_OK) {
+        st = pair_finish(h, s, id, priv, CK_INVALID_HANDLE, pkey, sealed, sealed_len);
+        if (st == HSM_OK)
+            memcpy(id_out, id, HSM_ID_LEN);
     }
-    {
-        CK_ATTRIBUTE t[] = {
-            {CKA_CLASS, &cls, sizeof(cls)},
-            {CKA_KEY_TYPE, &kt, sizeof(kt)},
-            {CKA_TOKEN, &on_token, sizeof(on_token)},
-            {CKA_PRIVATE, &yes, sizeof(yes)},
-            {CKA_SENSITIVE, &yes, sizeof(yes)},
-            {CKA_EXTRACTABLE, &yes, sizeof(yes)},
-            {CKA_DECRYPT, &yes, sizeof(yes)},
-            {CKA_UNWRAP, &yes, sizeof(yes)},
-            {CKA_SIGN, &yes, sizeof(yes)},
-            {CKA_ID, id, sizeof(id)},
-            {CKA_LABEL, (void *)label, label ? strlen(label) : 0},
-        };
-        CK_ULONG nt = sizeof(t) / sizeof(t[0]) - (label ? 0 : 1);
-
-        rv = session_get(h, &s);
-        if (rv != CKR_OK) {
-            st = rv_status(rv, OP_GENERIC);
-            goto out;
-        }
-        have_session = 1;
-        rv = h->fl->C_UnwrapKey(s, &mech, wrap_key, (CK_BYTE_PTR)bp.w, (CK_ULONG)bp.w_len, t, nt,
-                                &priv);
-        if (rv != CKR_OK) {
-            st = rv_status(rv, OP_UNWRAP);
-            goto out;
-        }
-    }
-    /* The public part of the blob must be the unwrapped key's own. */
-    rv = obj_read(h, s, priv, &oi, &usable);
-    if (rv != CKR_OK || !usable || EVP_PKEY_eq(oi.pkey, blob_pkey) != 1) {
-        st = rv != CKR_OK ? rv_status(rv, OP_GENERIC) : HSM_ERR_DECRYPT;
-        objects_destroy_quiet(h, s, priv, CK_INVALID_HANDLE);
-        goto out;
-    }
-    st = pair_finish(h, s, id, priv, CK_INVALID_HANDLE, blob_pkey, sealed, sealed_len);
-    blob_pkey = NULL;
-    if (st == HSM_OK)
-        memcpy(id_out, id, HSM_ID_LEN);
-out:
-    if (have_session)
-        session_put(h, s, rv);
-    EVP_PKEY_free(oi.pkey);
-    EVP_PKEY_free(blob_pkey);
-    ERR_clear_error();
+    session_put(h, s, rv);
     return st;
 }
 

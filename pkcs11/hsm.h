@@ -35,6 +35,8 @@ typedef enum {
     HSM_ERR_UNAVAILABLE, /* transient: device error, token removed, session lost (after one
                             retry on a new session for generate/decrypt/sign); nothing was
                             changed and the same call may succeed later */
+    HSM_ERR_SEALED,      /* a sealed key's stored blob does not unwrap to that key (damaged or
+                            altered store) */
 } hsm_status;
 
 const char *hsm_status_str(hsm_status st);
@@ -120,7 +122,7 @@ hsm_status hsm_key_import_wrapped_sealed(hsm_t *hsm, const uint8_t *blob, size_t
                                          uint8_t **sealed, size_t *sealed_len);
 /* Makes a stored sealed key known (no token operation; the blob is copied). A malformed blob
  * -> HSM_ERR_ARGS; one that was altered is found out when it is first unsealed
- * (HSM_ERR_TOKEN then). */
+ * (HSM_ERR_SEALED then, from the operation that needed it). */
 hsm_status hsm_key_load_sealed(hsm_t *hsm, const uint8_t id[HSM_ID_LEN], const uint8_t *sealed,
                                size_t sealed_len);
 
@@ -136,8 +138,9 @@ hsm_status hsm_rsa_bits(hsm_t *hsm, const uint8_t id[HSM_ID_LEN], unsigned *bits
  * existed. */
 hsm_status hsm_key_destroy(hsm_t *hsm, const uint8_t id[HSM_ID_LEN]);
 
-/* Calls fn once for every key pair id present in the token (used at start-up to reconcile
- * with the store and to fill the handle cache). An id of which only one half (private or
+/* Calls fn once for every key pair id present in the token as token objects (used at start-up
+ * to reconcile with the store and to fill the handle cache; sealed keys and their session
+ * objects are not listed). An id of which only one half (private or
  * public object) exists is listed too. fn runs with no lock held and may call hsm functions. */
 hsm_status hsm_key_foreach(hsm_t *hsm, void (*fn)(const uint8_t id[HSM_ID_LEN], void *ud),
                            void *ud);

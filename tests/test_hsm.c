@@ -1366,6 +1366,15 @@ static void hsm_sealed_key_lives_outside_the_token(void **state)
     assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
                      HSM_OK);
     assert_memory_equal(pt, msg, sizeof(msg));
+    /* handed back again while live (a domain reopened): kept as it is, live object included
+     * (nothing destroyed, no second object) */
+    hsm_stats st0, st1;
+    hsm_get_stats(f->h, &st0);
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len), HSM_OK);
+    roundtrip(f->h, id);
+    hsm_get_stats(f->h, &st1);
+    assert_int_equal(st1.destroyed_since_reload, st0.destroyed_since_reload);
+    assert_int_equal(raw_count_id(f->h, id, CK_FALSE), 1);
 
     /* a reload drops the session object; the key is unsealed again */
     assert_int_equal(hsm_reload(f->h), HSM_OK);
@@ -1430,7 +1439,7 @@ static void hsm_sealed_import_and_restore(void **state)
 }
 
 /* A damaged blob: malformed is refused at load; altered wrapped bytes, or a public part that
- * is not the key's, fail at first use as a token error, leaving nothing behind. */
+ * is not the key's, fail at first use (HSM_ERR_SEALED), leaving nothing behind. */
 static void hsm_sealed_damaged_blob(void **state)
 {
     fixture *f = *state;
@@ -1449,7 +1458,7 @@ static void hsm_sealed_damaged_blob(void **state)
     blob[blob_len - 1] ^= 0x01;
     assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len), HSM_OK);
     assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
-                     HSM_ERR_TOKEN);
+                     HSM_ERR_SEALED);
     assert_int_equal(raw_count_id(f->h, id, CK_FALSE), 0);
     blob[blob_len - 1] ^= 0x01;
     /* the other key's wrapped private key under this key's public part */
@@ -1458,7 +1467,7 @@ static void hsm_sealed_damaged_blob(void **state)
     memcpy(blob2 + 8, blob + 8, 256); /* n, after magic, mech and n_len */
     assert_int_equal(hsm_key_load_sealed(f->h, other, blob2, blob2_len), HSM_OK);
     assert_int_equal(hsm_rsa_decrypt(f->h, other, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
-                     HSM_ERR_TOKEN);
+                     HSM_ERR_SEALED);
     assert_int_equal(raw_count_id(f->h, other, CK_FALSE), 0);
     /* the intact blob still works */
     assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len), HSM_OK);

@@ -1605,6 +1605,88 @@ static void state_survives_reopen(void **state)
         do_crypt(f, "sd7", "bak", "", KV_CRYPT_WRAP, HSM_RSA_OAEP_SHA1, p, 32, out, &ol), KV_OK);
 }
 
+/* A sealed version whose blob was altered in the store: its first use after a start fails as
+ * an HSM failure naming the damage; the key's other version and other keys are unaffected;
+ * the intact blob restored makes it work again. */
+static void sealed_blob_damaged_in_store(void **state)
+{
+    fixture *f = *state;
+    kv_err e = {{0}};
+    kv_key_view v1, v2;
+    create_key(f, "sd7", "tamp", NULL, &v1);
+    create_key(f, "sd7", "tamp", NULL, &v2); /* a second version: the latest */
+    uint8_t plain[32], ct1[512], ct2[512], out[512];
+    size_t ct1l = 0, ct2l = 0, ol = 0;
+    fill_bytes(plain, 32, 3);
+    assert_int_equal(do_crypt(f, "sd7", "tamp", v1.version, KV_CRYPT_WRAP, HSM_RSA_OAEP_SHA256,
+                              plain, 32, ct1, &ct1l),
+                     KV_OK);
+    assert_int_equal(do_crypt(f, "sd7", "tamp", v2.version, KV_CRYPT_WRAP, HSM_RSA_OAEP_SHA256,
+                              plain, 32, ct2, &ct2l),
+                     KV_OK);
+
+    /* flip the last byte (inside the wrapped private key) of the latest version's blob */
+    sqlite3 *db = emu_store_lock(f->store);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(
+        sqlite3_prepare_v2(db,
+                           "SELECT s.hsm_id, s.blob FROM kv_sealed s JOIN kv_versions v"
+                           " USING(hsm_id) WHERE v.vault='sd7' AND v.lname='tamp'"
+                           " AND v.version=?",
+                           -1, &st, NULL),
+        SQLITE_OK);
+    sqlite3_bind_text(st, 1, v2.version, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    uint8_t id[HSM_ID_LEN], good[8192], bad[8192];
+    assert_int_equal(sqlite3_column_bytes(st, 0), HSM_ID_LEN);
+    memcpy(id, sqlite3_column_blob(st, 0), HSM_ID_LEN);
+    int bl = sqlite3_column_bytes(st, 1);
+    assert_true(bl > 1000 && bl <= (int)sizeof good);
+    memcpy(good, sqlite3_column_blob(st, 1), (size_t)bl);
+    sqlite3_finalize(st);
+    memcpy(bad, good, (size_t)bl);
+    bad[bl - 1] ^= 0x40;
+    for (int pass = 0; pass < 2; pass++) {
+        const uint8_t *blob = pass == 0 ? bad : good;
+        if (pass == 1)
+            db = emu_store_lock(f->store);
+        st = NULL;
+        assert_int_equal(
+            sqlite3_prepare_v2(db, "UPDATE kv_sealed SET blob=? WHERE hsm_id=?", -1, &st, NULL),
+            SQLITE_OK);
+        sqlite3_bind_blob(st, 1, blob, bl, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 2, id, HSM_ID_LEN, SQLITE_STATIC);
+        assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+        assert_int_equal(sqlite3_changes(db), 1);
+        sqlite3_finalize(st);
+        emu_store_unlock(f->store);
+        close_all(f);
+        if (open_all(f) != 0)
+            fail_msg("reopen failed");
+        char used[33];
+        kv_status ks = kv_key_crypt(f->kv, "sd7", "tamp", v2.version, KV_CRYPT_UNWRAP,
+                                    HSM_RSA_OAEP_SHA256, ct2, ct2l, out, &ol, used, &e);
+        if (pass == 0) {
+            assert_int_equal(ks, KV_ERR_HSM);
+            assert_non_null(strstr(e.msg, "sealed key blob damaged"));
+            /* the other version of the same key, and the other keys, still work */
+            assert_int_equal(kv_key_crypt(f->kv, "sd7", "tamp", v1.version, KV_CRYPT_UNWRAP,
+                                          HSM_RSA_OAEP_SHA256, ct1, ct1l, out, &ol, used, &e),
+                             KV_OK);
+            assert_memory_equal(out, plain, 32);
+            assert_int_equal(do_crypt(f, "sd7", "cry", "", KV_CRYPT_UNWRAP, HSM_RSA_OAEP_SHA1,
+                                      f->cry_ct, f->cry_ct_len, out, &ol),
+                             KV_OK);
+        } else {
+            assert_int_equal(ks, KV_OK);
+            assert_int_equal(ol, 32);
+            assert_memory_equal(out, plain, 32);
+        }
+    }
+    kv_key_view_cleanup(&v1);
+    kv_key_view_cleanup(&v2);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 
 int main(void)
@@ -1630,6 +1712,7 @@ int main(void)
         cmocka_unit_test(backup_restore),
         cmocka_unit_test(backup_blob_single_char_tampering_refused),
         cmocka_unit_test(state_survives_reopen),
+        cmocka_unit_test(sealed_blob_damaged_in_store),
     };
     return cmocka_run_group_tests_name("kv", tests, group_setup, group_teardown);
 }
