@@ -30,6 +30,7 @@
 #include "fixture.h"
 #include "hsm.h"
 #include "powerplatform/bap_api.h"
+#include "powerplatform/env_testing.h"
 #include "powerplatform/environments.h"
 #include "router.h"
 #include "store.h"
@@ -1017,6 +1018,69 @@ static void test_flat_writes_limit_and_annotations(void **state)
     }
 }
 
+static int g_rekeys;
+
+static int clear_store_hook(void **state)
+{
+    fixture *f = *state;
+    pp_envs_testing_set_before_store(f->fx->envs, NULL, NULL);
+    return 0;
+}
+
+static void rekey_before_store(pp_envs_t *p, const char *env, void *ud)
+{
+    (void)ud;
+    g_rekeys++;
+    assert_true(pp_envs_testing_replace_dek(p, env));
+}
+
+/* A write whose environment's data key changed between its start (where it copied the key and
+ * sealed the row under it) and its store is refused with 409, and stores nothing: a row sealed
+ * under a key the environment no longer has would never decrypt. */
+static void test_write_refused_when_data_key_changes(void **state)
+{
+    fixture *f = *state;
+    char env[40], uri[128], id[40];
+    pp_env_err e = {{0}};
+    create_env(f, "Re-keyed", "Production", env);
+    resp r = rec(f, env, "POST", "/api/data/v9.2/accounts", "{\"name\":\"before\"}",
+                 "return=representation");
+    assert_int_equal(r.status, 201);
+    snprintf(id, sizeof id, "%s", path_str(r.json, "accountid"));
+    resp_clear(&r);
+    snprintf(uri, sizeof uri, "/api/data/v9.2/accounts(%s)", id);
+
+    g_rekeys = 0;
+    pp_envs_testing_set_before_store(f->fx->envs, rekey_before_store, NULL);
+    r = rec(f, env, "PATCH", uri, "{\"name\":\"after\"}", NULL);
+    assert_int_equal(r.status, 409);
+    assert_string_equal(err_code(&r), "DataKeyChanged");
+    assert_non_null(strstr(path_str(r.json, "error.message"), "data key"));
+    resp_clear(&r);
+    r = rec(f, env, "POST", "/api/data/v9.2/accounts", "{\"name\":\"new\"}", NULL);
+    assert_int_equal(r.status, 409);
+    resp_clear(&r);
+    assert_int_equal(g_rekeys, 2);
+    pp_envs_testing_set_before_store(f->fx->envs, NULL, NULL);
+
+    /* back to the environment's real key (disable drops it, enable unwraps it again): the
+     * record is as it was, and the refused create left no row */
+    assert_int_equal(pp_env_set_enabled(f->fx->envs, env, false, "Test", &e), PP_ENV_OK);
+    assert_int_equal(pp_env_set_enabled(f->fx->envs, env, true, NULL, &e), PP_ENV_OK);
+    r = rec(f, env, "GET", uri, NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(path_str(r.json, "name"), "before");
+    resp_clear(&r);
+    r = rec(f, env, "GET", "/api/data/v9.2/accounts", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(json_array_size(json_object_get(r.json, "value")), 1);
+    resp_clear(&r);
+    /* and writes work again */
+    r = rec(f, env, "PATCH", uri, "{\"name\":\"after\"}", NULL);
+    assert_int_equal(r.status, 204);
+    resp_clear(&r);
+}
+
 static void test_world(void **state)
 {
     fixture *f = *state;
@@ -1072,6 +1136,7 @@ int main(void)
         cmocka_unit_test(test_patch_text_merge_matches_tree_merge),
         cmocka_unit_test(test_post_text_create_matches_tree_create),
         cmocka_unit_test(test_flat_writes_limit_and_annotations),
+        cmocka_unit_test_teardown(test_write_refused_when_data_key_changes, clear_store_hook),
         cmocka_unit_test(test_concurrent_patches_keep_every_field),
         cmocka_unit_test(test_world),
     };

@@ -365,6 +365,9 @@ static void send_record_error(emu_req *req, pp_env_status st, const pp_env_err *
     case PP_ENV_ERR_CONFLICT:
         odata_error(req, 412, "0x80040237", e->msg);
         break;
+    case PP_ENV_ERR_BUSY: /* the data key changed under the write; nothing was stored */
+        odata_error(req, 409, "DataKeyChanged", e->msg);
+        break;
     case PP_ENV_ERR_DISABLED:
         odata_error(req, 423, "EnvironmentDisabled", e->msg);
         break;

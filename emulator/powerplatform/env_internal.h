@@ -19,8 +19,8 @@ typedef struct {
     pp_environment env;
     uint8_t wrapped[PP_WRAPPED_MAX];
     size_t wrapped_len;
-    pp_dek dek;          /* loaded while enabled (kept during an operation) */
-    bool restore_noted;  /* lock watch: "access restored" already audited for this lock */
+    pp_dek dek;         /* loaded while enabled (kept during an operation) */
+    bool restore_noted; /* lock watch: "access restored" already audited for this lock */
 } env_rec;
 
 /* A queued link/unlink (cmk.c). */
@@ -61,8 +61,10 @@ struct pp_envs {
     envi_op *qhead, *qtail;
     unsigned long probes; /* lock-watch key checks made (atomic; pp_envs_probe_count) */
     pp_env_hooks hooks;   /* components (components.h); zero = none */
-    sqlite3_stmt *rec_stmts[REC_STMT_COUNT]; /* under the store lock; finalized at close */
+    sqlite3_stmt *rec_stmts[REC_STMT_COUNT];     /* under the store lock; finalized at close */
     pthread_mutex_t rec_stripes[PP_REC_STRIPES]; /* a record's read-modify-write (environments.c) */
+    void (*testing_before_store)(pp_envs_t *p, const char *env, void *ud); /* env_testing.h */
+    void *testing_before_store_ud;
 };
 
 /* pp lock held */

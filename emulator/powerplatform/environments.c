@@ -3,6 +3,7 @@
  */
 #include "environments.h"
 #include "env_internal.h"
+#include "env_testing.h"
 
 #include <ctype.h>
 #include <pthread.h>
@@ -12,6 +13,7 @@
 #include <strings.h>
 
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 
 #include "clock.h"
 #include "envelope.h"
@@ -889,6 +891,8 @@ static pp_env_status rec_store(pp_envs_t *p, const char *set, const rec_view *v,
 {
     char singular[80];
     env_rec *r = NULL;
+    if (p->testing_before_store)
+        p->testing_before_store(p, v->env_id, p->testing_before_store_ud);
     pthread_mutex_lock(&p->lock);
     pp_env_status rs = usable_inlock(p, v->env_id, set, singular, sizeof singular, &r, e);
     if (rs == PP_ENV_OK && CRYPTO_memcmp(r->dek.bytes, v->dek.bytes, PP_DEK_LEN) != 0) {
@@ -1352,4 +1356,26 @@ bool pp_envs_world_apply(pp_envs_t *p, json_t *world, char *err, size_t errlen)
         }
     }
     return true;
+}
+
+/* ---- test hooks (env_testing.h) --------------------------------------------------------- */
+
+void pp_envs_testing_set_before_store(pp_envs_t *p,
+                                      void (*fn)(pp_envs_t *p, const char *env, void *ud), void *ud)
+{
+    pthread_mutex_lock(&p->lock);
+    p->testing_before_store = fn;
+    p->testing_before_store_ud = ud;
+    pthread_mutex_unlock(&p->lock);
+}
+
+bool pp_envs_testing_replace_dek(pp_envs_t *p, const char *env)
+{
+    bool ok = false;
+    pthread_mutex_lock(&p->lock);
+    env_rec *r = envi_find(p, env);
+    if (r && r->dek.loaded)
+        ok = RAND_bytes(r->dek.bytes, PP_DEK_LEN) == 1;
+    pthread_mutex_unlock(&p->lock);
+    return ok;
 }
