@@ -74,6 +74,11 @@ bool emu_fsck_run(emu_store *store, hsm_t *hsm, emu_fsck_report *out, char *err,
                  "cmkemu data dir that has been served once?)");
         goto out;
     }
+    if (!kv_store_sealed_check(store, hsm, &out->sealed_bad, &out->sealed_stray)) {
+        snprintf(err, errlen, "cannot read the sealed key blobs");
+        goto out;
+    }
+    out->storage_key_missing = out->sealed && hsm_storage_key_present(hsm) != HSM_OK;
     ids_unique(&token);
     ids_unique(&rows);
     out->token_keys = token.n;
@@ -91,10 +96,16 @@ out:
     return ok;
 }
 
+static void hsm_log(const char *line)
+{
+    emu_log(EMU_LOG_ERROR, "hsm", "%s", line);
+}
+
 emu_data_status emu_data_dir_open(const emu_config *cfg, hsm_t **hsm, emu_store **store, char *err,
                                   size_t errlen)
 {
-    hsm_config hc = {.data_dir = cfg->data_dir,
+    hsm_config hc = {.log_error = hsm_log,
+                     .data_dir = cfg->data_dir,
                      .module_path = cfg->pkcs11_module,
                      .token_label = cfg->token_label,
                      .pin = cfg->pin};
@@ -157,15 +168,21 @@ int emu_fsck_main(int argc, char **argv)
         goto out;
     }
     if (json)
-        printf("{\"tokenKeys\":%zu,\"rows\":%zu,\"sealed\":%zu,\"orphans\":%zu,\"missing\":%zu}"
-               "\n",
-               r.token_keys, r.rows, r.sealed, r.orphans, r.missing);
+        printf("{\"tokenKeys\":%zu,\"rows\":%zu,\"sealed\":%zu,\"sealedBad\":%zu,"
+               "\"sealedStray\":%zu,\"storageKeyMissing\":%s,\"orphans\":%zu,\"missing\":%zu}\n",
+               r.token_keys, r.rows, r.sealed, r.sealed_bad, r.sealed_stray,
+               r.storage_key_missing ? "true" : "false", r.orphans, r.missing);
     else
         printf("token key pairs: %zu\nrows referring to one: %zu\nsealed key versions (blob in "
-               "the store): %zu\nkey pairs without a row (orphans, destroyed at the next start): "
-               "%zu\nrows without their key pair: %zu\n",
-               r.token_keys, r.rows, r.sealed, r.orphans, r.missing);
-    rc = r.orphans || r.missing ? 1 : 0;
+               "the store): %zu\n  malformed or not their version's key: %zu\n  blob rows "
+               "without a version (deleted at the next start): %zu\n  storage key: %s\nkey "
+               "pairs without a row (orphans, destroyed at the next start): %zu\nrows without "
+               "their key pair: %zu\n",
+               r.token_keys, r.rows, r.sealed, r.sealed_bad, r.sealed_stray,
+               r.storage_key_missing ? "MISSING (sealed keys cannot be unwrapped)"
+                                     : (r.sealed ? "present" : "not needed"),
+               r.orphans, r.missing);
+    rc = r.orphans || r.missing || r.sealed_bad || r.sealed_stray || r.storage_key_missing ? 1 : 0;
 out:
     emu_store_close(store);
     hsm_close(hsm);

@@ -31,11 +31,14 @@ emu_data_status emu_data_dir_open(const emu_config *cfg, hsm_t **hsm, emu_store 
                                   size_t errlen);
 
 typedef struct {
-    size_t token_keys; /* RSA key pairs in the token */
-    size_t rows;       /* distinct token ids that rows refer to */
-    size_t sealed;     /* key versions kept sealed (their blob is in the store, see hsm.h) */
-    size_t orphans;    /* key pairs no row refers to (the next start destroys them) */
-    size_t missing;    /* rows whose key pair is missing (never expected) */
+    size_t token_keys;        /* RSA key pairs in the token */
+    size_t rows;              /* distinct token ids that rows refer to */
+    size_t sealed;            /* key versions kept sealed (their blob is in the store, see hsm.h) */
+    size_t sealed_bad;        /* of which the blob is malformed or not the row's key */
+    size_t sealed_stray;      /* blob rows no version refers to (the next start deletes them) */
+    bool storage_key_missing; /* sealed versions exist and the token has no storage key */
+    size_t orphans;           /* key pairs no row refers to (the next start destroys them) */
+    size_t missing;           /* rows whose key pair is missing (never expected) */
 } emu_fsck_report;
 
 /* Compares the token's key pairs with the rows. false + err when either cannot be listed. */

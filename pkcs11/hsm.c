@@ -431,6 +431,9 @@ struct hsm {
     CK_SESSION_HANDLE anchor; /* keeps the login alive; never used for operations */
     int have_anchor;
     char module_path[PATH_MAX];
+    char tokens_dir[PATH_MAX];           /* managed mode: SoftHSM's token directory; "" otherwise */
+    atomic_int sealed_loaded;            /* a sealed key was handed back (hsm_key_load_sealed) */
+    void (*log_error)(const char *line); /* hsm_config.log_error */
     char token_label[HSM_TOKEN_LABEL_MAX + 1];
     int locks_ready;
 
@@ -1098,6 +1101,11 @@ static int cache_put(hsm_t *h, cache_entry *e, int check_gen, unsigned long gen)
     for (pp = &h->buckets[cache_slot(e->id, h->nbuckets)]; *pp; pp = &(*pp)->next) {
         if (memcmp((*pp)->id, e->id, HSM_ID_LEN) == 0) {
             cache_entry *old = *pp;
+            if (old->sealed && !e->sealed) { /* a sealed key is only replaced by its blob */
+                pthread_rwlock_unlock(&h->cache_lock);
+                cache_entry_free(e);
+                return 0;
+            }
             e->next = old->next;
             *pp = e;
             pthread_rwlock_unlock(&h->cache_lock);
@@ -1134,17 +1142,21 @@ static cache_entry *cache_unlink_inlock(hsm_t *h, const uint8_t id[HSM_ID_LEN])
 }
 
 /* Drops what the cache knows of id's token objects (a handle went stale, or a token key is
- * being destroyed). A sealed key keeps its entry and loses only its live object: the next use
- * unseals it again. */
-static void cache_evict(hsm_t *h, const uint8_t id[HSM_ID_LEN])
+ * being destroyed). A sealed key keeps its entry and loses only its live object, and only when
+ * that is still the stale one (another thread may have unsealed it again meanwhile; that
+ * object must stay known, or it would outlive a destroy): the next use unseals it again.
+ * stale CK_INVALID_HANDLE = whatever it holds. */
+static void cache_evict(hsm_t *h, const uint8_t id[HSM_ID_LEN], CK_OBJECT_HANDLE stale)
 {
     cache_entry *gone = NULL, *e;
 
     pthread_rwlock_wrlock(&h->cache_lock);
     e = cache_find_inlock(h, id);
     if (e && e->sealed) {
-        h->gen++;
-        e->priv = e->pub = CK_INVALID_HANDLE;
+        if (stale == CK_INVALID_HANDLE || e->priv == stale) {
+            h->gen++;
+            e->priv = e->pub = CK_INVALID_HANDLE;
+        }
     } else {
         gone = cache_unlink_inlock(h, id);
     }
@@ -1233,7 +1245,9 @@ static cache_entry *cache_entry_from(const uint8_t id[HSM_ID_LEN], obj_info *inf
 static hsm_status key_lookup_token(hsm_t *h, const uint8_t id[HSM_ID_LEN], int want_pkey,
                                    key_ref *r)
 {
-    CK_ATTRIBUTE tmpl[] = {{CKA_ID, (void *)id, HSM_ID_LEN}};
+    CK_BBOOL on_token = CK_TRUE; /* never a sealed key's session object */
+    CK_ATTRIBUTE tmpl[] = {{CKA_ID, (void *)id, HSM_ID_LEN},
+                           {CKA_TOKEN, &on_token, sizeof(on_token)}};
     CK_OBJECT_HANDLE *found = NULL;
     obj_info infos[4];
     size_t nfound = 0, ninfos = 0;
@@ -1247,7 +1261,7 @@ static hsm_status key_lookup_token(hsm_t *h, const uint8_t id[HSM_ID_LEN], int w
     rv = session_get(h, &s);
     if (rv != CKR_OK)
         return rv_status(rv, OP_GENERIC);
-    rv = objects_find(h, s, tmpl, 1, &found, &nfound);
+    rv = objects_find(h, s, tmpl, 2, &found, &nfound);
     for (size_t i = 0; rv == CKR_OK && i < nfound && ninfos < 4; i++) {
         int usable = 0;
         rv = obj_read(h, s, found[i], &infos[ninfos], &usable);
@@ -1427,11 +1441,12 @@ static int cache_put_sealed(hsm_t *h, const uint8_t id[HSM_ID_LEN], const uint8_
     return cache_put(h, e, 0, 0);
 }
 
-/* Destroys a session object of the anchor session. */
+/* Destroys a session object of the anchor session (gone with it if the anchor is). */
 static void anchor_destroy(hsm_t *h, CK_OBJECT_HANDLE o)
 {
     pthread_mutex_lock(&h->anchor_lock);
-    (void)obj_destroy(h, h->anchor, o);
+    if (h->have_anchor)
+        (void)obj_destroy(h, h->anchor, o);
     pthread_mutex_unlock(&h->anchor_lock);
 }
 
@@ -1510,72 +1525,87 @@ out:
 }
 
 /* Makes a sealed key live: unwraps its blob under KEK_STORAGE into a session object of the
- * anchor session (blob_unwrap checks its public key against the blob's) and keeps the handle.
- * Two threads may unseal the same key at once; the second destroys its object. A blob that
- * does not unwrap or match is a damaged store: HSM_ERR_SEALED, nothing kept. */
+ * anchor session (blob_unwrap checks its public key against the blob's) and keeps the handle,
+ * if the entry still holds the same blob (it may have been handed back with another meanwhile:
+ * then once more with that one). Two threads may unseal the same key at once; the second
+ * destroys its object. A blob that does not unwrap or match is a damaged store:
+ * HSM_ERR_SEALED, nothing kept. */
 static hsm_status key_unseal(hsm_t *h, const uint8_t id[HSM_ID_LEN], pkey_want want, key_ref *r)
 {
-    CK_OBJECT_HANDLE priv = CK_INVALID_HANDLE;
-    uint8_t *blob = NULL;
-    size_t blob_len = 0;
-    int found = 0, cold = 0;
-    EVP_PKEY *pkey = NULL;
-    cache_entry *e;
-    hsm_status st;
-    CK_RV rv;
+    hsm_status st = HSM_ERR_NOT_FOUND;
 
-    pthread_rwlock_rdlock(&h->cache_lock);
-    e = cache_find_inlock(h, id);
-    if (e) {
-        found = 1;
-        cold = e->sealed && e->priv == CK_INVALID_HANDLE;
-        if (!cold)
-            key_ref_fill(r, e, want != PKEY_NONE);
-        else if ((blob = malloc(e->sealed_len)) != NULL) {
-            memcpy(blob, e->sealed, e->sealed_len);
-            blob_len = e->sealed_len;
-        }
-    }
-    pthread_rwlock_unlock(&h->cache_lock);
-    if (!found)
-        return HSM_ERR_NOT_FOUND;
-    if (!cold)
-        return HSM_OK; /* made live by another thread meanwhile */
-    if (!blob)
-        return HSM_ERR_TOKEN; /* no memory */
-    pthread_mutex_lock(&h->anchor_lock);
-    st = blob_unwrap(h, h->anchor, KEK_STORAGE, blob, blob_len, CK_FALSE, id, NULL, &priv, &pkey,
-                     &rv);
-    pthread_mutex_unlock(&h->anchor_lock);
-    free(blob);
-    if (st == HSM_ERR_DECRYPT || st == HSM_ERR_ARGS)
-        return HSM_ERR_SEALED;
-    if (st != HSM_OK)
-        return st;
-    st = HSM_ERR_NOT_FOUND; /* unless the entry is still there */
-    pthread_rwlock_wrlock(&h->cache_lock);
-    e = cache_find_inlock(h, id);
-    if (e && e->sealed) {
-        if (e->priv == CK_INVALID_HANDLE) {
-            e->priv = priv;
-            priv = CK_INVALID_HANDLE;
-            e->bits = (unsigned)EVP_PKEY_get_bits(pkey);
-            if (want == PKEY_KEEP && !e->pkey) {
-                e->pkey = pkey;
-                pkey = NULL;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        CK_OBJECT_HANDLE priv = CK_INVALID_HANDLE;
+        uint8_t *blob = NULL;
+        size_t blob_len = 0;
+        int found = 0, cold = 0, installed = 0;
+        EVP_PKEY *pkey = NULL;
+        cache_entry *e;
+        CK_RV rv;
+
+        pthread_rwlock_rdlock(&h->cache_lock);
+        e = cache_find_inlock(h, id);
+        if (e) {
+            found = 1;
+            cold = e->sealed && e->priv == CK_INVALID_HANDLE;
+            if (!cold)
+                key_ref_fill(r, e, want != PKEY_NONE);
+            else if ((blob = malloc(e->sealed_len)) != NULL) {
+                memcpy(blob, e->sealed, e->sealed_len);
+                blob_len = e->sealed_len;
             }
         }
-        key_ref_fill(r, e, want != PKEY_NONE);
-        st = HSM_OK;
+        pthread_rwlock_unlock(&h->cache_lock);
+        if (!found)
+            return HSM_ERR_NOT_FOUND;
+        if (!cold)
+            return HSM_OK; /* made live by another thread meanwhile */
+        if (!blob)
+            return HSM_ERR_TOKEN; /* no memory */
+        pthread_mutex_lock(&h->anchor_lock);
+        if (h->have_anchor)
+            st = blob_unwrap(h, h->anchor, KEK_STORAGE, blob, blob_len, CK_FALSE, id, NULL, &priv,
+                             &pkey, &rv);
+        else
+            st = HSM_ERR_UNAVAILABLE; /* a reload failed to open it again */
+        pthread_mutex_unlock(&h->anchor_lock);
+        if (st == HSM_ERR_DECRYPT || st == HSM_ERR_ARGS)
+            st = HSM_ERR_SEALED;
+        if (st != HSM_OK) {
+            free(blob);
+            return st;
+        }
+        st = HSM_ERR_NOT_FOUND; /* unless the entry is still there */
+        pthread_rwlock_wrlock(&h->cache_lock);
+        e = cache_find_inlock(h, id);
+        if (e && e->sealed && e->sealed_len == blob_len && memcmp(e->sealed, blob, blob_len) == 0) {
+            if (e->priv == CK_INVALID_HANDLE) {
+                e->priv = priv;
+                priv = CK_INVALID_HANDLE;
+                e->bits = (unsigned)EVP_PKEY_get_bits(pkey);
+                if (want == PKEY_KEEP && !e->pkey) {
+                    e->pkey = pkey;
+                    pkey = NULL;
+                }
+            }
+            key_ref_fill(r, e, want != PKEY_NONE);
+            installed = 1;
+            st = HSM_OK;
+        } else if (e && e->sealed) {
+            st = HSM_ERR_SEALED; /* another blob now: unseal that one */
+        }
+        pthread_rwlock_unlock(&h->cache_lock);
+        free(blob);
+        if (installed && want == PKEY_PEEK && !r->pkey) {
+            r->pkey = pkey;
+            pkey = NULL;
+        }
+        if (priv != CK_INVALID_HANDLE)
+            anchor_destroy(h, priv);
+        EVP_PKEY_free(pkey);
+        if (installed || st == HSM_ERR_NOT_FOUND)
+            return st;
     }
-    pthread_rwlock_unlock(&h->cache_lock);
-    if (st == HSM_OK && want == PKEY_PEEK && !r->pkey) {
-        r->pkey = pkey;
-        pkey = NULL;
-    }
-    if (priv != CK_INVALID_HANDLE)
-        anchor_destroy(h, priv);
-    EVP_PKEY_free(pkey);
     return st;
 }
 
@@ -1968,6 +1998,7 @@ hsm_status hsm_open(const hsm_config *cfg, hsm_t **out, char *err, size_t errlen
     h->reload_after = cfg->reload_after < 0    ? 0
                       : cfg->reload_after == 0 ? HSM_RELOAD_AFTER_DEFAULT
                                                : (unsigned long)cfg->reload_after;
+    h->log_error = cfg->log_error;
     snprintf(h->token_label, sizeof(h->token_label), "%s", label);
     snprintf(h->module_path, sizeof(h->module_path), "%s",
              managed ? CMKEMU_SOFTHSM_MODULE : cfg->module_path);
@@ -2082,8 +2113,10 @@ hsm_status hsm_open(const hsm_config *cfg, hsm_t **out, char *err, size_t errlen
         goto out;
     }
     h->logged_in = 1;
-    if (managed)
+    if (managed) {
         token_objects_guard(mp.tokens, 1);
+        snprintf(h->tokens_dir, sizeof(h->tokens_dir), "%s", mp.tokens);
+    }
     st = raw_attach(h, err, errlen);
     if (st == HSM_OK) {
         /* kept for the re-login after a module reload; secure heap when there is one */
@@ -2567,7 +2600,7 @@ static hsm_status op_key_destroy(hsm_t *h, const uint8_t id[HSM_ID_LEN])
     st = key_get(h, id, PKEY_NONE, &r);
     if (st != HSM_OK)
         return st;
-    cache_evict(h, id);
+    cache_evict(h, id, CK_INVALID_HANDLE);
     rv = session_get(h, &s);
     if (rv != CKR_OK)
         return rv_status(rv, OP_GENERIC);
@@ -2577,7 +2610,7 @@ static hsm_status op_key_destroy(hsm_t *h, const uint8_t id[HSM_ID_LEN])
         rv2 = obj_destroy(h, s, r.pub);
     /* Again: a concurrent search may have cached the pair between the first eviction and
      * the C_DestroyObject calls. */
-    cache_evict(h, id);
+    cache_evict(h, id, CK_INVALID_HANDLE);
     if (rv1 != CKR_OK && !rv_is_stale_handle(rv1))
         rv = rv1;
     else if (rv2 != CKR_OK && !rv_is_stale_handle(rv2))
@@ -2682,6 +2715,13 @@ static hsm_status op_key_foreach(hsm_t *h, uint8_t (**ids_out)[HSM_ID_LEN], size
         h->buckets = nbuckets;
         h->nbuckets = nb;
         h->count = count;
+        /* the table was sized for the token's objects: make room for the sealed keys too */
+        while (h->count >= h->nbuckets) {
+            size_t before = h->nbuckets;
+            cache_grow_inlock(h);
+            if (h->nbuckets == before)
+                break; /* no memory: longer chains */
+        }
     } else {
         old = nbuckets;
         old_n = nb;
@@ -2860,7 +2900,7 @@ static hsm_status op_rsa_decrypt(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_rsa
             return st;
         last = st;
         if (stale == RETRY_STALE) {
-            cache_evict(h, id);
+            cache_evict(h, id, r.priv);
             last = HSM_ERR_NOT_FOUND;
         }
     }
@@ -2981,7 +3021,7 @@ static hsm_status op_sign(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg al
             return st;
         last = st;
         if (stale == RETRY_STALE) {
-            cache_evict(h, id);
+            cache_evict(h, id, r.priv);
             last = HSM_ERR_NOT_FOUND;
         }
     }
@@ -3036,7 +3076,37 @@ out:
 /* ---------------------------------------------------------------------------------------- */
 /* Backup                                                                                    */
 
-/* One of the token's AES-256 wrapping keys: found by label or created, then remembered. */
+/* One line to the configured error log (stderr without one). */
+static void hsm_log_error(hsm_t *h, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void hsm_log_error(hsm_t *h, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    if (h->log_error)
+        h->log_error(line);
+    else
+        fprintf(stderr, "cmkemu hsm: %s\n", line);
+}
+
+/* Makes SoftHSM's files durable (it writes object files without syncing them): one syncfs of
+ * the token directory's file system, in managed mode. */
+static void token_sync(hsm_t *h)
+{
+    if (!h->tokens_dir[0])
+        return;
+    int fd = open(h->tokens_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || syncfs(fd) != 0)
+        hsm_log_error(h, "cannot sync the token directory %s: %s", h->tokens_dir, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+}
+
+/* One of the token's AES-256 wrapping keys: found by label or created, then remembered. The
+ * storage key is not created once sealed keys were handed back (HSM_ERR_SEALED then). */
 static hsm_status kek_get(hsm_t *h, kek_kind kind, CK_OBJECT_HANDLE *out)
 {
     const char *label = kind == KEK_STORAGE ? HSM_STORAGE_LABEL : HSM_BACKUP_LABEL;
@@ -3084,10 +3154,28 @@ static hsm_status kek_get(hsm_t *h, kek_kind kind, CK_OBJECT_HANDLE *out)
         goto out_unlock;
     }
     rv = objects_find(h, s, find_t, sizeof(find_t) / sizeof(find_t[0]), &found, &nfound);
-    if (rv == CKR_OK && nfound > 0)
+    if (rv == CKR_OK && nfound > 1)
+        hsm_log_error(h, "the token holds %zu wrapping keys labelled %s; using the first", nfound,
+                      label);
+    if (rv == CKR_OK && nfound > 0) {
         h->kek[kind] = found[0];
-    else if (rv == CKR_OK)
+    } else if (rv == CKR_OK && kind == KEK_STORAGE && atomic_load(&h->sealed_loaded)) {
+        /* Sealed keys were handed back, so this token had a storage key: a new one would
+         * serve new keys and hide that every stored one is lost. */
+        session_put(h, s, rv);
+        free(found);
+        hsm_log_error(h,
+                      "the token has no storage key (%s) but sealed keys exist: they cannot be "
+                      "unwrapped, and no key is sealed until it is back (was the token "
+                      "replaced?)",
+                      label);
+        st = HSM_ERR_SEALED;
+        goto out_unlock;
+    } else if (rv == CKR_OK) {
         rv = h->fl->C_GenerateKey(s, &mech, gen_t, sizeof(gen_t) / sizeof(gen_t[0]), &h->kek[kind]);
+        if (rv == CKR_OK)
+            token_sync(h); /* on disk before anything wrapped under it is */
+    }
     session_put(h, s, rv);
     free(found);
     if (rv != CKR_OK) {
@@ -3330,6 +3418,7 @@ static hsm_status module_reload_locked(hsm_t *h)
     h->pool_len = 0; /* C_Finalize closes them all */
     pthread_mutex_unlock(&h->pool_lock);
     h->have_anchor = 0;
+    h->anchor = CK_INVALID_HANDLE;
     (void)fl->C_Finalize(NULL);
     memset(&args, 0, sizeof(args));
     args.flags = CKF_OS_LOCKING_OK;
@@ -3520,7 +3609,37 @@ static hsm_status op_key_load_sealed(hsm_t *h, const uint8_t id[HSM_ID_LEN], con
 
     if (!id || !sealed || !blob_parse(sealed, sealed_len, &bp))
         return HSM_ERR_ARGS;
+    atomic_store(&h->sealed_loaded, 1);
     return cache_put_sealed(h, id, sealed, sealed_len) ? HSM_OK : HSM_ERR_TOKEN;
+}
+
+static hsm_status op_storage_key_present(hsm_t *h)
+{
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_LABEL, (void *)HSM_STORAGE_LABEL, sizeof(HSM_STORAGE_LABEL) - 1},
+    };
+    CK_OBJECT_HANDLE *found = NULL;
+    size_t nfound = 0;
+    CK_SESSION_HANDLE s;
+    CK_RV rv = session_get(h, &s);
+
+    if (rv != CKR_OK)
+        return rv_status(rv, OP_GENERIC);
+    rv = objects_find(h, s, t, sizeof(t) / sizeof(t[0]), &found, &nfound);
+    session_put(h, s, rv);
+    free(found);
+    if (rv != CKR_OK)
+        return rv_status(rv, OP_GENERIC);
+    return nfound ? HSM_OK : HSM_ERR_NOT_FOUND;
+}
+
+hsm_status hsm_storage_key_present(hsm_t *h)
+{
+    LOCKED(h, op_storage_key_present(h));
 }
 
 hsm_status hsm_key_load_sealed(hsm_t *h, const uint8_t id[HSM_ID_LEN], const uint8_t *sealed,
@@ -3631,4 +3750,12 @@ size_t hsm_testing_cached_pkeys(hsm_t *h)
             n += e->pkey != NULL;
     pthread_rwlock_unlock(&h->cache_lock);
     return n;
+}
+
+void hsm_testing_cache_shape(hsm_t *h, size_t *count, size_t *nbuckets)
+{
+    pthread_rwlock_rdlock(&h->cache_lock);
+    *count = h->count;
+    *nbuckets = h->nbuckets;
+    pthread_rwlock_unlock(&h->cache_lock);
 }

@@ -64,6 +64,9 @@ typedef struct {
      * destroyed objects: SoftHSM keeps every destroyed object in memory until then.
      * 0 = the default (1000, about 0.5 MB); negative = never. */
     long reload_after;
+    /* Where the layer reports what no caller's status can carry (a missing storage key, a
+     * failed sync); one line, never key material. NULL = stderr. */
+    void (*log_error)(const char *line);
 } hsm_config;
 
 /* Opens (and on first use creates) the token and logs in. On failure returns a status and
@@ -125,6 +128,10 @@ hsm_status hsm_key_import_wrapped_sealed(hsm_t *hsm, const uint8_t *blob, size_t
  * (HSM_ERR_SEALED then, from the operation that needed it). */
 hsm_status hsm_key_load_sealed(hsm_t *hsm, const uint8_t id[HSM_ID_LEN], const uint8_t *sealed,
                                size_t sealed_len);
+
+/* Whether the token holds its storage key (never creates it): HSM_OK, or HSM_ERR_NOT_FOUND.
+ * For fsck: sealed keys cannot be unwrapped without it. */
+hsm_status hsm_storage_key_present(hsm_t *hsm);
 
 /* Exports the public key: *n and *e are malloc'd big-endian bytes without leading zero bytes;
  * the caller frees them. */

@@ -1,5 +1,6 @@
 /*
- * hsm_testing: hooks for tests only (fault injection, cache inspection). Production code never includes this.
+ * hsm_testing: hooks for tests only (fault injection, cache inspection). Production code never
+ * includes this.
  *
  * Every PKCS#11 call that hsm.c makes after hsm_open goes through one CK_FUNCTION_LIST pointer
  * held in hsm_t. A test can substitute a copy of that table with some entries wrapped (e.g. a
@@ -23,5 +24,8 @@ CK_FUNCTION_LIST *hsm_testing_get_functions(const hsm_t *hsm);
 /* How many keys in the handle cache hold an OpenSSL public key. Keys created or imported get
  * one only when an operation needs it (memory stays flat over a bulk import). */
 size_t hsm_testing_cached_pkeys(hsm_t *hsm);
+
+/* The handle cache's entry count and bucket count. */
+void hsm_testing_cache_shape(hsm_t *hsm, size_t *count, size_t *nbuckets);
 
 #endif

@@ -1555,6 +1555,127 @@ static void hsm_sealed_concurrent_first_use(void **state)
     free(w);
 }
 
+/* The start-up listing builds a fresh table for the token's objects and moves the sealed keys
+ * into it: it must grow for them, or every look-up walks long chains. */
+static void hsm_sealed_table_grows_after_listing(void **state)
+{
+    fixture *f = *state;
+    enum { N = 5000 };
+    uint8_t id[HSM_ID_LEN], (*ids)[HSM_ID_LEN] = malloc(N * HSM_ID_LEN), *blob = NULL;
+    size_t blob_len = 0, count = 0, nb = 0;
+
+    assert_non_null(ids);
+    assert_int_equal(hsm_rsa_generate_sealed(f->h, 2048, 0, NULL, id, &blob, &blob_len), HSM_OK);
+    assert_int_equal(hsm_key_destroy(f->h, id), HSM_OK);
+    reopen(f);
+    for (int i = 0; i < N; i++) { /* one blob under many ids: the HSM layer does not mind */
+        assert_int_equal(RAND_bytes(ids[i], HSM_ID_LEN), 1);
+        assert_int_equal(hsm_key_load_sealed(f->h, ids[i], blob, blob_len), HSM_OK);
+    }
+    assert_true(probe(f->h, NULL).count < 16); /* the listing, as at start-up */
+    hsm_testing_cache_shape(f->h, &count, &nb);
+    assert_true(count >= N);
+    assert_true(nb > count);
+    unsigned bits = 0;
+    assert_int_equal(hsm_rsa_bits(f->h, ids[N - 1], &bits), HSM_OK);
+    assert_int_equal(bits, 2048);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(hsm_key_destroy(f->h, ids[i]), HSM_OK);
+    free(ids);
+    free(blob);
+}
+
+/* A session object that carries a destroyed sealed key's id (as one the cache lost track of
+ * would) is never taken for that key: look-ups by id search token objects only. */
+static void hsm_destroyed_sealed_key_has_no_twin(void **state)
+{
+    fixture *f = *state;
+    static const uint8_t msg[32] = "a session object with my id";
+    uint8_t id[HSM_ID_LEN], *blob = NULL, ct[512], pt[512];
+    size_t blob_len = 0, ct_len = 0, pt_len = 0;
+    ossl_key k;
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_KEY_TYPE kt = CKK_RSA;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_OBJECT_HANDLE o;
+
+    assert_int_equal(hsm_rsa_generate_sealed(f->h, 2048, 0, NULL, id, &blob, &blob_len), HSM_OK);
+    ossl_key_make(&k, 2048);
+    CK_ATTRIBUTE t[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_DECRYPT, &yes, sizeof(yes)},
+        {CKA_ID, id, HSM_ID_LEN},
+        {CKA_MODULUS, k.part[0], k.len[0]},
+        {CKA_PUBLIC_EXPONENT, k.part[1], k.len[1]},
+        {CKA_PRIVATE_EXPONENT, k.part[2], k.len[2]},
+        {CKA_PRIME_1, k.part[3], k.len[3]},
+        {CKA_PRIME_2, k.part[4], k.len[4]},
+        {CKA_EXPONENT_1, k.part[5], k.len[5]},
+        {CKA_EXPONENT_2, k.part[6], k.len[6]},
+        {CKA_COEFFICIENT, k.part[7], k.len[7]},
+    };
+    CK_FUNCTION_LIST *fl = hsm_testing_get_functions(f->h);
+    CK_SESSION_HANDLE s = raw_session(fl);
+    assert_int_equal(fl->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), &o), CKR_OK);
+    assert_int_equal(hsm_key_destroy(f->h, id), HSM_OK);
+    ossl_encrypt(k.pkey, HSM_RSA_OAEP_SHA1, msg, sizeof(msg), ct, &ct_len);
+    assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len),
+                     HSM_ERR_NOT_FOUND);
+    assert_int_equal(fl->C_CloseSession(s), CKR_OK); /* takes the session object with it */
+    ossl_key_free(&k);
+    free(blob);
+}
+
+/* The storage key lost (its token object gone): stored sealed keys fail as such, no new
+ * storage key is made behind the caller's back (it would hide the loss), and
+ * hsm_storage_key_present says so. In a third data directory. */
+static void hsm_storage_key_loss_is_reported(void **state)
+{
+    fixture *f = *state;
+    char dir[PATH_MAX];
+    uint8_t id[HSM_ID_LEN], id2[HSM_ID_LEN], *blob = NULL, *blob2 = NULL, ct[512], pt[512];
+    size_t blob_len = 0, blob2_len = 0, ct_len = 0, pt_len = 0;
+    static const uint8_t msg[16] = "storage key lost";
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+
+    assert_true(snprintf(dir, sizeof(dir), "%s/c", f->root) < (int)sizeof(dir));
+    hsm_close(f->h);
+    f->h = open_dir(dir);
+    assert_int_equal(hsm_storage_key_present(f->h), HSM_ERR_NOT_FOUND); /* made on first need */
+    assert_int_equal(hsm_rsa_generate_sealed(f->h, 2048, 0, NULL, id, &blob, &blob_len), HSM_OK);
+    assert_int_equal(hsm_storage_key_present(f->h), HSM_OK);
+    assert_int_equal(hsm_rsa_encrypt(f->h, id, HSM_RSA_OAEP_SHA256, msg, 16, ct, &ct_len), HSM_OK);
+    CK_FUNCTION_LIST *fl = hsm_testing_get_functions(f->h);
+    CK_SESSION_HANDLE s = raw_session(fl);
+    CK_ATTRIBUTE q[] = {{CKA_CLASS, &cls, sizeof(cls)},
+                        {CKA_LABEL, "cmkemu-storage-key", sizeof("cmkemu-storage-key") - 1}};
+    CK_OBJECT_HANDLE o;
+    CK_ULONG got = 0;
+    assert_int_equal(fl->C_FindObjectsInit(s, q, 2), CKR_OK);
+    assert_int_equal(fl->C_FindObjects(s, &o, 1, &got), CKR_OK);
+    assert_int_equal(fl->C_FindObjectsFinal(s), CKR_OK);
+    assert_int_equal(got, 1);
+    assert_int_equal(fl->C_DestroyObject(s, o), CKR_OK);
+    assert_int_equal(fl->C_CloseSession(s), CKR_OK);
+
+    hsm_close(f->h);
+    f->h = open_dir(dir);
+    assert_int_equal(hsm_storage_key_present(f->h), HSM_ERR_NOT_FOUND);
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len), HSM_OK);
+    assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
+                     HSM_ERR_SEALED);
+    assert_int_equal(hsm_rsa_generate_sealed(f->h, 2048, 0, NULL, id2, &blob2, &blob2_len),
+                     HSM_ERR_SEALED);
+    assert_null(blob2);
+    assert_int_equal(hsm_storage_key_present(f->h), HSM_ERR_NOT_FOUND); /* still not made */
+    free(blob);
+    hsm_close(f->h);
+    f->h = open_dir(f->dir_a);
+}
+
 static void hsm_reloads_itself_after_destroyed_objects(void **state)
 {
     fixture *f = *state;
@@ -1840,6 +1961,9 @@ int main(void)
         cmocka_unit_test(hsm_sealed_damaged_blob),
         cmocka_unit_test(hsm_sealed_key_survives_losing_its_object),
         cmocka_unit_test(hsm_sealed_concurrent_first_use),
+        cmocka_unit_test(hsm_sealed_table_grows_after_listing),
+        cmocka_unit_test(hsm_destroyed_sealed_key_has_no_twin),
+        cmocka_unit_test(hsm_storage_key_loss_is_reported),
         cmocka_unit_test(hsm_random_from_token),
         cmocka_unit_test(hsm_injected_token_faults_map_to_status),
         cmocka_unit_test(hsm_reload_keeps_keys_and_drops_stale_handles),

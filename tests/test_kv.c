@@ -1687,6 +1687,106 @@ static void sealed_blob_damaged_in_store(void **state)
     kv_key_view_cleanup(&v2);
 }
 
+static size_t sealed_rows(fixture *f)
+{
+    sqlite3 *db = emu_store_lock(f->store);
+    sqlite3_stmt *st = NULL;
+    size_t n = 0;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM kv_sealed", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        n = (size_t)sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    emu_store_unlock(f->store);
+    return n;
+}
+
+/* Swaps (pass 0) or restores (pass 1) the blobs of two versions, then reopens everything. */
+static void swap_blobs_and_reopen(fixture *f, const char *v1, const char *v2)
+{
+    sqlite3 *db = emu_store_lock(f->store);
+    assert_true(emu_store_exec(db, "CREATE TEMP TABLE sw AS SELECT v.version AS version, s.blob"
+                                   " AS blob FROM kv_sealed s JOIN kv_versions v USING(hsm_id)"
+                                   " WHERE v.vault='sd7' AND v.lname='swp'"));
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "UPDATE kv_sealed SET blob=(SELECT blob FROM sw WHERE"
+                                        " version=?1) WHERE hsm_id=(SELECT hsm_id FROM"
+                                        " kv_versions WHERE vault='sd7' AND lname='swp' AND"
+                                        " version=?2)",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    for (int i = 0; i < 2; i++) {
+        sqlite3_bind_text(st, 1, i ? v1 : v2, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, i ? v2 : v1, -1, SQLITE_STATIC);
+        assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+        assert_int_equal(sqlite3_changes(db), 1);
+        sqlite3_reset(st);
+    }
+    sqlite3_finalize(st);
+    assert_true(emu_store_exec(db, "DROP TABLE sw"));
+    emu_store_unlock(f->store);
+    close_all(f);
+    if (open_all(f) != 0)
+        fail_msg("reopen failed");
+}
+
+/* Two versions' blobs swapped in the file: each blob is a valid key, but not its version's.
+ * Neither version may decrypt with the other's key: both fail, fsck counts them; swapped back,
+ * both work. Also: a version row rewritten with recursive_triggers on keeps its blob (the
+ * row is upserted, never replaced). */
+static void sealed_blobs_swapped_in_store(void **state)
+{
+    fixture *f = *state;
+    kv_err e = {{0}};
+    kv_key_view v1, v2;
+    create_key(f, "sd7", "swp", NULL, &v1);
+    create_key(f, "sd7", "swp", NULL, &v2);
+    uint8_t plain[32], ct1[512], out[512];
+    size_t ct1l = 0, ol = 0;
+    char used[33];
+    fill_bytes(plain, 32, 9);
+    assert_int_equal(do_crypt(f, "sd7", "swp", v1.version, KV_CRYPT_WRAP, HSM_RSA_OAEP_SHA256,
+                              plain, 32, ct1, &ct1l),
+                     KV_OK);
+
+    /* an attribute update with recursive_triggers on: the blob stays */
+    size_t blobs = sealed_rows(f);
+    sqlite3 *db = emu_store_lock(f->store);
+    assert_true(emu_store_exec(db, "PRAGMA recursive_triggers=ON"));
+    emu_store_unlock(f->store);
+    json_t *tags = jparse("{\"t\":\"1\"}");
+    kv_update_params up = {.tags = tags};
+    kv_key_view u;
+    assert_int_equal(kv_key_update(f->kv, "sd7", "swp", v1.version, &up, &u, &e), KV_OK);
+    kv_key_view_cleanup(&u);
+    json_decref(tags);
+    db = emu_store_lock(f->store);
+    assert_true(emu_store_exec(db, "PRAGMA recursive_triggers=OFF"));
+    emu_store_unlock(f->store);
+    assert_int_equal(sealed_rows(f), blobs);
+
+    swap_blobs_and_reopen(f, v1.version, v2.version);
+    assert_int_not_equal(kv_key_crypt(f->kv, "sd7", "swp", v1.version, KV_CRYPT_UNWRAP,
+                                      HSM_RSA_OAEP_SHA256, ct1, ct1l, out, &ol, used, &e),
+                         KV_OK);
+    emu_fsck_report rep;
+    char ferr[256];
+    assert_true(emu_fsck_run(f->store, f->hsm, &rep, ferr, sizeof ferr));
+    assert_int_equal(rep.sealed_bad, 2);
+    assert_int_equal(rep.sealed_stray, 0);
+    assert_false(rep.storage_key_missing);
+
+    swap_blobs_and_reopen(f, v1.version, v2.version);
+    assert_int_equal(kv_key_crypt(f->kv, "sd7", "swp", v1.version, KV_CRYPT_UNWRAP,
+                                  HSM_RSA_OAEP_SHA256, ct1, ct1l, out, &ol, used, &e),
+                     KV_OK);
+    assert_memory_equal(out, plain, 32);
+    assert_true(emu_fsck_run(f->store, f->hsm, &rep, ferr, sizeof ferr));
+    assert_int_equal(rep.sealed_bad, 0);
+    kv_key_view_cleanup(&v1);
+    kv_key_view_cleanup(&v2);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 
 int main(void)
@@ -1713,6 +1813,7 @@ int main(void)
         cmocka_unit_test(backup_blob_single_char_tampering_refused),
         cmocka_unit_test(state_survives_reopen),
         cmocka_unit_test(sealed_blob_damaged_in_store),
+        cmocka_unit_test(sealed_blobs_swapped_in_store),
     };
     return cmocka_run_group_tests_name("kv", tests, group_setup, group_teardown);
 }

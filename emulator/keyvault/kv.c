@@ -125,8 +125,8 @@ static const emu_migration KV_MIGRATIONS[] = {
     /* 3: sealed key versions (hsm.h): the blob lives here, keyed like the version's token
      * object was; a version row without one refers to a token object (older data dirs).
      * Deleting a version row (a purge, directly or by cascade) deletes its blob in the same
-     * transaction. INSERT OR REPLACE of a version row does not fire the trigger (SQLite
-     * fires delete triggers for REPLACE only with recursive_triggers on; it is off). */
+     * transaction. Version rows are written with an upsert (db_put_version), never REPLACE,
+     * whose delete would fire the trigger with recursive_triggers on. */
     {"keyvault", 3,
      "CREATE TABLE kv_sealed(hsm_id BLOB PRIMARY KEY, blob BLOB NOT NULL);"
      "CREATE TRIGGER kv_versions_sealed_delete AFTER DELETE ON kv_versions"
@@ -486,9 +486,16 @@ static bool db_put_version(sqlite3 *db, const char *vault, const char *lname, co
 {
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(db,
-                           "INSERT OR REPLACE INTO kv_versions(vault,lname,version,seq,hsm_id,hsm,"
+                           /* an upsert, never REPLACE: a delete would take the version's
+                            * sealed blob with it (trigger) with recursive_triggers on */
+                           "INSERT INTO kv_versions(vault,lname,version,seq,hsm_id,hsm,"
                            "bits,n,e,ops,enabled,nbf,exp,created,updated,tags) "
-                           "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                           "VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                           "ON CONFLICT(vault,lname,version) DO UPDATE SET seq=excluded.seq,"
+                           "hsm_id=excluded.hsm_id,hsm=excluded.hsm,bits=excluded.bits,"
+                           "n=excluded.n,e=excluded.e,ops=excluded.ops,enabled=excluded.enabled,"
+                           "nbf=excluded.nbf,exp=excluded.exp,created=excluded.created,"
+                           "updated=excluded.updated,tags=excluded.tags",
                            -1, &st, NULL) != SQLITE_OK)
         return false;
     char *tags = ver->tags ? json_dumps(ver->tags, JSON_COMPACT) : NULL;
@@ -634,6 +641,7 @@ static bool load_all(kv_t *kv, char *err, size_t errlen)
     sqlite3 *db = emu_store_lock(kv->store);
     sqlite3_stmt *st = NULL;
     bool ok = false;
+    int rc = SQLITE_DONE;
     if (sqlite3_prepare_v2(db,
                            "SELECT name,is_default,soft_delete,retention_days,purge_protection,"
                            "rbac,tenant,created,subscription,resource_group,location,sku,"
@@ -642,7 +650,7 @@ static bool load_all(kv_t *kv, char *err, size_t errlen)
                            "scheduled_purge FROM kv_vaults ORDER BY name",
                            -1, &st, NULL) != SQLITE_OK)
         goto out;
-    while (sqlite3_step(st) == SQLITE_ROW) {
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         kv_vault_info info = {0};
         snprintf(info.name, sizeof info.name, "%s", (const char *)sqlite3_column_text(st, 0));
         info.is_default = sqlite3_column_int(st, 1);
@@ -673,6 +681,8 @@ static bool load_all(kv_t *kv, char *err, size_t errlen)
         kv->vaults = emu_xrealloc(kv->vaults, (kv->nvaults + 1) * sizeof *kv->vaults);
         kv->vaults[kv->nvaults++] = v;
     }
+    if (rc != SQLITE_DONE)
+        goto out; /* a read error part-way is a failed load, not a short one */
     sqlite3_finalize(st);
     st = NULL;
     if (sqlite3_prepare_v2(db,
@@ -680,7 +690,7 @@ static bool load_all(kv_t *kv, char *err, size_t errlen)
                            "kv_access_policies ORDER BY vault, idx",
                            -1, &st, NULL) != SQLITE_OK)
         goto out;
-    while (sqlite3_step(st) == SQLITE_ROW) {
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         kv_vault *v = vault_find_any(kv, (const char *)sqlite3_column_text(st, 0));
         if (!v || v->npolicies >= KV_MAX_ACCESS_POLICIES)
             continue;
@@ -693,6 +703,8 @@ static bool load_all(kv_t *kv, char *err, size_t errlen)
         ap->keys = (uint32_t)sqlite3_column_int64(st, 4);
         ap->permissions = json_loads((const char *)sqlite3_column_text(st, 5), 0, NULL);
     }
+    if (rc != SQLITE_DONE)
+        goto out; /* a read error part-way is a failed load, not a short one */
     sqlite3_finalize(st);
     st = NULL;
     if (sqlite3_prepare_v2(db,
@@ -700,7 +712,7 @@ static bool load_all(kv_t *kv, char *err, size_t errlen)
                            "rp_created,rp_updated FROM kv_keys ORDER BY vault, lname",
                            -1, &st, NULL) != SQLITE_OK)
         goto out;
-    while (sqlite3_step(st) == SQLITE_ROW) {
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         kv_vault *v = vault_find_any(kv, (const char *)sqlite3_column_text(st, 0));
         if (!v)
             continue;
@@ -721,6 +733,8 @@ static bool load_all(kv_t *kv, char *err, size_t errlen)
         }
         v->keys[v->nkeys++] = k;
     }
+    if (rc != SQLITE_DONE)
+        goto out; /* a read error part-way is a failed load, not a short one */
     sqlite3_finalize(st);
     st = NULL;
     if (sqlite3_prepare_v2(db,
@@ -728,7 +742,7 @@ static bool load_all(kv_t *kv, char *err, size_t errlen)
                            "exp,created,updated,tags FROM kv_versions ORDER BY vault,lname,seq",
                            -1, &st, NULL) != SQLITE_OK)
         goto out;
-    while (sqlite3_step(st) == SQLITE_ROW) {
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         kv_vault *v = vault_find_any(kv, (const char *)sqlite3_column_text(st, 0));
         kv_key *k = v ? key_find(v, (const char *)sqlite3_column_text(st, 1)) : NULL;
         if (!k)
@@ -762,7 +776,7 @@ static bool load_all(kv_t *kv, char *err, size_t errlen)
             kv->next_seq = ver->seq + 1;
         version_add(k, ver);
     }
-    ok = true;
+    ok = rc == SQLITE_DONE;
 out:
     if (!ok)
         snprintf(err, errlen, "cannot load key vault state: %s", sqlite3_errmsg(db));
@@ -809,55 +823,108 @@ static bool id_owned_elsewhere(sqlite3 *db, const uint8_t id[HSM_ID_LEN])
     return found;
 }
 
-/* Hands every stored sealed blob to the HSM layer and lists their ids (sorted). A blob no
- * version row refers to (the trigger makes that impossible short of editing the file) is
- * deleted. Returns false when the table cannot be read. */
-static bool load_sealed(kv_t *kv, const id_list *rows, id_list *sealed)
+/* Hands the sealed blob of every version row to the HSM layer and checks that the blob's
+ * public key is its row's (not so when blobs were swapped or copied in the file): fn(id, good,
+ * ud) for each; a blob that is malformed or not its row's key is forgotten again, so its
+ * version's crypto operations fail instead of using another key. Store lock held. false when
+ * the rows cannot be read. */
+static bool sealed_rows_load(sqlite3 *db, hsm_t *hsm,
+                             void (*fn)(const uint8_t id[HSM_ID_LEN], bool good, void *ud),
+                             void *ud)
 {
-    sqlite3 *db = emu_store_lock(kv->store);
     sqlite3_stmt *st = NULL;
-    bool ok =
-        sqlite3_prepare_v2(db, "SELECT hsm_id, blob FROM kv_sealed", -1, &st, NULL) == SQLITE_OK;
-    id_list stray = {0};
-    size_t bad = 0;
+    bool ok = sqlite3_prepare_v2(db,
+                                 "SELECT s.hsm_id, s.blob, v.n, v.e FROM kv_sealed s"
+                                 " JOIN kv_versions v USING(hsm_id)",
+                                 -1, &st, NULL) == SQLITE_OK;
     int rc = SQLITE_DONE;
     while (ok && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         const uint8_t *id = sqlite3_column_blob(st, 0);
+        int len = sqlite3_column_bytes(st, 1);
         if (sqlite3_column_bytes(st, 0) != HSM_ID_LEN)
             continue;
-        if (!rows->n || !bsearch(id, rows->ids, rows->n, HSM_ID_LEN, cmp_id)) {
-            collect_id(id, &stray);
-            continue;
-        }
-        int len = sqlite3_column_bytes(st, 1);
-        if (hsm_key_load_sealed(kv->hsm, id, sqlite3_column_blob(st, 1),
-                                (size_t)(len > 0 ? len : 0)) == HSM_OK)
-            collect_id(id, sealed);
-        else
-            bad++;
+        bool good = len > 0 &&
+                    hsm_key_load_sealed(hsm, id, sqlite3_column_blob(st, 1), (size_t)len) == HSM_OK;
+        uint8_t *n = NULL, *e = NULL;
+        size_t nl = 0, el = 0;
+        good = good && hsm_rsa_public(hsm, id, &n, &nl, &e, &el) == HSM_OK &&
+               nl == (size_t)sqlite3_column_bytes(st, 2) &&
+               el == (size_t)sqlite3_column_bytes(st, 3) &&
+               !memcmp(n, sqlite3_column_blob(st, 2), nl) &&
+               !memcmp(e, sqlite3_column_blob(st, 3), el);
+        free(n);
+        free(e);
+        if (!good)
+            hsm_key_destroy(hsm, id);
+        fn(id, good, ud);
     }
     ok = ok && rc == SQLITE_DONE;
     sqlite3_finalize(st);
-    for (size_t i = 0; ok && i < stray.n; i++) {
-        st = NULL;
-        if (sqlite3_prepare_v2(db, "DELETE FROM kv_sealed WHERE hsm_id=?", -1, &st, NULL) ==
-            SQLITE_OK) {
-            sqlite3_bind_blob(st, 1, stray.ids[i], HSM_ID_LEN, SQLITE_STATIC);
-            db_step_done(db, st);
-        }
-    }
+    return ok;
+}
+
+typedef struct {
+    id_list *good;
+    size_t bad;
+} sealed_count;
+
+static void on_sealed_row(const uint8_t id[HSM_ID_LEN], bool good, void *ud)
+{
+    sealed_count *c = ud;
+    if (good && c->good)
+        collect_id(id, c->good);
+    else if (!good)
+        c->bad++;
+}
+
+#define SEALED_STRAY_WHERE " FROM kv_sealed WHERE hsm_id NOT IN (SELECT hsm_id FROM kv_versions)"
+
+/* Loads every version's sealed blob into the HSM layer and lists their ids (sorted). Blob rows
+ * no version refers to (the trigger makes that impossible short of editing the file) are
+ * deleted, decided by SQL against the table, not by what was loaded. */
+static bool load_sealed(kv_t *kv, id_list *sealed)
+{
+    sqlite3 *db = emu_store_lock(kv->store);
+    sealed_count c = {sealed, 0};
+    size_t stray = 0;
+    bool ok = sealed_rows_load(db, kv->hsm, on_sealed_row, &c);
+    if (ok && emu_store_exec(db, "DELETE" SEALED_STRAY_WHERE))
+        stray = (size_t)sqlite3_changes(db);
     emu_store_unlock(kv->store);
-    if (stray.n)
+    if (stray)
         emu_log(EMU_LOG_WARN, "kv", "deleted %zu sealed key blob(s) that no key version refers to",
-                stray.n);
-    if (bad)
+                stray);
+    if (c.bad)
         emu_log(EMU_LOG_ERROR, "kv",
-                "%zu sealed key blob(s) are malformed: their key versions' crypto operations fail",
-                bad);
-    free(stray.ids);
+                "%zu sealed key blob(s) are malformed or not their version's key: those "
+                "versions' crypto operations fail",
+                c.bad);
     if (sealed->n)
         qsort(sealed->ids, sealed->n, HSM_ID_LEN, cmp_id);
-    kv->reconciled_orphans += stray.n;
+    return ok;
+}
+
+bool kv_store_sealed_check(emu_store *store, hsm_t *hsm, size_t *bad, size_t *stray)
+{
+    sqlite3 *db = emu_store_lock(store);
+    sealed_count c = {NULL, 0};
+    sqlite3_stmt *st = NULL;
+    *bad = *stray = 0;
+    bool ok = sqlite3_prepare_v2(db, "SELECT 1 FROM kv_sealed", -1, &st, NULL) == SQLITE_OK;
+    sqlite3_finalize(st);
+    st = NULL;
+    if (!ok) { /* no sealed keys table yet: nothing to check */
+        emu_store_unlock(store);
+        return true;
+    }
+    ok = sealed_rows_load(db, hsm, on_sealed_row, &c) &&
+         sqlite3_prepare_v2(db, "SELECT count(*)" SEALED_STRAY_WHERE, -1, &st, NULL) == SQLITE_OK &&
+         sqlite3_step(st) == SQLITE_ROW;
+    if (ok)
+        *stray = (size_t)sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    emu_store_unlock(store);
+    *bad = c.bad;
     return ok;
 }
 
@@ -872,7 +939,7 @@ static void reconcile(kv_t *kv)
         }
     if (rows.n)
         qsort(rows.ids, rows.n, HSM_ID_LEN, cmp_id);
-    if (!load_sealed(kv, &rows, &sealed))
+    if (!load_sealed(kv, &sealed))
         emu_log(EMU_LOG_ERROR, "kv", "cannot read the sealed key blobs: %s",
                 "their key versions' crypto operations fail");
     if (hsm_key_foreach(kv->hsm, collect_id, &token) != HSM_OK) {

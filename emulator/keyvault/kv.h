@@ -66,6 +66,11 @@ void kv_close(kv_t *kv);
  * key versions whose key pair is missing (reported; never expected). */
 void kv_reconciled(const kv_t *kv, size_t *orphans, size_t *missing);
 
+/* Offline check (cmkemu fsck) of the sealed versions: hands each blob to hsm and counts
+ * *bad (malformed, or its public key not its row's) and *stray (blob rows no version refers
+ * to). false if the rows cannot be read. */
+bool kv_store_sealed_check(emu_store *store, hsm_t *hsm, size_t *bad, size_t *stray);
+
 /* Offline check (cmkemu fsck): calls fn with the token id of every key version row in the
  * store whose key is a token object (not sealed), without loading the domain; *nsealed
  * (may be NULL) gets the number of sealed versions. The caller must have opened store only
