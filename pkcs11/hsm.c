@@ -384,7 +384,8 @@ const char *hsm_status_str(hsm_status st)
     case HSM_ERR_UNAVAILABLE:
         return "HSM unavailable";
     case HSM_ERR_SEALED:
-        return "sealed key blob damaged";
+        return "sealed key does not unwrap (blob damaged or not its key, storage key missing, "
+               "or a token failure)";
     }
     return "unknown status";
 }

@@ -35,8 +35,10 @@ typedef enum {
     HSM_ERR_UNAVAILABLE, /* transient: device error, token removed, session lost (after one
                             retry on a new session for generate/decrypt/sign); nothing was
                             changed and the same call may succeed later */
-    HSM_ERR_SEALED,      /* a sealed key's stored blob does not unwrap to that key (damaged or
-                            altered store) */
+    HSM_ERR_SEALED,      /* a sealed key does not unwrap: its blob damaged or not its key, the
+                            token's storage key missing, or (SoftHSM reports a failed unwrap as
+                            CKR_GENERAL_ERROR, so the two cannot be told apart) a token
+                            failure */
 } hsm_status;
 
 const char *hsm_status_str(hsm_status st);
