@@ -1676,6 +1676,123 @@ static void hsm_storage_key_loss_is_reported(void **state)
     f->h = open_dir(f->dir_a);
 }
 
+/* Two races, forced through the function table (what another thread would do, done from
+ * inside the call that is racing with it). */
+static hsm_t *g_race_h;
+static CK_FUNCTION_LIST g_race_fl;
+static CK_FUNCTION_LIST *g_race_real;
+static int g_race_calls;
+static uint8_t g_race_id[HSM_ID_LEN];
+static const uint8_t *g_race_ct;
+static size_t g_race_ct_len;
+static const uint8_t *g_race_blob;
+static size_t g_race_blob_len;
+
+/* The first decrypt finds its object gone, and before it reacts, another operation hits the
+ * same stale handle, unseals the key again and succeeds. */
+static CK_RV race_decrypt_init(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
+{
+    if (++g_race_calls == 1) {
+        CK_SESSION_HANDLE rs = raw_session(g_race_real);
+        assert_int_equal(g_race_real->C_DestroyObject(rs, k), CKR_OK);
+        assert_int_equal(g_race_real->C_CloseSession(rs), CKR_OK);
+        uint8_t pt[512];
+        size_t pt_len = 0;
+        assert_int_equal(hsm_rsa_decrypt(g_race_h, g_race_id, HSM_RSA_OAEP_SHA1, g_race_ct,
+                                         g_race_ct_len, pt, &pt_len),
+                         HSM_OK);
+    }
+    return g_race_real->C_DecryptInit(s, m, k);
+}
+
+/* The stale handle of the first must not drop the object the second made: it would live on
+ * untracked (and outlive a destroy). */
+static void hsm_sealed_stale_handle_keeps_a_newer_object(void **state)
+{
+    fixture *f = *state;
+    static const uint8_t msg[32] = "stale handle, newer object";
+    uint8_t *blob = NULL, ct[512], pt[512];
+    size_t blob_len = 0, ct_len = 0, pt_len = 0;
+
+    assert_int_equal(hsm_rsa_generate_sealed(f->h, 2048, 0, NULL, g_race_id, &blob, &blob_len),
+                     HSM_OK);
+    EVP_PKEY *pub = pub_from_hsm(f->h, g_race_id);
+    ossl_encrypt(pub, HSM_RSA_OAEP_SHA1, msg, sizeof(msg), ct, &ct_len);
+    EVP_PKEY_free(pub);
+    assert_int_equal(hsm_rsa_decrypt(f->h, g_race_id, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len),
+                     HSM_OK);
+    g_race_h = f->h;
+    g_race_ct = ct;
+    g_race_ct_len = ct_len;
+    g_race_calls = 0;
+    g_race_real = hsm_testing_get_functions(f->h);
+    g_race_fl = *g_race_real;
+    g_race_fl.C_DecryptInit = race_decrypt_init;
+    hsm_testing_set_functions(f->h, &g_race_fl);
+    pt_len = 0;
+    hsm_status st = hsm_rsa_decrypt(f->h, g_race_id, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len);
+    hsm_testing_set_functions(f->h, NULL);
+    assert_int_equal(st, HSM_OK);
+    assert_memory_equal(pt, msg, sizeof(msg));
+    assert_int_equal(raw_count_id(f->h, g_race_id, CK_FALSE), 1); /* nothing leaked */
+    assert_int_equal(hsm_key_destroy(f->h, g_race_id), HSM_OK);
+    assert_int_equal(raw_count_id(f->h, g_race_id, CK_FALSE), 0);
+    assert_int_equal(hsm_rsa_decrypt(f->h, g_race_id, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len),
+                     HSM_ERR_NOT_FOUND);
+    free(blob);
+}
+
+/* While a key is being unsealed, its blob is handed back replaced (another key's). */
+static CK_RV race_unwrap(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE uk,
+                         CK_BYTE_PTR w, CK_ULONG wl, CK_ATTRIBUTE_PTR t, CK_ULONG n,
+                         CK_OBJECT_HANDLE_PTR o)
+{
+    if (++g_race_calls == 1)
+        assert_int_equal(hsm_key_load_sealed(g_race_h, g_race_id, g_race_blob, g_race_blob_len),
+                         HSM_OK);
+    return g_race_real->C_UnwrapKey(s, m, uk, w, wl, t, n, o);
+}
+
+/* The unseal must not install the old blob's key into the entry that now holds the new blob:
+ * the private and the public key of the id would differ. */
+static void hsm_sealed_unseal_follows_a_replaced_blob(void **state)
+{
+    fixture *f = *state;
+    static const uint8_t msg[32] = "for the blob handed back last";
+    uint8_t other[HSM_ID_LEN], *blob_a = NULL, *blob_b = NULL, digest[32], sig[512], ct[512],
+                               pt[512];
+    size_t a_len = 0, b_len = 0, sig_len = 0, ct_len = 0, pt_len = 0;
+
+    assert_int_equal(hsm_rsa_generate_sealed(f->h, 2048, 0, NULL, g_race_id, &blob_a, &a_len),
+                     HSM_OK);
+    assert_int_equal(hsm_rsa_generate_sealed(f->h, 2048, 0, NULL, other, &blob_b, &b_len), HSM_OK);
+    g_race_h = f->h;
+    g_race_blob = blob_b;
+    g_race_blob_len = b_len;
+    g_race_calls = 0;
+    g_race_real = hsm_testing_get_functions(f->h);
+    g_race_fl = *g_race_real;
+    g_race_fl.C_UnwrapKey = race_unwrap;
+    hsm_testing_set_functions(f->h, &g_race_fl);
+    make_digest(HSM_RS256, "first use", digest);
+    hsm_status st = hsm_sign(f->h, g_race_id, HSM_RS256, digest, 32, sig, &sig_len);
+    hsm_testing_set_functions(f->h, NULL);
+    assert_int_equal(st, HSM_OK);
+    assert_int_equal(g_race_calls, 2);             /* unsealed again, with the new blob */
+    EVP_PKEY *pub = pub_from_hsm(f->h, g_race_id); /* the new blob's */
+    assert_int_equal(ossl_verify(pub, HSM_RS256, digest, sig, sig_len), 1);
+    ossl_encrypt(pub, HSM_RSA_OAEP_SHA1, msg, sizeof(msg), ct, &ct_len);
+    EVP_PKEY_free(pub);
+    assert_int_equal(hsm_rsa_decrypt(f->h, g_race_id, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len),
+                     HSM_OK);
+    assert_memory_equal(pt, msg, sizeof(msg));
+    assert_int_equal(raw_count_id(f->h, g_race_id, CK_FALSE), 1);
+    assert_int_equal(hsm_key_destroy(f->h, g_race_id), HSM_OK);
+    assert_int_equal(hsm_key_destroy(f->h, other), HSM_OK);
+    free(blob_a);
+    free(blob_b);
+}
+
 static void hsm_reloads_itself_after_destroyed_objects(void **state)
 {
     fixture *f = *state;
@@ -1964,6 +2081,8 @@ int main(void)
         cmocka_unit_test(hsm_sealed_table_grows_after_listing),
         cmocka_unit_test(hsm_destroyed_sealed_key_has_no_twin),
         cmocka_unit_test(hsm_storage_key_loss_is_reported),
+        cmocka_unit_test(hsm_sealed_stale_handle_keeps_a_newer_object),
+        cmocka_unit_test(hsm_sealed_unseal_follows_a_replaced_blob),
         cmocka_unit_test(hsm_random_from_token),
         cmocka_unit_test(hsm_injected_token_faults_map_to_status),
         cmocka_unit_test(hsm_reload_keeps_keys_and_drops_stale_handles),
