@@ -15,12 +15,9 @@
 
 #include <openssl/crypto.h>
 
-#include "admin_api.h"
-#include "arm/deployments.h"
+#include "app.h"
 #include "auth/auth.h"
-#include "auth/auth_api.h"
 #include "auth/roles.h"
-#include "auth/roles_api.h"
 #include "clock.h"
 #include "config.h"
 #include "faults.h"
@@ -29,16 +26,9 @@
 #include "http.h"
 #include "keyvault/kv.h"
 #include "keyvault/kv_api.h"
-#include "keyvault/vaults_arm.h"
 #include "log.h"
-#include "powerplatform/bap_api.h"
-#include "powerplatform/environments.h"
-#include "powerplatform/policies.h"
-#include "powerplatform/policies_arm.h"
-#include "router.h"
 #include "store.h"
 #include "tls.h"
-#include "ui/ui.h"
 #include "util.h"
 #include "world.h"
 
@@ -66,11 +56,6 @@ static void fault_gate(emu_req *req, void *ud, long *delay_ms)
 }
 
 /* ARM requests authenticate through the identity layer with the ARM audiences. */
-static bool arm_authenticate(emu_req *req, void *ud, bool *missing, char *err, size_t errlen)
-{
-    return auth_authenticate(ud, req, AUTH_AUD_ARM, missing, err, errlen);
-}
-
 static int usage(FILE *out, int rc)
 {
     fprintf(out, "usage: cmkemu serve [options]\n"
@@ -102,14 +87,10 @@ static int serve(int argc, char **argv)
     emu_config cfg;
     hsm_t *hsm = NULL;
     emu_store *store = NULL;
-    emu_router *router = NULL;
+    emu_app app = {0};
     emu_workers *workers = NULL;
     emu_http *http = NULL;
     kv_t *kv = NULL;
-    armres_t *arm = NULL;
-    pp_policies_t *pp = NULL;
-    pp_envs_t *envs = NULL;
-    pp_comps_t *comps = NULL;
     auth_t *auth = NULL;
     roles_t *roles = NULL;
     emu_audit *audit = emu_audit_new();
@@ -178,90 +159,29 @@ static int serve(int argc, char **argv)
 
     int ncores = (int)sysconf(_SC_NPROCESSORS_ONLN);
     int threads = cfg.threads > 0 ? cfg.threads : (ncores > 0 ? ncores : 2);
-    router = emu_router_new();
-    emu_admin_ctx admin = {.store = store,
-                           .hsm = hsm,
-                           .version = CMKEMU_VERSION,
-                           .data_dir = cfg.data_dir,
-                           .started = emu_wall_now(),
-                           .auth = auth,
-                           .audit = audit,
-                           .faults = faults};
-    kv_reconciled(kv, &admin.reconciled_orphans, &admin.reconciled_missing);
-    emu_admin_register(router, &admin);
     char identity_header[128] = "";
     if (!emu_store_meta_get(store, "identity_header", identity_header, sizeof identity_header))
         snprintf(identity_header, sizeof identity_header, "cmkemu-identity-header");
-    auth_api_ctx authctx = {.auth = auth, .identity_header = identity_header};
-    kv_api_ctx kvctx = {.kv = kv, .tenant = cfg.tenant, .auth = auth};
     if (cfg.throttle == EMU_THROTTLE_AZURE)
-        kvctx.throttle = throttle = kv_api_throttle_new(NULL);
-    kv_api_register(router, &kvctx);
-    arm = armres_open(store, cfg.tenant, err, sizeof err);
-    if (!arm) {
-        fprintf(stderr, "cmkemu: arm: %s\n", err);
+        throttle = kv_api_throttle_new(NULL);
+    app = (emu_app){.store = store,
+                    .hsm = hsm,
+                    .auth = auth,
+                    .kv = kv,
+                    .roles = roles,
+                    .audit = audit,
+                    .faults = faults,
+                    .throttle = throttle,
+                    .tenant = cfg.tenant,
+                    .version = CMKEMU_VERSION,
+                    .data_dir = cfg.data_dir,
+                    .identity_header = identity_header,
+                    .auto_reenable = cfg.auto_reenable,
+                    .pp_operation_ms = (int)cfg.pp_operation_ms};
+    if (!emu_app_open(&app, err, sizeof err)) {
+        fprintf(stderr, "cmkemu: %s\n", err);
         goto out;
     }
-    armres_set_authenticator(arm, arm_authenticate, auth);
-    armres_register(router, arm);
-    auth_roles_api_ctx rolesctx = {.common = {.tenant = cfg.tenant,
-                                              .authenticate = arm_authenticate,
-                                              .auth_ud = auth},
-                                   .roles = roles};
-    auth_roles_api_register(router, &rolesctx);
-    kv_arm_ctx kvarm = {.common = {.tenant = cfg.tenant,
-                                   .authenticate = arm_authenticate,
-                                   .auth_ud = auth},
-                        .kv = kv,
-                        .arm = arm};
-    kv_vaults_arm_register(router, &kvarm);
-    /* deployments PUT each template resource back through this router, so they see every
-     * provider registered above and below */
-    arm_deploy_ctx deploy = {.common = {.tenant = cfg.tenant,
-                                        .authenticate = arm_authenticate,
-                                        .auth_ud = auth},
-                             .arm = arm,
-                             .store = store,
-                             .router = router};
-    if (!arm_deployments_init(&deploy, err, sizeof err)) {
-        fprintf(stderr, "cmkemu: deployments: %s\n", err);
-        goto out;
-    }
-    arm_deployments_register(router, &deploy);
-    pp = pp_policies_open(store, auth, err, sizeof err);
-    if (!pp) {
-        fprintf(stderr, "cmkemu: enterprise policies: %s\n", err);
-        goto out;
-    }
-    pp_arm_ctx pparm = {.common = {.tenant = cfg.tenant,
-                                   .authenticate = arm_authenticate,
-                                   .auth_ud = auth},
-                        .pp = pp,
-                        .arm = arm};
-    pp_policies_arm_register(router, &pparm);
-    envs = pp_envs_open(store, hsm, err, sizeof err);
-    if (!envs) {
-        fprintf(stderr, "cmkemu: environments: %s\n", err);
-        goto out;
-    }
-    pp_envs_set_audit(envs, audit);
-    pp_envs_set_auto_reenable(envs, cfg.auto_reenable);
-    pp_envs_set_cmk(envs, &(pp_cmk_deps){.kv = kv, .policies = pp, .roles = roles, .auth = auth});
-    if (!pp_envs_start_runner(envs, (unsigned)cfg.pp_operation_ms)) {
-        emu_log(EMU_LOG_ERROR, "main", "cannot start the operation runner");
-        goto out;
-    }
-    comps = pp_comps_open(store, hsm, envs, audit, err, sizeof err);
-    if (!comps) {
-        fprintf(stderr, "cmkemu: environment components: %s\n", err);
-        goto out;
-    }
-    pp_bap_ctx bap = {.envs = envs, .auth = auth, .comps = comps};
-    pp_bap_register(router, &bap);
-    auth_api_register(router, &authctx);
-    emu_ui_ctx ui = {.router = router, .auth = auth, .on_relayed = emu_admin_audit_request,
-                     .on_relayed_ud = &admin};
-    emu_ui_register(router, &ui);
 
     workers = emu_workers_new(threads);
     emu_http_config hcfg = {.host = cfg.listen_host,
@@ -272,11 +192,11 @@ static int serve(int argc, char **argv)
                             .max_body = cfg.max_body,
                             .max_headers = cfg.max_headers,
                             .max_json_depth = cfg.max_json_depth,
-                            .router = router,
+                            .router = app.router,
                             .workers = workers,
                             .store = store,
                             .on_complete = emu_admin_audit_request,
-                            .on_complete_ud = &admin,
+                            .on_complete_ud = &app.admin,
                             .gate = fault_gate,
                             .gate_ud = faults,
                             .connection_timeout = cfg.connection_timeout};
@@ -342,14 +262,10 @@ out:
         pthread_join(tick, NULL);
     emu_http_stop(http);
     emu_workers_free(workers);
-    emu_router_free(router);
-    pp_comps_close(comps);
-    pp_envs_close(envs); /* stops the operation runner, which audits */
+    emu_app_close(&app); /* the router first; the operation runner audits until it stops */
     emu_faults_free(faults);
     emu_throttle_free(throttle);
     emu_audit_free(audit);
-    pp_policies_close(pp);
-    armres_close(arm);
     emu_clock_hooks_clear();
     kv_close(kv);
     auth_roles_close(roles);

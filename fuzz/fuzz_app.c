@@ -1,4 +1,4 @@
-/* fuzz_app: see fuzz_app.h. The wiring follows main.c's serve(); keep the two in step. */
+/* fuzz_app: see fuzz_app.h. The routes are wired by app.c, as for `cmkemu serve`. */
 #include "fuzz_app.h"
 
 #include <errno.h>
@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "admin_api.h"
+#include "app.h"
 #include "arm/deployments.h"
 #include "armres.h"
 #include "audit.h"
@@ -38,23 +39,10 @@ struct fz_app {
     emu_store *store;
     auth_t *auth;
     kv_t *kv;
-    armres_t *arm;
     roles_t *roles;
-    pp_policies_t *pp;
-    pp_envs_t *envs;
-    pp_comps_t *comps;
     emu_audit *audit;
-    emu_router *router;
     char *bearer;
-    emu_admin_ctx admin;
-    auth_api_ctx authctx;
-    kv_api_ctx kvctx;
-    auth_roles_api_ctx rolesctx;
-    kv_arm_ctx kvarm;
-    arm_deploy_ctx deploy;
-    pp_arm_ctx pparm;
-    pp_bap_ctx bap;
-    emu_ui_ctx ui;
+    emu_app app; /* the routes, as main.c wires them (app.c) */
 };
 
 void fz_quiet_log(void)
@@ -77,57 +65,22 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
     return remove(path);
 }
 
-static bool arm_authenticate(emu_req *req, void *ud, bool *missing, char *err, size_t errlen)
-{
-    return auth_authenticate(ud, req, AUTH_AUD_ARM, missing, err, errlen);
-}
-
 static void register_routes(fz_app *a)
 {
     char err[512] = "";
-    a->router = emu_router_new();
-    a->admin = (emu_admin_ctx){.store = a->store,
-                               .hsm = a->hsm,
-                               .version = "fuzz",
-                               .data_dir = a->dir,
-                               .started = emu_wall_now(),
-                               .auth = a->auth,
-                               .audit = a->audit};
-    emu_admin_register(a->router, &a->admin);
-    a->authctx = (auth_api_ctx){.auth = a->auth, .identity_header = "cmkemu-identity-header"};
-    a->kvctx = (kv_api_ctx){.kv = a->kv, .tenant = FZ_TENANT, .auth = a->auth};
-    kv_api_register(a->router, &a->kvctx);
-    if (!(a->arm = armres_open(a->store, FZ_TENANT, err, sizeof err)))
-        fail("armres_open", err);
-    armres_set_authenticator(a->arm, arm_authenticate, a->auth);
-    armres_register(a->router, a->arm);
-    arm_common common = {.tenant = FZ_TENANT, .authenticate = arm_authenticate, .auth_ud = a->auth};
-    a->rolesctx = (auth_roles_api_ctx){.common = common, .roles = a->roles};
-    auth_roles_api_register(a->router, &a->rolesctx);
-    a->kvarm = (kv_arm_ctx){.common = common, .kv = a->kv, .arm = a->arm};
-    kv_vaults_arm_register(a->router, &a->kvarm);
-    a->deploy =
-        (arm_deploy_ctx){.common = common, .arm = a->arm, .store = a->store, .router = a->router};
-    if (!arm_deployments_init(&a->deploy, err, sizeof err))
-        fail("arm_deployments_init", err);
-    arm_deployments_register(a->router, &a->deploy);
-    if (!(a->pp = pp_policies_open(a->store, a->auth, err, sizeof err)))
-        fail("pp_policies_open", err);
-    a->pparm = (pp_arm_ctx){.common = common, .pp = a->pp, .arm = a->arm};
-    pp_policies_arm_register(a->router, &a->pparm);
-    if (!(a->envs = pp_envs_open(a->store, a->hsm, err, sizeof err)))
-        fail("pp_envs_open", err);
-    pp_envs_set_audit(a->envs, a->audit);
-    pp_envs_set_cmk(
-        a->envs,
-        &(pp_cmk_deps){.kv = a->kv, .policies = a->pp, .roles = a->roles, .auth = a->auth});
-    if (!(a->comps = pp_comps_open(a->store, a->hsm, a->envs, a->audit, err, sizeof err)))
-        fail("pp_comps_open", err);
-    a->bap = (pp_bap_ctx){.envs = a->envs, .auth = a->auth, .comps = a->comps};
-    pp_bap_register(a->router, &a->bap);
-    auth_api_register(a->router, &a->authctx);
-    a->ui = (emu_ui_ctx){.router = a->router, .auth = a->auth};
-    emu_ui_register(a->router, &a->ui);
+    a->app = (emu_app){.store = a->store,
+                       .hsm = a->hsm,
+                       .auth = a->auth,
+                       .kv = a->kv,
+                       .roles = a->roles,
+                       .audit = a->audit,
+                       .tenant = FZ_TENANT,
+                       .version = "fuzz",
+                       .data_dir = a->dir,
+                       .identity_header = "cmkemu-identity-header",
+                       .pp_operation_ms = -1}; /* no operation runner thread */
+    if (!emu_app_open(&a->app, err, sizeof err))
+        fail("emu_app_open", err);
 }
 
 fz_app *fz_app_new(unsigned flags)
@@ -185,11 +138,7 @@ void fz_app_free(fz_app *a)
 {
     if (!a)
         return;
-    emu_router_free(a->router);
-    pp_comps_close(a->comps);
-    pp_envs_close(a->envs);
-    pp_policies_close(a->pp);
-    armres_close(a->arm);
+    emu_app_close(&a->app);
     emu_clock_hooks_clear();
     kv_close(a->kv);
     auth_roles_close(a->roles);
@@ -221,7 +170,7 @@ kv_t *fz_app_kv(fz_app *a)
 }
 emu_router *fz_app_router(fz_app *a)
 {
-    return a->router;
+    return a->app.router;
 }
 const char *fz_app_dir(const fz_app *a)
 {
