@@ -415,6 +415,7 @@ typedef struct {
     CK_OBJECT_HANDLE priv, pub;
     EVP_PKEY *pkey; /* up-referenced when asked for, else NULL; free with key_ref_cleanup */
     unsigned bits;
+    int sealed; /* a sealed key: its public key is read from its blob, not from an object */
 } key_ref;
 
 struct hsm {
@@ -914,6 +915,21 @@ out:
     return pkey;
 }
 
+/* Modulus bits of big-endian n without leading zero bytes (0 for none). */
+static unsigned be_bits(const uint8_t *n, size_t n_len)
+{
+    unsigned top, lead = 0;
+
+    if (!n_len)
+        return 0;
+    top = n[0];
+    while (lead < 8 && !(top & 0x80u)) {
+        top <<= 1;
+        lead++;
+    }
+    return (unsigned)(n_len * 8) - lead;
+}
+
 /* One token object as read for the cache. */
 typedef struct {
     uint8_t id[HSM_ID_LEN];
@@ -974,12 +990,7 @@ static CK_RV obj_read_opt(hsm_t *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, obj
             return CKR_OK;
         oi->bits = (unsigned)EVP_PKEY_get_bits(oi->pkey);
     } else {
-        unsigned top = np[0], lead = 0;
-        while (lead < 8 && !(top & 0x80u)) {
-            top <<= 1;
-            lead++;
-        }
-        oi->bits = (unsigned)(nl * 8) - lead;
+        oi->bits = be_bits(np, nl);
     }
     memcpy(oi->id, id, HSM_ID_LEN);
     oi->handle = o;
@@ -1079,48 +1090,66 @@ static unsigned long cache_gen(hsm_t *h)
 
 static void anchor_destroy(hsm_t *h, CK_OBJECT_HANDLE o);
 
-/* Takes ownership of e; replaces an entry with the same id. With check_gen, e is dropped
- * instead when an eviction happened since gen was read (e may describe a destroyed key).
- * 1 = stored, 0 = dropped. */
-static int cache_put(hsm_t *h, cache_entry *e, int check_gen, unsigned long gen)
+/* Links e in (cache_lock held for writing), growing the table as needed. Returns what the
+ * caller frees after unlocking (cache_release): NULL, the entry e replaced, or e itself when it
+ * is not taken. A sealed entry is only replaced by another blob: a token entry for its id is
+ * not taken, and the same blob handed back again (a domain reopened on a running HSM) leaves
+ * the entry as it is, live object included. */
+static cache_entry *cache_link_inlock(hsm_t *h, cache_entry *e)
 {
     cache_entry **pp;
 
-    pthread_rwlock_wrlock(&h->cache_lock);
-    if (check_gen && h->gen != gen) {
-        pthread_rwlock_unlock(&h->cache_lock);
-        cache_entry_free(e);
-        return 0;
-    }
     if (!h->buckets || h->count >= h->nbuckets)
         cache_grow_inlock(h);
-    if (!h->buckets) {
-        pthread_rwlock_unlock(&h->cache_lock);
-        cache_entry_free(e);
-        return 0;
-    }
+    if (!h->buckets)
+        return e;
     for (pp = &h->buckets[cache_slot(e->id, h->nbuckets)]; *pp; pp = &(*pp)->next) {
-        if (memcmp((*pp)->id, e->id, HSM_ID_LEN) == 0) {
-            cache_entry *old = *pp;
-            if (old->sealed && !e->sealed) { /* a sealed key is only replaced by its blob */
-                pthread_rwlock_unlock(&h->cache_lock);
-                cache_entry_free(e);
-                return 0;
-            }
-            e->next = old->next;
-            *pp = e;
-            pthread_rwlock_unlock(&h->cache_lock);
-            if (old->sealed && old->priv != CK_INVALID_HANDLE)
-                anchor_destroy(h, old->priv); /* a sealed key replaced: its live object */
-            cache_entry_free(old);
-            return 1;
-        }
+        cache_entry *old = *pp;
+        if (memcmp(old->id, e->id, HSM_ID_LEN) != 0)
+            continue;
+        if (old->sealed && (!e->sealed || (old->sealed_len == e->sealed_len &&
+                                           !memcmp(old->sealed, e->sealed, e->sealed_len))))
+            return e;
+        e->next = old->next;
+        *pp = e;
+        return old;
     }
     e->next = NULL;
     *pp = e;
     h->count++;
+    return NULL;
+}
+
+/* Frees a list of entries taken out of the cache (lock released), destroying the live object
+ * of a sealed one: nothing else knows it. */
+static void cache_release(hsm_t *h, cache_entry *list)
+{
+    while (list) {
+        cache_entry *next = list->next;
+        if (list->sealed && list->priv != CK_INVALID_HANDLE)
+            anchor_destroy(h, list->priv);
+        cache_entry_free(list);
+        list = next;
+    }
+}
+
+/* Takes ownership of e and links it in (see cache_link_inlock). With check_gen, e is dropped
+ * instead when an eviction happened since gen was read (e may describe a destroyed key).
+ * 1 = e is in the cache (or an identical sealed entry is), 0 = dropped. */
+static int cache_put(hsm_t *h, cache_entry *e, int check_gen, unsigned long gen)
+{
+    cache_entry *gone;
+    int kept;
+
+    pthread_rwlock_wrlock(&h->cache_lock);
+    gone = check_gen && h->gen != gen ? e : cache_link_inlock(h, e);
+    /* an identical sealed entry already there counts as stored */
+    kept = gone != e || (e->sealed && cache_find_inlock(h, e->id) != NULL);
     pthread_rwlock_unlock(&h->cache_lock);
-    return 1;
+    if (gone)
+        gone->next = NULL;
+    cache_release(h, gone);
+    return kept;
 }
 
 /* Unlinks the entry of id (cache_lock held for writing); NULL if there is none. */
@@ -1135,6 +1164,7 @@ static cache_entry *cache_unlink_inlock(hsm_t *h, const uint8_t id[HSM_ID_LEN])
         if (memcmp((*pp)->id, id, HSM_ID_LEN) == 0) {
             gone = *pp;
             *pp = gone->next;
+            gone->next = NULL;
             h->count--;
             return gone;
         }
@@ -1165,32 +1195,31 @@ static void cache_evict(hsm_t *h, const uint8_t id[HSM_ID_LEN], CK_OBJECT_HANDLE
     cache_entry_free(gone);
 }
 
-/* Moves the sealed entries of an old table into a new one (cache_lock held for writing);
- * cool drops their live objects (the module that held them was finalised). The old table
- * keeps the rest. Returns how many moved. */
-static size_t cache_move_sealed_inlock(cache_entry **from, size_t nfrom, cache_entry **to,
-                                       size_t nto, int cool)
+/* Unlinks every token entry (cache_lock held for writing) and returns them as a list for the
+ * caller to free after unlocking. Sealed entries stay (the cache is their only record here);
+ * cool drops their live objects (the module that held them was finalised). */
+static cache_entry *cache_take_token_entries_inlock(hsm_t *h, int cool)
 {
-    size_t moved = 0;
+    cache_entry *gone = NULL;
 
-    for (size_t i = 0; from && i < nfrom; i++) {
-        cache_entry **pp = &from[i];
+    h->gen++;
+    for (size_t i = 0; h->buckets && i < h->nbuckets; i++) {
+        cache_entry **pp = &h->buckets[i];
         while (*pp) {
             cache_entry *e = *pp;
-            if (!e->sealed) {
+            if (e->sealed) {
+                if (cool)
+                    e->priv = e->pub = CK_INVALID_HANDLE;
                 pp = &e->next;
                 continue;
             }
             *pp = e->next;
-            if (cool)
-                e->priv = e->pub = CK_INVALID_HANDLE;
-            size_t slot = cache_slot(e->id, nto);
-            e->next = to[slot];
-            to[slot] = e;
-            moved++;
+            e->next = gone;
+            gone = e;
+            h->count--;
         }
     }
-    return moved;
+    return gone;
 }
 
 static void key_ref_fill(key_ref *r, const cache_entry *e, int want_pkey)
@@ -1198,6 +1227,7 @@ static void key_ref_fill(key_ref *r, const cache_entry *e, int want_pkey)
     r->priv = e->priv;
     r->pub = e->pub;
     r->bits = e->bits;
+    r->sealed = e->sealed != NULL;
     r->pkey = NULL;
     if (want_pkey && e->pkey && EVP_PKEY_up_ref(e->pkey) == 1)
         r->pkey = e->pkey;
@@ -1288,8 +1318,10 @@ out:
     return st;
 }
 
-/* Builds the OpenSSL public key of a cached key from its handle (no search): *out, owned by
- * the caller. */
+static hsm_status sealed_pkey(hsm_t *h, const uint8_t id[HSM_ID_LEN], EVP_PKEY **out);
+
+/* Builds the OpenSSL public key of a cached key from its handle (no search), or a sealed key's
+ * from its blob: *out, owned by the caller. */
 static hsm_status key_pkey_read(hsm_t *h, const uint8_t id[HSM_ID_LEN], const key_ref *r,
                                 EVP_PKEY **out)
 {
@@ -1300,6 +1332,8 @@ static hsm_status key_pkey_read(hsm_t *h, const uint8_t id[HSM_ID_LEN], const ke
     CK_RV rv;
 
     *out = NULL;
+    if (r->sealed)
+        return sealed_pkey(h, id, out);
     rv = session_get(h, &s);
     if (rv != CKR_OK)
         return rv_status(rv, OP_GENERIC);
@@ -1384,28 +1418,38 @@ static int blob_parse(const uint8_t *blob, size_t len, blob_parts *bp)
     return 1;
 }
 
-static hsm_status kek_get(hsm_t *h, kek_kind kind, CK_OBJECT_HANDLE *out);
+static hsm_status kek_get(hsm_t *h, kek_kind kind, int create, CK_OBJECT_HANDLE *out);
+
+/* A blob's public key (not authenticated by the wrap: hsm_key_load_sealed checks it against
+ * the caller's record, and an unseal against the unwrapped key). NULL if malformed. */
+static EVP_PKEY *blob_pkey(const uint8_t *blob, size_t blob_len)
+{
+    blob_parts bp;
+
+    if (!blob_parse(blob, blob_len, &bp))
+        return NULL;
+    bp.n_len = be_strip(&bp.n, bp.n_len);
+    bp.e_len = be_strip(&bp.e, bp.e_len);
+    return bp.n_len && bp.e_len ? hsm_pkey_from_ne(bp.n, bp.n_len, bp.e, bp.e_len) : NULL;
+}
+
+/* A sealed key's public key, from its blob (no unsealing). */
+static hsm_status sealed_pkey(hsm_t *h, const uint8_t id[HSM_ID_LEN], EVP_PKEY **out)
+{
+    cache_entry *e;
+
+    pthread_rwlock_rdlock(&h->cache_lock);
+    e = cache_find_inlock(h, id);
+    *out = e && e->sealed ? blob_pkey(e->sealed, e->sealed_len) : NULL;
+    pthread_rwlock_unlock(&h->cache_lock);
+    return *out ? HSM_OK : e ? HSM_ERR_SEALED : HSM_ERR_NOT_FOUND;
+}
 
 /* What key_get gives besides the handles: no public key; the public key, kept in the cache
  * from then on (wrap, verify: used again); or the public key for this call only, leaving the
  * cache as it was (the one export at create and import: a bulk import must not keep one per
  * version). */
 typedef enum { PKEY_NONE = 0, PKEY_KEEP = 1, PKEY_PEEK = 2 } pkey_want;
-
-/* Modulus bits of big-endian n without leading zero bytes (0 for none). */
-static unsigned be_bits(const uint8_t *n, size_t n_len)
-{
-    unsigned top, lead = 0;
-
-    if (!n_len)
-        return 0;
-    top = n[0];
-    while (lead < 8 && !(top & 0x80u)) {
-        top <<= 1;
-        lead++;
-    }
-    return (unsigned)(n_len * 8) - lead;
-}
 
 /* Registers a sealed key (a copy of its blob), without a live object. 1 = done. */
 static int cache_put_sealed(hsm_t *h, const uint8_t id[HSM_ID_LEN], const uint8_t *sealed,
@@ -1416,15 +1460,6 @@ static int cache_put_sealed(hsm_t *h, const uint8_t id[HSM_ID_LEN], const uint8_
 
     if (!blob_parse(sealed, sealed_len, &bp))
         return 0;
-    /* the same key handed back again (a domain reopened on a running HSM) stays as it is,
-     * live object included */
-    pthread_rwlock_rdlock(&h->cache_lock);
-    e = cache_find_inlock(h, id);
-    int same =
-        e && e->sealed && e->sealed_len == sealed_len && memcmp(e->sealed, sealed, sealed_len) == 0;
-    pthread_rwlock_unlock(&h->cache_lock);
-    if (same)
-        return 1;
     bp.n_len = be_strip(&bp.n, bp.n_len);
     e = calloc(1, sizeof(*e));
     if (!e)
@@ -1482,7 +1517,7 @@ static hsm_status blob_unwrap(hsm_t *h, CK_SESSION_HANDLE s, kek_kind kind, cons
     };
     CK_ULONG nt = sizeof(t) / sizeof(t[0]) - (label ? 0 : 1);
     CK_OBJECT_HANDLE kek, o = CK_INVALID_HANDLE;
-    EVP_PKEY *blob_pkey = NULL;
+    EVP_PKEY *claimed; /* the public key the blob says it holds */
     blob_parts bp;
     obj_info oi;
     int usable = 0;
@@ -1493,14 +1528,12 @@ static hsm_status blob_unwrap(hsm_t *h, CK_SESSION_HANDLE s, kek_kind kind, cons
     *pkey = NULL;
     *rv = CKR_OK;
     /* Any damage to the blob reads as "does not decrypt", whatever part was touched. */
-    if (!blob_parse(blob, blob_len, &bp))
+    claimed = blob_pkey(blob, blob_len);
+    if (!claimed || !blob_parse(blob, blob_len, &bp)) {
+        EVP_PKEY_free(claimed);
         return HSM_ERR_DECRYPT;
-    bp.n_len = be_strip(&bp.n, bp.n_len);
-    bp.e_len = be_strip(&bp.e, bp.e_len);
-    blob_pkey = bp.n_len && bp.e_len ? hsm_pkey_from_ne(bp.n, bp.n_len, bp.e, bp.e_len) : NULL;
-    if (!blob_pkey)
-        return HSM_ERR_DECRYPT;
-    st = kek_get(h, kind, &kek);
+    }
+    st = kek_get(h, kind, 1, &kek);
     if (st != HSM_OK)
         goto out;
     *rv = h->fl->C_UnwrapKey(s, &mech, kek, (CK_BYTE_PTR)bp.w, (CK_ULONG)bp.w_len, t, nt, &o);
@@ -1510,7 +1543,7 @@ static hsm_status blob_unwrap(hsm_t *h, CK_SESSION_HANDLE s, kek_kind kind, cons
     }
     /* The public part of the blob must be the unwrapped key's own. */
     *rv = obj_read(h, s, o, &oi, &usable);
-    if (*rv != CKR_OK || !usable || EVP_PKEY_eq(oi.pkey, blob_pkey) != 1) {
+    if (*rv != CKR_OK || !usable || EVP_PKEY_eq(oi.pkey, claimed) != 1) {
         st = *rv != CKR_OK ? rv_status(*rv, OP_GENERIC) : HSM_ERR_DECRYPT;
         objects_destroy_quiet(h, s, o, CK_INVALID_HANDLE);
         goto out;
@@ -1520,7 +1553,7 @@ static hsm_status blob_unwrap(hsm_t *h, CK_SESSION_HANDLE s, kek_kind kind, cons
     oi.pkey = NULL;
 out:
     EVP_PKEY_free(oi.pkey);
-    EVP_PKEY_free(blob_pkey);
+    EVP_PKEY_free(claimed);
     ERR_clear_error();
     return st;
 }
@@ -1610,8 +1643,10 @@ static hsm_status key_unseal(hsm_t *h, const uint8_t id[HSM_ID_LEN], pkey_want w
     return st;
 }
 
-/* Looks a key up: in the cache, else in the token (then cached). */
-static hsm_status key_get(hsm_t *h, const uint8_t id[HSM_ID_LEN], pkey_want want, key_ref *r)
+/* Looks a key up: in the cache, else in the token (then cached). need_priv: the caller uses
+ * the private key's handle (a cold sealed key is unsealed for it). */
+static hsm_status key_get(hsm_t *h, const uint8_t id[HSM_ID_LEN], pkey_want want, int need_priv,
+                          key_ref *r)
 {
     cache_entry *e;
     hsm_status st;
@@ -1619,7 +1654,8 @@ static hsm_status key_get(hsm_t *h, const uint8_t id[HSM_ID_LEN], pkey_want want
     memset(r, 0, sizeof(*r));
     pthread_rwlock_rdlock(&h->cache_lock);
     e = cache_find_inlock(h, id);
-    int cold = e && e->sealed && e->priv == CK_INVALID_HANDLE;
+    /* a sealed key is unsealed only for its private key: size and public key are in its blob */
+    int cold = need_priv && e && e->sealed && e->priv == CK_INVALID_HANDLE;
     if (e && !cold)
         key_ref_fill(r, e, want != PKEY_NONE);
     pthread_rwlock_unlock(&h->cache_lock);
@@ -2496,41 +2532,6 @@ out:
     return ok;
 }
 
-/* The public components of a sealed key, from its blob (no unsealing: a bulk import asks for
- * them once per key). HSM_ERR_NOT_FOUND when id is not a sealed key. */
-static hsm_status sealed_public(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t **n, size_t *n_len,
-                                uint8_t **e, size_t *e_len)
-{
-    hsm_status st = HSM_ERR_NOT_FOUND;
-    blob_parts bp;
-    cache_entry *c;
-
-    pthread_rwlock_rdlock(&h->cache_lock);
-    c = cache_find_inlock(h, id);
-    if (c && c->sealed) {
-        st = HSM_ERR_TOKEN;
-        if (blob_parse(c->sealed, c->sealed_len, &bp)) {
-            bp.n_len = be_strip(&bp.n, bp.n_len);
-            bp.e_len = be_strip(&bp.e, bp.e_len);
-            *n = bp.n_len ? malloc(bp.n_len) : NULL;
-            *e = bp.e_len ? malloc(bp.e_len) : NULL;
-            if (*n && *e) {
-                memcpy(*n, bp.n, bp.n_len);
-                memcpy(*e, bp.e, bp.e_len);
-                *n_len = bp.n_len;
-                *e_len = bp.e_len;
-                st = HSM_OK;
-            } else {
-                free(*n);
-                free(*e);
-                *n = *e = NULL;
-            }
-        }
-    }
-    pthread_rwlock_unlock(&h->cache_lock);
-    return st;
-}
-
 static hsm_status op_rsa_public(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t **n, size_t *n_len,
                                 uint8_t **e, size_t *e_len)
 {
@@ -2541,10 +2542,7 @@ static hsm_status op_rsa_public(hsm_t *h, const uint8_t id[HSM_ID_LEN], uint8_t 
         return HSM_ERR_ARGS;
     *n = *e = NULL;
     *n_len = *e_len = 0;
-    st = sealed_public(h, id, n, n_len, e, e_len);
-    if (st != HSM_ERR_NOT_FOUND)
-        return st;
-    st = key_get(h, id, PKEY_PEEK, &r);
+    st = key_get(h, id, PKEY_PEEK, 0, &r);
     if (st != HSM_OK)
         return st;
     if (!pkey_param_bytes(r.pkey, OSSL_PKEY_PARAM_RSA_N, n, n_len) ||
@@ -2566,13 +2564,7 @@ static hsm_status op_rsa_bits(hsm_t *h, const uint8_t id[HSM_ID_LEN], unsigned *
 
     if (!h || !id || !bits)
         return HSM_ERR_ARGS;
-    pthread_rwlock_rdlock(&h->cache_lock);
-    cache_entry *e = cache_find_inlock(h, id);
-    *bits = e && e->sealed ? e->bits : 0; /* known from the blob: no unsealing */
-    pthread_rwlock_unlock(&h->cache_lock);
-    if (*bits)
-        return HSM_OK;
-    st = key_get(h, id, PKEY_NONE, &r);
+    st = key_get(h, id, PKEY_NONE, 0, &r);
     if (st == HSM_OK)
         *bits = r.bits;
     return st;
@@ -2593,12 +2585,10 @@ static hsm_status op_key_destroy(hsm_t *h, const uint8_t id[HSM_ID_LEN])
     sealed = sealed && sealed->sealed ? cache_unlink_inlock(h, id) : NULL;
     pthread_rwlock_unlock(&h->cache_lock);
     if (sealed) {
-        if (sealed->priv != CK_INVALID_HANDLE)
-            anchor_destroy(h, sealed->priv);
-        cache_entry_free(sealed);
+        cache_release(h, sealed); /* with its live object */
         return HSM_OK;
     }
-    st = key_get(h, id, PKEY_NONE, &r);
+    st = key_get(h, id, PKEY_NONE, 0, &r);
     if (st != HSM_OK)
         return st;
     cache_evict(h, id, CK_INVALID_HANDLE);
@@ -2641,10 +2631,9 @@ static hsm_status op_key_foreach(hsm_t *h, uint8_t (**ids_out)[HSM_ID_LEN], size
     CK_KEY_TYPE kt = CKK_RSA;
     CK_OBJECT_HANDLE *found = NULL;
     obj_info *infos = NULL;
-    size_t ninfos = 0, nfound = 0, nids = 0, nb = 64;
+    size_t ninfos = 0, nfound = 0, nids = 0;
     uint8_t(*ids)[HSM_ID_LEN] = NULL;
-    cache_entry **nbuckets = NULL, **old = NULL;
-    size_t old_n = 0, count = 0;
+    cache_entry *fresh = NULL, *gone = NULL;
     CK_SESSION_HANDLE s;
     hsm_status st = HSM_OK;
     unsigned long gen;
@@ -2680,14 +2669,11 @@ static hsm_status op_key_foreach(hsm_t *h, uint8_t (**ids_out)[HSM_ID_LEN], size
         st = rv_status(rv, OP_GENERIC);
         goto out;
     }
-    /* Group by id (private before public), build a fresh cache and swap it in. */
+    /* Group by id (private before public) into fresh entries. */
     if (ninfos)
         qsort(infos, ninfos, sizeof(*infos), info_cmp);
     ids = malloc((ninfos ? ninfos : 1) * sizeof(*ids));
-    while (nb < ninfos)
-        nb *= 2;
-    nbuckets = calloc(nb, sizeof(*nbuckets));
-    if (!ids || !nbuckets) {
+    if (!ids) {
         st = HSM_ERR_TOKEN;
         goto out;
     }
@@ -2698,47 +2684,39 @@ static hsm_status op_key_foreach(hsm_t *h, uint8_t (**ids_out)[HSM_ID_LEN], size
             j++;
         e = cache_entry_from(infos[i].id, &infos[i], j - i);
         if (e) {
-            size_t slot = cache_slot(e->id, nb);
-            e->next = nbuckets[slot];
-            nbuckets[slot] = e;
-            count++;
+            e->next = fresh;
+            fresh = e;
             memcpy(ids[nids++], infos[i].id, HSM_ID_LEN);
         }
         i = j;
     }
-    /* Swap in the fresh table unless a key was evicted (destroyed) during the listing; then
-     * the old table stays and keys are looked up on first use. */
+    /* They replace the cache's token entries (sealed keys stay), unless a key was evicted
+     * (destroyed) during the listing: then the cache stays and keys are looked up on first
+     * use. */
     pthread_rwlock_wrlock(&h->cache_lock);
     if (h->gen == gen) {
-        old = h->buckets;
-        old_n = h->nbuckets;
-        count += cache_move_sealed_inlock(old, old_n, nbuckets, nb, 0);
-        h->buckets = nbuckets;
-        h->nbuckets = nb;
-        h->count = count;
-        /* the table was sized for the token's objects: make room for the sealed keys too */
-        while (h->count >= h->nbuckets) {
-            size_t before = h->nbuckets;
-            cache_grow_inlock(h);
-            if (h->nbuckets == before)
-                break; /* no memory: longer chains */
+        gone = cache_take_token_entries_inlock(h, 0);
+        while (fresh) {
+            cache_entry *e = fresh, *dropped;
+            fresh = e->next;
+            dropped = cache_link_inlock(h, e);
+            if (dropped) {
+                dropped->next = gone;
+                gone = dropped;
+            }
         }
-    } else {
-        old = nbuckets;
-        old_n = nb;
     }
     pthread_rwlock_unlock(&h->cache_lock);
-    nbuckets = NULL;
-    cache_buckets_free(old, old_n);
+    cache_release(h, gone);
     *ids_out = ids;
     *nids_out = nids;
     ids = NULL;
 out:
+    cache_release(h, fresh);
     for (size_t i = 0; i < ninfos; i++)
         EVP_PKEY_free(infos[i].pkey);
     free(infos);
     free(ids);
-    free(nbuckets);
     return st;
 }
 
@@ -2774,7 +2752,7 @@ static hsm_status op_rsa_encrypt(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_rsa
 
     if (!h || !id || !out || !out_len || (!in && in_len) || !enc_alg_ok(alg))
         return HSM_ERR_ARGS;
-    st = key_get(h, id, PKEY_KEEP, &r);
+    st = key_get(h, id, PKEY_KEEP, 0, &r);
     if (st != HSM_OK)
         return st;
     k = (r.bits + 7) / 8;
@@ -2887,7 +2865,7 @@ static hsm_status op_rsa_decrypt(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_rsa
     hsm_status last = HSM_ERR_NOT_FOUND;
     for (int attempt = 0; attempt < 2; attempt++) {
         key_ref r;
-        hsm_status st = key_get(h, id, PKEY_NONE, &r);
+        hsm_status st = key_get(h, id, PKEY_NONE, 1, &r);
         int stale = 0;
 
         if (st != HSM_OK)
@@ -3010,7 +2988,7 @@ static hsm_status op_sign(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg al
     hsm_status last = HSM_ERR_NOT_FOUND;
     for (int attempt = 0; attempt < 2; attempt++) {
         key_ref r;
-        hsm_status st = key_get(h, id, PKEY_NONE, &r);
+        hsm_status st = key_get(h, id, PKEY_NONE, 1, &r);
         int stale = 0;
 
         if (st != HSM_OK)
@@ -3041,7 +3019,7 @@ static hsm_status op_verify(hsm_t *h, const uint8_t id[HSM_ID_LEN], hsm_sig_alg 
 
     if (!h || !id || !digest || !sig || !sig_lookup(alg, &si) || digest_len != si.digest_len)
         return HSM_ERR_ARGS;
-    st = key_get(h, id, PKEY_KEEP, &r);
+    st = key_get(h, id, PKEY_KEEP, 0, &r);
     if (st != HSM_OK)
         return st;
     if (sig_len == 0 || sig_len > HSM_MAX_MOD_BYTES) {
@@ -3106,9 +3084,10 @@ static void token_sync(hsm_t *h)
         close(fd);
 }
 
-/* One of the token's AES-256 wrapping keys: found by label or created, then remembered. The
- * storage key is not created once sealed keys were handed back (HSM_ERR_SEALED then). */
-static hsm_status kek_get(hsm_t *h, kek_kind kind, CK_OBJECT_HANDLE *out)
+/* One of the token's AES-256 wrapping keys: found by label or, with create, created; then
+ * remembered. Not found without create: HSM_ERR_NOT_FOUND. The storage key is not created
+ * once sealed keys were handed back (HSM_ERR_SEALED then). */
+static hsm_status kek_get(hsm_t *h, kek_kind kind, int create, CK_OBJECT_HANDLE *out)
 {
     const char *label = kind == KEK_STORAGE ? HSM_STORAGE_LABEL : HSM_BACKUP_LABEL;
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
@@ -3160,6 +3139,11 @@ static hsm_status kek_get(hsm_t *h, kek_kind kind, CK_OBJECT_HANDLE *out)
                       label);
     if (rv == CKR_OK && nfound > 0) {
         h->kek[kind] = found[0];
+    } else if (rv == CKR_OK && !create) {
+        session_put(h, s, rv);
+        free(found);
+        st = HSM_ERR_NOT_FOUND;
+        goto out_unlock;
     } else if (rv == CKR_OK && kind == KEK_STORAGE && atomic_load(&h->sealed_loaded)) {
         /* Sealed keys were handed back, so this token had a storage key: a new one would
          * serve new keys and hide that every stored one is lost. */
@@ -3209,7 +3193,7 @@ static hsm_status blob_make(hsm_t *h, kek_kind kind, CK_OBJECT_HANDLE priv, cons
 
     *blob = NULL;
     *blob_len = 0;
-    st = kek_get(h, kind, &wrap_key);
+    st = kek_get(h, kind, 1, &wrap_key);
     if (st != HSM_OK)
         return st;
     if (!pkey_param_bytes(pkey, OSSL_PKEY_PARAM_RSA_N, &n, &n_len) ||
@@ -3276,7 +3260,7 @@ static hsm_status op_key_export_wrapped(hsm_t *h, const uint8_t id[HSM_ID_LEN], 
         return HSM_ERR_ARGS;
     *blob = NULL;
     *blob_len = 0;
-    st = key_get(h, id, PKEY_KEEP, &r);
+    st = key_get(h, id, PKEY_KEEP, 1, &r);
     if (st != HSM_OK)
         return st;
     if (r.priv == CK_INVALID_HANDLE)
@@ -3443,29 +3427,9 @@ static hsm_status module_reload_locked(hsm_t *h)
     /* Every cached handle belonged to the old module instance: token keys are found again on
      * first use; sealed keys stay known and are unsealed again on first use. */
     pthread_rwlock_wrlock(&h->cache_lock);
-    gone = NULL;
-    h->gen++;
-    for (size_t i = 0; h->buckets && i < h->nbuckets; i++) {
-        cache_entry **pp = &h->buckets[i];
-        while (*pp) {
-            cache_entry *e = *pp;
-            if (e->sealed) {
-                e->priv = e->pub = CK_INVALID_HANDLE;
-                pp = &e->next;
-                continue;
-            }
-            *pp = e->next;
-            e->next = gone;
-            gone = e;
-            h->count--;
-        }
-    }
+    gone = cache_take_token_entries_inlock(h, 1);
     pthread_rwlock_unlock(&h->cache_lock);
-    while (gone) {
-        cache_entry *next = gone->next;
-        cache_entry_free(gone);
-        gone = next;
-    }
+    cache_release(h, gone); /* token entries: no live sealed object among them */
     pthread_mutex_lock(&h->backup_lock);
     h->kek[KEK_BACKUP] = h->kek[KEK_STORAGE] = CK_INVALID_HANDLE;
     pthread_mutex_unlock(&h->backup_lock);
@@ -3603,50 +3567,39 @@ hsm_status hsm_key_import_wrapped_sealed(hsm_t *h, const uint8_t *blob, size_t b
     LOCKED_HEALED(h, op_key_import_wrapped(h, blob, blob_len, label, id_out, sealed, sealed_len));
 }
 
+/* Equal as big-endian unsigned integers (leading zero bytes ignored). */
+static int be_equal(const uint8_t *a, size_t a_len, const uint8_t *b, size_t b_len)
+{
+    a_len = be_strip(&a, a_len);
+    b_len = be_strip(&b, b_len);
+    return a_len == b_len && memcmp(a, b, a_len) == 0;
+}
+
 static hsm_status op_key_load_sealed(hsm_t *h, const uint8_t id[HSM_ID_LEN], const uint8_t *sealed,
-                                     size_t sealed_len)
+                                     size_t sealed_len, const uint8_t *n, size_t n_len,
+                                     const uint8_t *e, size_t e_len)
 {
     blob_parts bp;
 
     if (!id || !sealed || !blob_parse(sealed, sealed_len, &bp))
         return HSM_ERR_ARGS;
+    if (n && (!be_equal(bp.n, bp.n_len, n, n_len) || !e || !be_equal(bp.e, bp.e_len, e, e_len)))
+        return HSM_ERR_SEALED; /* another key's blob */
     atomic_store(&h->sealed_loaded, 1);
     return cache_put_sealed(h, id, sealed, sealed_len) ? HSM_OK : HSM_ERR_TOKEN;
 }
 
-static hsm_status op_storage_key_present(hsm_t *h)
-{
-    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_KEY_TYPE kt = CKK_AES;
-    CK_ATTRIBUTE t[] = {
-        {CKA_CLASS, &cls, sizeof(cls)},
-        {CKA_KEY_TYPE, &kt, sizeof(kt)},
-        {CKA_LABEL, (void *)HSM_STORAGE_LABEL, sizeof(HSM_STORAGE_LABEL) - 1},
-    };
-    CK_OBJECT_HANDLE *found = NULL;
-    size_t nfound = 0;
-    CK_SESSION_HANDLE s;
-    CK_RV rv = session_get(h, &s);
-
-    if (rv != CKR_OK)
-        return rv_status(rv, OP_GENERIC);
-    rv = objects_find(h, s, t, sizeof(t) / sizeof(t[0]), &found, &nfound);
-    session_put(h, s, rv);
-    free(found);
-    if (rv != CKR_OK)
-        return rv_status(rv, OP_GENERIC);
-    return nfound ? HSM_OK : HSM_ERR_NOT_FOUND;
-}
-
 hsm_status hsm_storage_key_present(hsm_t *h)
 {
-    LOCKED(h, op_storage_key_present(h));
+    CK_OBJECT_HANDLE o;
+    LOCKED(h, kek_get(h, KEK_STORAGE, 0, &o));
 }
 
 hsm_status hsm_key_load_sealed(hsm_t *h, const uint8_t id[HSM_ID_LEN], const uint8_t *sealed,
-                               size_t sealed_len)
+                               size_t sealed_len, const uint8_t *n, size_t n_len, const uint8_t *e,
+                               size_t e_len)
 {
-    LOCKED(h, op_key_load_sealed(h, id, sealed, sealed_len));
+    LOCKED(h, op_key_load_sealed(h, id, sealed, sealed_len, n, n_len, e, e_len));
 }
 
 hsm_status hsm_key_destroy(hsm_t *h, const uint8_t id[HSM_ID_LEN])

@@ -125,11 +125,14 @@ hsm_status hsm_rsa_import_sealed(hsm_t *hsm, const hsm_rsa_components *c, const 
 hsm_status hsm_key_import_wrapped_sealed(hsm_t *hsm, const uint8_t *blob, size_t blob_len,
                                          const char *label, uint8_t id_out[HSM_ID_LEN],
                                          uint8_t **sealed, size_t *sealed_len);
-/* Makes a stored sealed key known (no token operation; the blob is copied). A malformed blob
- * -> HSM_ERR_ARGS; one that was altered is found out when it is first unsealed
- * (HSM_ERR_SEALED then, from the operation that needed it). */
+/* Makes a stored sealed key known (no token operation; the blob is copied). n and e (the
+ * caller's record of the key's public components; n NULL = not checked) must be the blob's,
+ * else HSM_ERR_SEALED and nothing is registered (a blob swapped or copied in the store). A
+ * malformed blob -> HSM_ERR_ARGS; one whose wrapped part was altered is found out when it is
+ * first unsealed (HSM_ERR_SEALED then, from the operation that needed it). */
 hsm_status hsm_key_load_sealed(hsm_t *hsm, const uint8_t id[HSM_ID_LEN], const uint8_t *sealed,
-                               size_t sealed_len);
+                               size_t sealed_len, const uint8_t *n, size_t n_len, const uint8_t *e,
+                               size_t e_len);
 
 /* Whether the token holds its storage key (never creates it): HSM_OK, or HSM_ERR_NOT_FOUND.
  * For fsck: sealed keys cannot be unwrapped without it. */

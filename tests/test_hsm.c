@@ -1344,6 +1344,12 @@ static void hsm_sealed_key_lives_outside_the_token(void **state)
     EVP_PKEY *pub = pub_from_hsm(f->h, id);
     ossl_encrypt(pub, HSM_RSA_OAEP_SHA256, msg, sizeof(msg), ct, &ct_len);
     EVP_PKEY_free(pub);
+    /* public-key operations take the blob's public key: still nothing unsealed */
+    uint8_t ct2[512];
+    size_t ct2_len = 0;
+    assert_int_equal(
+        hsm_rsa_encrypt(f->h, id, HSM_RSA_OAEP_SHA256, msg, sizeof(msg), ct2, &ct2_len), HSM_OK);
+    assert_int_equal(raw_count_id(f->h, id, CK_FALSE), 0);
     assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
                      HSM_OK);
     assert_int_equal(pt_len, sizeof(msg));
@@ -1360,7 +1366,7 @@ static void hsm_sealed_key_lives_outside_the_token(void **state)
     reopen(f);
     assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
                      HSM_ERR_NOT_FOUND);
-    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len), HSM_OK);
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len, NULL, 0, NULL, 0), HSM_OK);
     assert_int_equal(probe(f->h, NULL).count, before);
     pt_len = 0;
     assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
@@ -1370,7 +1376,7 @@ static void hsm_sealed_key_lives_outside_the_token(void **state)
      * (nothing destroyed, no second object) */
     hsm_stats st0, st1;
     hsm_get_stats(f->h, &st0);
-    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len), HSM_OK);
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len, NULL, 0, NULL, 0), HSM_OK);
     roundtrip(f->h, id);
     hsm_get_stats(f->h, &st1);
     assert_int_equal(st1.destroyed_since_reload, st0.destroyed_since_reload);
@@ -1451,12 +1457,20 @@ static void hsm_sealed_damaged_blob(void **state)
     assert_int_equal(hsm_rsa_generate_sealed(f->h, 2048, 0, NULL, other, &blob2, &blob2_len),
                      HSM_OK);
     assert_int_equal(hsm_rsa_encrypt(f->h, id, HSM_RSA_OAEP_SHA256, msg, 16, ct, &ct_len), HSM_OK);
+    uint8_t *n = NULL, *e = NULL; /* id's public key, as the caller's store records it */
+    size_t n_len = 0, e_len = 0;
+    assert_int_equal(hsm_rsa_public(f->h, id, &n, &n_len, &e, &e_len), HSM_OK);
     reopen(f);
-    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len - 1), HSM_ERR_ARGS);
-    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, 3), HSM_ERR_ARGS);
+    /* another key's blob handed back under id (the caller's record says otherwise) */
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob2, blob2_len, n, n_len, e, e_len),
+                     HSM_ERR_SEALED);
+    assert_int_equal(hsm_rsa_bits(f->h, id, &(unsigned){0}), HSM_ERR_NOT_FOUND);
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len - 1, NULL, 0, NULL, 0),
+                     HSM_ERR_ARGS);
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, 3, NULL, 0, NULL, 0), HSM_ERR_ARGS);
     /* the last byte is in the wrapped private key */
     blob[blob_len - 1] ^= 0x01;
-    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len), HSM_OK);
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len, NULL, 0, NULL, 0), HSM_OK);
     assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
                      HSM_ERR_SEALED);
     assert_int_equal(raw_count_id(f->h, id, CK_FALSE), 0);
@@ -1465,12 +1479,14 @@ static void hsm_sealed_damaged_blob(void **state)
     assert_memory_equal(blob + 6, "\x01\x00", 2); /* n_len 256 in both */
     assert_memory_equal(blob2 + 6, "\x01\x00", 2);
     memcpy(blob2 + 8, blob + 8, 256); /* n, after magic, mech and n_len */
-    assert_int_equal(hsm_key_load_sealed(f->h, other, blob2, blob2_len), HSM_OK);
+    assert_int_equal(hsm_key_load_sealed(f->h, other, blob2, blob2_len, NULL, 0, NULL, 0), HSM_OK);
     assert_int_equal(hsm_rsa_decrypt(f->h, other, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
                      HSM_ERR_SEALED);
     assert_int_equal(raw_count_id(f->h, other, CK_FALSE), 0);
-    /* the intact blob still works */
-    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len), HSM_OK);
+    /* the intact blob still works, checked against the record */
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len, n, n_len, e, e_len), HSM_OK);
+    free(n);
+    free(e);
     pt_len = 0;
     assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
                      HSM_OK);
@@ -1536,7 +1552,7 @@ static void hsm_sealed_concurrent_first_use(void **state)
         }
     }
     reopen(f);
-    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len), HSM_OK);
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len, NULL, 0, NULL, 0), HSM_OK);
     for (int t = 0; t < NT; t++)
         w[t].h = f->h;
     assert_int_equal(pthread_barrier_init(&start, NULL, NT), 0);
@@ -1570,7 +1586,8 @@ static void hsm_sealed_table_grows_after_listing(void **state)
     reopen(f);
     for (int i = 0; i < N; i++) { /* one blob under many ids: the HSM layer does not mind */
         assert_int_equal(RAND_bytes(ids[i], HSM_ID_LEN), 1);
-        assert_int_equal(hsm_key_load_sealed(f->h, ids[i], blob, blob_len), HSM_OK);
+        assert_int_equal(hsm_key_load_sealed(f->h, ids[i], blob, blob_len, NULL, 0, NULL, 0),
+                         HSM_OK);
     }
     assert_true(probe(f->h, NULL).count < 16); /* the listing, as at start-up */
     hsm_testing_cache_shape(f->h, &count, &nb);
@@ -1664,7 +1681,7 @@ static void hsm_storage_key_loss_is_reported(void **state)
     hsm_close(f->h);
     f->h = open_dir(dir);
     assert_int_equal(hsm_storage_key_present(f->h), HSM_ERR_NOT_FOUND);
-    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len), HSM_OK);
+    assert_int_equal(hsm_key_load_sealed(f->h, id, blob, blob_len, NULL, 0, NULL, 0), HSM_OK);
     assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA256, ct, ct_len, pt, &pt_len),
                      HSM_ERR_SEALED);
     assert_int_equal(hsm_rsa_generate_sealed(f->h, 2048, 0, NULL, id2, &blob2, &blob2_len),
@@ -1748,7 +1765,8 @@ static CK_RV race_unwrap(CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HAND
                          CK_OBJECT_HANDLE_PTR o)
 {
     if (++g_race_calls == 1)
-        assert_int_equal(hsm_key_load_sealed(g_race_h, g_race_id, g_race_blob, g_race_blob_len),
+        assert_int_equal(hsm_key_load_sealed(g_race_h, g_race_id, g_race_blob, g_race_blob_len,
+                                             NULL, 0, NULL, 0),
                          HSM_OK);
     return g_race_real->C_UnwrapKey(s, m, uk, w, wl, t, n, o);
 }
