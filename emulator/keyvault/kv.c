@@ -872,6 +872,16 @@ static void on_sealed_row(const uint8_t id[HSM_ID_LEN], bool good, void *ud)
         c->bad++;
 }
 
+/* Whether the store has the sealed keys' table (a data dir last served before them has not;
+ * the offline checks open the store without migrating it). */
+static bool have_sealed_table(sqlite3 *db)
+{
+    sqlite3_stmt *st = NULL;
+    bool yes = sqlite3_prepare_v2(db, "SELECT 1 FROM kv_sealed", -1, &st, NULL) == SQLITE_OK;
+    sqlite3_finalize(st);
+    return yes;
+}
+
 #define SEALED_STRAY_WHERE " FROM kv_sealed WHERE hsm_id NOT IN (SELECT hsm_id FROM kv_versions)"
 
 /* Loads every version's sealed blob into the HSM layer and lists their ids (sorted). Blob rows
@@ -905,9 +915,7 @@ bool kv_store_sealed_check(emu_store *store, hsm_t *hsm, size_t *bad, size_t *st
     sealed_count c = {NULL, 0};
     sqlite3_stmt *st = NULL;
     *bad = *stray = 0;
-    bool ok = sqlite3_prepare_v2(db, "SELECT 1 FROM kv_sealed", -1, &st, NULL) == SQLITE_OK;
-    sqlite3_finalize(st);
-    st = NULL;
+    bool ok = have_sealed_table(db);
     if (!ok) { /* no sealed keys table yet: nothing to check */
         emu_store_unlock(store);
         return true;
@@ -1012,10 +1020,7 @@ bool kv_store_hsm_ids(emu_store *store, size_t *nsealed,
     sqlite3_stmt *st = NULL;
     /* a data dir last served before sealed keys has no kv_sealed table: every row is a token
      * key then */
-    bool have_sealed =
-        sqlite3_prepare_v2(db, "SELECT 1 FROM kv_sealed", -1, &st, NULL) == SQLITE_OK;
-    sqlite3_finalize(st);
-    st = NULL;
+    bool have_sealed = have_sealed_table(db);
     bool ok = sqlite3_prepare_v2(db,
                                  have_sealed ? "SELECT v.hsm_id, s.hsm_id IS NOT NULL FROM "
                                                "kv_versions v LEFT JOIN kv_sealed s USING(hsm_id)"
