@@ -24,16 +24,21 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <sqlite3.h>
+#include <strings.h>
 
 #include "fixture.h"
 #include "clock.h"
 #include "config.h"
+#include "http.h"
 #include "log.h"
 #include "req.h"
 #include "router.h"
 #include "store.h"
+#include "tls.h"
 #include "util.h"
 
 #define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
@@ -1324,6 +1329,21 @@ static void misc_alloc_and_guid(void **state)
 /* ---------------------------------------------------------------------------------------- */
 /* store                                                                                     */
 
+/* A store in a fresh temporary directory (dir; path: its file) with one migration applied. */
+static emu_store *open_tmp_store(const char *tag, const emu_migration *m, char dir[PATH_MAX],
+                                 char path[PATH_MAX + 16])
+{
+    char err[256];
+    make_tmpdir(dir, PATH_MAX, tag);
+    snprintf(path, PATH_MAX + 16, "%s/%s.db", dir, tag);
+    emu_store *s = emu_store_open(path, err, sizeof err);
+    if (!s)
+        fail_msg("emu_store_open: %s", err);
+    if (!emu_store_migrate(s, m, 1, err, sizeof err))
+        fail_msg("emu_store_migrate: %s", err);
+    return s;
+}
+
 static int count_rows(emu_store *s, const char *sql)
 {
     sqlite3 *db = emu_store_lock(s);
@@ -1380,8 +1400,9 @@ static void *gc_thread(void *p)
     return NULL;
 }
 
-static void on_durable(void *ud)
+static void on_durable(void *ud, bool ok)
 {
+    assert_true(ok);
     atomic_int *flag = ud;
     atomic_store(flag, 1);
 }
@@ -1390,13 +1411,8 @@ static void store_group_commit(void **state)
 {
     (void)state;
     char dir[PATH_MAX], path[PATH_MAX + 16], err[256];
-    make_tmpdir(dir, sizeof dir, "gc");
-    snprintf(path, sizeof path, "%s/g.db", dir);
-    emu_store *s = emu_store_open(path, err, sizeof err);
-    if (!s)
-        fail_msg("emu_store_open: %s", err);
-    static const emu_migration m[] = {{"gc", 1, "CREATE TABLE gc(t INTEGER, i INTEGER);"}};
-    assert_true(emu_store_migrate(s, m, 1, err, sizeof err));
+    static const emu_migration m = {"gc", 1, "CREATE TABLE gc(t INTEGER, i INTEGER);"};
+    emu_store *s = open_tmp_store("gc", &m, dir, path);
 
     unsigned long syncs0 = emu_store_sync_count(s);
     pthread_t th[GC_THREADS];
@@ -1426,14 +1442,14 @@ static void store_group_commit(void **state)
     uint64_t seq = emu_store_defer_end();
     assert_true(seq > 0);
     atomic_int flag = 0;
-    if (emu_store_when_durable(s, seq, on_durable, &flag)) {
+    if (emu_store_when_durable(s, seq, on_durable, &flag) == EMU_STORE_LATER) {
         for (int i = 0; i < 5000 && !atomic_load(&flag); i++)
             usleep(1000);
         assert_int_equal(atomic_load(&flag), 1);
     }
     assert_true(emu_store_sync_count(s) > before);
     /* and now it is durable: no callback is arranged */
-    assert_false(emu_store_when_durable(s, seq, on_durable, &flag));
+    assert_int_equal(emu_store_when_durable(s, seq, on_durable, &flag), EMU_STORE_DURABLE);
     emu_store_close(s);
 
     s = emu_store_open(path, err, sizeof err);
@@ -1488,8 +1504,9 @@ static void gather_handler_end(gather_handler *h, pthread_t th)
     pthread_join(th, NULL);
 }
 
-static void on_durable_count(void *ud)
+static void on_durable_count(void *ud, bool ok)
 {
+    assert_true(ok);
     atomic_fetch_add((atomic_int *)ud, 1);
 }
 
@@ -1497,13 +1514,8 @@ static void store_gathering(void **state)
 {
     (void)state;
     char dir[PATH_MAX], path[PATH_MAX + 16], err[256];
-    make_tmpdir(dir, sizeof dir, "gather");
-    snprintf(path, sizeof path, "%s/g.db", dir);
-    emu_store *s = emu_store_open(path, err, sizeof err);
-    if (!s)
-        fail_msg("emu_store_open: %s", err);
-    static const emu_migration m[] = {{"ga", 1, "CREATE TABLE ga(i INTEGER);"}};
-    assert_true(emu_store_migrate(s, m, 1, err, sizeof err));
+    static const emu_migration m = {"ga", 1, "CREATE TABLE ga(i INTEGER);"};
+    emu_store *s = open_tmp_store("gather", &m, dir, path);
     emu_store_set_gather(s, 3600LL * 1000000000LL, 3600LL * 1000000000LL);
 
     gather_handler h = {.s = s};
@@ -1523,7 +1535,7 @@ static void store_gathering(void **state)
         emu_store_unlock(s);
         uint64_t seq = emu_store_defer_end();
         assert_true(seq > 0);
-        assert_true(emu_store_when_durable(s, seq, on_durable_count, &acked));
+        assert_int_equal(emu_store_when_durable(s, seq, on_durable_count, &acked), EMU_STORE_LATER);
     }
     usleep(50 * 1000);
     assert_int_equal(atomic_load(&acked), 0);
@@ -1552,6 +1564,254 @@ static void store_gathering(void **state)
         fail_msg("reopen: %s", err);
     assert_int_equal(count_rows(s, "SELECT count(*) FROM ga"), 11);
     emu_store_close(s);
+}
+
+/* ---- batched writes (emu_store_lock_batched) -------------------------------------------- */
+
+typedef struct {
+    atomic_int done, ok;
+} batch_ack;
+
+static void on_batch_ack(void *ud, bool ok)
+{
+    batch_ack *a = ud;
+    atomic_store(&a->ok, ok);
+    atomic_store(&a->done, 1);
+}
+
+/* One handler's batched INSERT of v; returns what the handler waits for. */
+static uint64_t batched_insert(emu_store *s, int v)
+{
+    char sql[64];
+    snprintf(sql, sizeof sql, "INSERT INTO bt(i) VALUES(%d)", v);
+    emu_store_defer_begin(s);
+    assert_true(emu_store_exec(emu_store_lock_batched(s), sql));
+    emu_store_unlock(s);
+    return emu_store_defer_end();
+}
+
+/* Waits for the acknowledgement of seq: 1 durable, 0 failed. */
+static int ack_of(emu_store *s, uint64_t seq)
+{
+    batch_ack a = {0};
+    emu_store_durability d = emu_store_when_durable(s, seq, on_batch_ack, &a);
+    if (d != EMU_STORE_LATER)
+        return d == EMU_STORE_DURABLE;
+    for (int i = 0; i < 10000 && !atomic_load(&a.done); i++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&a.done), 1);
+    return atomic_load(&a.ok);
+}
+
+static bool bt_has(emu_store *s, int v)
+{
+    char sql[64];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM bt WHERE i=%d", v);
+    return count_rows(s, sql) == 1;
+}
+
+/* Handlers' batched writes share one transaction, committed once by the syncer; reads see
+ * it; any other holder commits it first; a batch that fails to commit is reported to its
+ * handlers and stores nothing, also when a later commit of the same handler would hide it. */
+static void store_batched_writes(void **state)
+{
+    (void)state;
+    char dir[PATH_MAX], path[PATH_MAX + 16], err[256];
+    static const emu_migration m = {"bt", 1, "CREATE TABLE bt(i INTEGER);"};
+    emu_store *s = open_tmp_store("batch", &m, dir, path);
+
+    /* two handlers, one batch: the same number, and nothing committed before anyone waits */
+    uint64_t commits = emu_store_commit_count(s);
+    uint64_t a = batched_insert(s, 1), b = batched_insert(s, 2);
+    assert_true(a > 0);
+    assert_int_equal(a, b);
+    assert_int_equal(emu_store_commit_count(s), commits);
+    /* a handler's read sees the batch, and a read gives nothing to wait for */
+    emu_store_defer_begin(s);
+    sqlite3 *db = emu_store_lock_batched(s);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM bt", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 2);
+    sqlite3_finalize(st);
+    emu_store_unlock(s);
+    assert_int_equal(emu_store_defer_end(), 0);
+    /* both are acknowledged after one commit */
+    assert_int_equal(ack_of(s, a), 1);
+    assert_int_equal(ack_of(s, b), 1);
+    assert_int_equal(emu_store_commit_count(s), commits + 1);
+
+    /* outside a deferred handler a batched statement commits at once (and waits for it) */
+    commits = emu_store_commit_count(s);
+    assert_true(emu_store_exec(emu_store_lock_batched(s), "INSERT INTO bt(i) VALUES(3)"));
+    emu_store_unlock(s);
+    assert_int_equal(emu_store_commit_count(s), commits + 1);
+
+    /* another holder commits the open batch first, so it can run its own transaction */
+    uint64_t c = batched_insert(s, 4);
+    db = emu_store_lock(s);
+    assert_true(emu_store_begin(db));
+    assert_true(emu_store_exec(db, "INSERT INTO bt(i) VALUES(5)"));
+    assert_true(emu_store_commit(db));
+    emu_store_unlock(s); /* waits until its commit, and so the batch's, is durable */
+    assert_int_equal(emu_store_when_durable(s, c, on_batch_ack, NULL), EMU_STORE_DURABLE);
+
+    /* a batch whose COMMIT fails: its handler is told, nothing is stored, and a late waiter
+     * for it is told at once */
+    emu_store_testing_refuse_commits(s, 1);
+    uint64_t f = batched_insert(s, 6);
+    assert_int_equal(ack_of(s, f), 0);
+    assert_false(bt_has(s, 6));
+    assert_int_equal(emu_store_when_durable(s, f, on_batch_ack, NULL), EMU_STORE_FAILED);
+    /* the next batch gets a number of its own and commits */
+    uint64_t g = batched_insert(s, 7);
+    assert_true(g > f);
+    assert_int_equal(ack_of(s, g), 1);
+    assert_true(bt_has(s, 7));
+
+    /* a batch rolled back under a handler (what SQLITE_FULL or an I/O error may do) fails,
+     * and the next handler's write goes into a new batch, not acknowledged with the lost one */
+    uint64_t h = batched_insert(s, 8);
+    emu_store_defer_begin(s);
+    sqlite3_exec(emu_store_lock_batched(s), "ROLLBACK", NULL, NULL, NULL);
+    emu_store_unlock(s);
+    (void)emu_store_defer_end();
+    uint64_t h2 = batched_insert(s, 12);
+    assert_true(h2 > h);
+    assert_int_equal(ack_of(s, h), 0);
+    assert_int_equal(ack_of(s, h2), 1);
+    assert_false(bt_has(s, 8));
+    assert_true(bt_has(s, 12));
+
+    /* a handler whose batch failed when its own later statement flushed it: the later commit
+     * must not hide the failure */
+    emu_store_defer_begin(s);
+    assert_true(emu_store_exec(emu_store_lock_batched(s), "INSERT INTO bt(i) VALUES(9)"));
+    emu_store_unlock(s);
+    emu_store_testing_refuse_commits(s, 1);
+    assert_true(emu_store_exec(emu_store_lock(s), "INSERT INTO bt(i) VALUES(10)"));
+    emu_store_unlock(s);
+    uint64_t k = emu_store_defer_end();
+    assert_int_equal(emu_store_when_durable(s, k, on_batch_ack, NULL), EMU_STORE_FAILED);
+    assert_false(bt_has(s, 9));
+    assert_true(bt_has(s, 10));
+
+    /* a batch still open at close is committed, not rolled back */
+    (void)batched_insert(s, 11);
+    emu_store_close(s);
+    s = emu_store_open(path, err, sizeof err);
+    if (!s)
+        fail_msg("reopen: %s", err);
+    assert_int_equal(count_rows(s, "SELECT count(*) FROM bt"), 9); /* 1-5, 7, 10-12 */
+    assert_true(bt_has(s, 11));
+    emu_store_close(s);
+}
+
+/* Over HTTPS: a handler whose batch fails to commit is answered 503 StoreUnavailable with
+ * Retry-After, instead of the answer it made (its headers too); the next write succeeds. */
+static void bt_put(emu_req *req, void *ud)
+{
+    emu_store *s = ud;
+    bool ok = emu_store_exec(emu_store_lock_batched(s), "INSERT INTO bt(i) VALUES(1)");
+    emu_store_unlock(s);
+    emu_resp_header_add(req, "X-Written", "yes");
+    emu_send_json(req, ok ? 200 : 500, json_pack("{s:b}", "stored", ok));
+}
+
+typedef struct {
+    char retry_after[32];
+    bool written;
+} bt_headers;
+
+static size_t bt_header(char *buf, size_t size, size_t n, void *ud)
+{
+    bt_headers *h = ud;
+    size_t len = size * n;
+    if (len > 12 && !strncasecmp(buf, "Retry-After:", 12))
+        snprintf(h->retry_after, sizeof h->retry_after, "%.*s", (int)(len - 12), buf + 12);
+    if (len >= 10 && !strncasecmp(buf, "X-Written:", 10))
+        h->written = true;
+    return len;
+}
+
+static size_t bt_body(char *buf, size_t size, size_t n, void *ud)
+{
+    char *out = ud; /* 512 bytes */
+    size_t have = strlen(out), len = size * n;
+    snprintf(out + have, 512 - have, "%.*s", (int)len, buf);
+    return len;
+}
+
+static long bt_request(int port, const char *cert_path, bt_headers *h, char body[512])
+{
+    char url[64];
+    snprintf(url, sizeof url, "https://localhost:%d/bt", port);
+    memset(h, 0, sizeof *h);
+    body[0] = '\0';
+    CURL *c = curl_easy_init();
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, "PUT");
+    curl_easy_setopt(c, CURLOPT_CAINFO, cert_path);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, bt_header);
+    curl_easy_setopt(c, CURLOPT_HEADERDATA, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, bt_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, body);
+    long status = 0;
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(c);
+    return status;
+}
+
+static void store_batch_failure_over_http(void **state)
+{
+    (void)state;
+    char dir[PATH_MAX], path[PATH_MAX + 16], err[256];
+    static const emu_migration m = {"bt", 1, "CREATE TABLE bt(i INTEGER);"};
+    emu_store *s = open_tmp_store("bthttp", &m, dir, path);
+    char *cert = NULL, *key = NULL, *cert_path = NULL;
+    if (!emu_tls_ensure(dir, &cert, &key, &cert_path, err, sizeof err))
+        fail_msg("emu_tls_ensure: %s", err);
+    emu_router *r = emu_router_new();
+    emu_router_add(r, "PUT", "/bt", 0, NULL, bt_put, s);
+    emu_http_config cfg = {.host = "127.0.0.1",
+                           .threads = 1,
+                           .cert_pem = cert,
+                           .key_pem = key,
+                           .max_body = 1 << 16,
+                           .max_headers = 64,
+                           .max_json_depth = 32,
+                           .router = r,
+                           .store = s};
+    emu_http *h = emu_http_start(&cfg, err, sizeof err);
+    if (!h)
+        fail_msg("emu_http_start: %s", err);
+    int port = emu_http_port(h);
+    bt_headers hd;
+    char body[512];
+
+    assert_int_equal(bt_request(port, cert_path, &hd, body), 200);
+    assert_true(hd.written);
+    assert_non_null(strstr(body, "\"stored\":true"));
+    assert_int_equal(count_rows(s, "SELECT count(*) FROM bt"), 1);
+
+    emu_store_testing_refuse_commits(s, 1);
+    assert_int_equal(bt_request(port, cert_path, &hd, body), 503);
+    assert_false(hd.written); /* the handler's answer is gone, headers included */
+    assert_int_equal(atoi(hd.retry_after), 1);
+    assert_non_null(strstr(body, "StoreUnavailable"));
+    assert_int_equal(count_rows(s, "SELECT count(*) FROM bt"), 1);
+
+    assert_int_equal(bt_request(port, cert_path, &hd, body), 200);
+    assert_int_equal(count_rows(s, "SELECT count(*) FROM bt"), 2);
+
+    emu_http_stop(h);
+    emu_router_free(r);
+    emu_store_close(s);
+    OPENSSL_cleanse(key, strlen(key));
+    free(key);
+    free(cert);
+    free(cert_path);
 }
 
 static void store_migrations_and_meta(void **state)
@@ -1815,6 +2075,8 @@ int main(void)
         cmocka_unit_test(store_migrations_and_meta),
         cmocka_unit_test(store_group_commit),
         cmocka_unit_test(store_gathering),
+        cmocka_unit_test(store_batched_writes),
+        cmocka_unit_test(store_batch_failure_over_http),
         cmocka_unit_test(clock_offset_and_hooks),
         cmocka_unit_test(log_escape_table),
     };

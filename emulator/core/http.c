@@ -138,9 +138,22 @@ static uint64_t run_route(conn_state *s)
     return store ? emu_store_defer_end() : 0;
 }
 
-static void resume_durable(void *arg)
+/* The handler's writes were in a batch that could not be committed: nothing of them is
+ * stored, so its answer is replaced. */
+static void answer_not_stored(conn_state *s)
+{
+    emu_resp_reset(s->req);
+    emu_resp_header_add(s->req, "Retry-After", "1");
+    emu_send_error(s->req, 503, "StoreUnavailable",
+                   "The emulator could not commit this write to its store (see its log); "
+                   "nothing of it was stored. Try again.");
+}
+
+static void resume_durable(void *arg, bool ok)
 {
     conn_state *s = arg;
+    if (!ok)
+        answer_not_stored(s);
     MHD_resume_connection(s->conn);
 }
 
@@ -148,8 +161,13 @@ static void run_slow(void *arg)
 {
     conn_state *s = arg;
     uint64_t seq = run_route(s);
-    if (seq && emu_store_when_durable(s->srv->cfg.store, seq, resume_durable, s))
-        return; /* the store's sync thread resumes the connection */
+    if (seq) {
+        emu_store_durability d = emu_store_when_durable(s->srv->cfg.store, seq, resume_durable, s);
+        if (d == EMU_STORE_LATER)
+            return; /* the store's sync thread resumes the connection */
+        if (d == EMU_STORE_FAILED)
+            answer_not_stored(s);
+    }
     MHD_resume_connection(s->conn);
 }
 
@@ -225,7 +243,10 @@ static enum MHD_Result dispatch(conn_state *s)
     if (seq) {
         /* suspended first: the sync thread may resume it at once */
         MHD_suspend_connection(conn);
-        if (!emu_store_when_durable(srv->cfg.store, seq, resume_durable, s))
+        emu_store_durability d = emu_store_when_durable(srv->cfg.store, seq, resume_durable, s);
+        if (d == EMU_STORE_FAILED)
+            answer_not_stored(s);
+        if (d != EMU_STORE_LATER)
             MHD_resume_connection(conn);
         return MHD_YES;
     }

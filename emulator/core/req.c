@@ -96,10 +96,8 @@ emu_req *emu_req_new(const char *method, const char *uri)
     return req;
 }
 
-void emu_req_free(emu_req *req)
+void emu_resp_reset(emu_req *req)
 {
-    if (!req)
-        return;
     free(req->resp_body);
     emu_resp_header *h = req->resp_headers;
     while (h) {
@@ -109,6 +107,19 @@ void emu_req_free(emu_req *req)
         free(h);
         h = n;
     }
+    req->resp_body = NULL;
+    req->resp_len = 0;
+    req->resp_type = NULL;
+    req->resp_headers = NULL;
+    req->status = 0;
+    req->responded = false;
+}
+
+void emu_req_free(emu_req *req)
+{
+    if (!req)
+        return;
+    emu_resp_reset(req);
     emu_arena_free(req->arena);
 }
 

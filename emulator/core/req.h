@@ -80,6 +80,8 @@ const char *emu_req_base_url(emu_req *req);
 
 /* ---- responses ---- */
 void emu_resp_header_add(emu_req *req, const char *name, const char *value);
+/* Drops the answer made so far (status, body, headers), so that another can be sent. */
+void emu_resp_reset(emu_req *req);
 /* Sends JSON and takes ownership of body (may be NULL for an empty body). */
 void emu_send_json(emu_req *req, int status, json_t *body);
 void emu_send_text(emu_req *req, int status, const char *type, const char *text, size_t len);

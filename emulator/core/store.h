@@ -38,6 +38,14 @@ bool emu_store_migrate(emu_store *s, const emu_migration *m, size_t n, char *err
  * domain locks before the store lock, never the other way round. */
 sqlite3 *emu_store_lock(emu_store *s);
 void emu_store_unlock(emu_store *s);
+/* As emu_store_lock, for single statements (no BEGIN/COMMIT) that may join the open batch of
+ * writes: inside a deferred handler (emu_store_defer_begin) they run in one transaction that
+ * the syncer commits, for every handler at once, just before its fdatasync; elsewhere this is
+ * emu_store_lock. Reads see the batch. The whole batch can fail to commit (disk full, I/O
+ * error): nothing of it is stored and emu_store_when_durable reports EMU_STORE_FAILED to its
+ * handlers, so the caller must not change state outside the store on the strength of a
+ * batched write (record rows: the answer is all that depends on them). */
+sqlite3 *emu_store_lock_batched(emu_store *s);
 
 /* Deferral for the HTTP layer: between begin and end, an unlock on this thread that committed
  * does not wait; end returns the commit to wait for (0 = none), which the caller then hands
@@ -45,15 +53,23 @@ void emu_store_unlock(emu_store *s);
 void emu_store_defer_begin(emu_store *s);
 uint64_t emu_store_defer_end(void);
 
-typedef void (*emu_store_durable_fn)(void *ud);
-/* Arranges fn(ud) on the store's sync thread once commit seq is durable and returns true; or
- * returns false, without calling fn, when it already is. */
-bool emu_store_when_durable(emu_store *s, uint64_t seq, emu_store_durable_fn fn, void *ud);
+/* ok: the commit is durable; !ok: it was a batch that failed to commit (nothing stored). */
+typedef void (*emu_store_durable_fn)(void *ud, bool ok);
+typedef enum {
+    EMU_STORE_DURABLE, /* already durable: fn is not called */
+    EMU_STORE_LATER,   /* fn(ud, ok) will run on the store's sync thread */
+    EMU_STORE_FAILED,  /* a batch that failed to commit: fn is not called */
+} emu_store_durability;
+emu_store_durability emu_store_when_durable(emu_store *s, uint64_t seq, emu_store_durable_fn fn,
+                                            void *ud);
 /* Blocks until commit seq is durable. */
 void emu_store_wait_durable(emu_store *s, uint64_t seq);
 /* Bounds of the syncer's gathering wait (store.c; default 50 us .. 1 ms, as long as the last
  * fdatasync took): for tests, which make it long to see the gathering deterministically. */
 void emu_store_set_gather(emu_store *s, int64_t min_ns, int64_t max_ns);
+/* Testing: the next n commits fail (the commit hook turns them into rollbacks, as a disk
+ * error would), so that the failure of a batch can be seen end to end. */
+void emu_store_testing_refuse_commits(emu_store *s, unsigned n);
 /* Commits made so far (health; with the sync count: commits per fdatasync). */
 uint64_t emu_store_commit_count(emu_store *s);
 /* fdatasyncs done so far (tests, stats). */
