@@ -2,6 +2,7 @@
 #include "fixture.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -280,4 +281,26 @@ size_t cmk_test_stored_keys(hsm_t *hsm, emu_store *store)
     sqlite3_finalize(st);
     emu_store_unlock(store);
     return n;
+}
+
+typedef struct {
+    atomic_int done, ok;
+} durable_ack;
+
+static void on_durable_ack(void *ud, bool ok)
+{
+    durable_ack *a = ud;
+    atomic_store(&a->ok, ok);
+    atomic_store(&a->done, 1);
+}
+
+int cmk_test_durable(emu_store *s, uint64_t seq)
+{
+    durable_ack a = {0};
+    emu_store_durability d = emu_store_when_durable(s, seq, on_durable_ack, &a);
+    if (d != EMU_STORE_LATER)
+        return d == EMU_STORE_DURABLE;
+    while (!atomic_load(&a.done)) /* a lives on this stack: no giving up (ctest times out) */
+        usleep(1000);
+    return atomic_load(&a.ok);
 }

@@ -14,6 +14,7 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <jansson.h>
 
@@ -79,6 +80,10 @@ void cmk_test_rm_rf(const char *path);
 /* Key pairs the emulator keeps: RSA key pairs in the token plus sealed key versions (their
  * blobs in the store, table kv_sealed; 0 of those before the key vault schema exists). */
 size_t cmk_test_stored_keys(hsm_t *hsm, emu_store *store);
+
+/* Waits for the acknowledgement of a deferred commit (emu_store_when_durable): 1 durable, 0
+ * its batch failed to commit. */
+int cmk_test_durable(emu_store *s, uint64_t seq);
 
 /* Open what parts asks for, with tenant for auth/armres/the routes; NULL on failure (reported
  * on stderr, everything opened so far closed). The clock offset and hooks are reset first. */

@@ -1568,15 +1568,12 @@ static void store_gathering(void **state)
 
 /* ---- batched writes (emu_store_lock_batched) -------------------------------------------- */
 
-typedef struct {
-    atomic_int done, ok;
-} batch_ack;
-
-static void on_batch_ack(void *ud, bool ok)
+/* For emu_store_when_durable calls that must answer at once. */
+static void on_durable_never(void *ud, bool ok)
 {
-    batch_ack *a = ud;
-    atomic_store(&a->ok, ok);
-    atomic_store(&a->done, 1);
+    (void)ud;
+    (void)ok;
+    fail_msg("a callback was arranged for a commit whose fate was known");
 }
 
 /* One handler's batched INSERT of v; returns what the handler waits for. */
@@ -1590,17 +1587,19 @@ static uint64_t batched_insert(emu_store *s, int v)
     return emu_store_defer_end();
 }
 
-/* Waits for the acknowledgement of seq: 1 durable, 0 failed. */
-static int ack_of(emu_store *s, uint64_t seq)
+/* One handler's batched count of bt's rows (checked to be `rows`); returns what it waits for. */
+static uint64_t batched_count_rows(emu_store *s, int rows)
 {
-    batch_ack a = {0};
-    emu_store_durability d = emu_store_when_durable(s, seq, on_batch_ack, &a);
-    if (d != EMU_STORE_LATER)
-        return d == EMU_STORE_DURABLE;
-    for (int i = 0; i < 10000 && !atomic_load(&a.done); i++)
-        usleep(1000);
-    assert_int_equal(atomic_load(&a.done), 1);
-    return atomic_load(&a.ok);
+    emu_store_defer_begin(s);
+    sqlite3 *db = emu_store_lock_batched(s);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM bt", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    emu_store_unlock(s);
+    assert_int_equal(n, rows);
+    return emu_store_defer_end();
 }
 
 static bool bt_has(emu_store *s, int v)
@@ -1626,20 +1625,14 @@ static void store_batched_writes(void **state)
     assert_true(a > 0);
     assert_int_equal(a, b);
     assert_int_equal(emu_store_commit_count(s), commits);
-    /* a handler's read sees the batch, and a read gives nothing to wait for */
-    emu_store_defer_begin(s);
-    sqlite3 *db = emu_store_lock_batched(s);
-    sqlite3_stmt *st = NULL;
-    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM bt", -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(st, 0), 2);
-    sqlite3_finalize(st);
-    emu_store_unlock(s);
-    assert_int_equal(emu_store_defer_end(), 0);
+    /* a handler's read sees the batch, and so waits for it (it may have read its rows) */
+    assert_int_equal(batched_count_rows(s, 2), a);
     /* both are acknowledged after one commit */
-    assert_int_equal(ack_of(s, a), 1);
-    assert_int_equal(ack_of(s, b), 1);
+    assert_int_equal(cmk_test_durable(s, a), 1);
+    assert_int_equal(cmk_test_durable(s, b), 1);
     assert_int_equal(emu_store_commit_count(s), commits + 1);
+    /* with no change in the open batch, a read has nothing to wait for */
+    assert_int_equal(batched_count_rows(s, 2), 0);
 
     /* outside a deferred handler a batched statement commits at once (and waits for it) */
     commits = emu_store_commit_count(s);
@@ -1649,24 +1642,24 @@ static void store_batched_writes(void **state)
 
     /* another holder commits the open batch first, so it can run its own transaction */
     uint64_t c = batched_insert(s, 4);
-    db = emu_store_lock(s);
+    sqlite3 *db = emu_store_lock(s);
     assert_true(emu_store_begin(db));
     assert_true(emu_store_exec(db, "INSERT INTO bt(i) VALUES(5)"));
     assert_true(emu_store_commit(db));
     emu_store_unlock(s); /* waits until its commit, and so the batch's, is durable */
-    assert_int_equal(emu_store_when_durable(s, c, on_batch_ack, NULL), EMU_STORE_DURABLE);
+    assert_int_equal(emu_store_when_durable(s, c, on_durable_never, NULL), EMU_STORE_DURABLE);
 
     /* a batch whose COMMIT fails: its handler is told, nothing is stored, and a late waiter
      * for it is told at once */
     emu_store_testing_refuse_commits(s, 1);
     uint64_t f = batched_insert(s, 6);
-    assert_int_equal(ack_of(s, f), 0);
+    assert_int_equal(cmk_test_durable(s, f), 0);
     assert_false(bt_has(s, 6));
-    assert_int_equal(emu_store_when_durable(s, f, on_batch_ack, NULL), EMU_STORE_FAILED);
+    assert_int_equal(emu_store_when_durable(s, f, on_durable_never, NULL), EMU_STORE_FAILED);
     /* the next batch gets a number of its own and commits */
     uint64_t g = batched_insert(s, 7);
     assert_true(g > f);
-    assert_int_equal(ack_of(s, g), 1);
+    assert_int_equal(cmk_test_durable(s, g), 1);
     assert_true(bt_has(s, 7));
 
     /* a batch rolled back under a handler (what SQLITE_FULL or an I/O error may do) fails,
@@ -1678,8 +1671,8 @@ static void store_batched_writes(void **state)
     (void)emu_store_defer_end();
     uint64_t h2 = batched_insert(s, 12);
     assert_true(h2 > h);
-    assert_int_equal(ack_of(s, h), 0);
-    assert_int_equal(ack_of(s, h2), 1);
+    assert_int_equal(cmk_test_durable(s, h), 0);
+    assert_int_equal(cmk_test_durable(s, h2), 1);
     assert_false(bt_has(s, 8));
     assert_true(bt_has(s, 12));
 
@@ -1692,7 +1685,7 @@ static void store_batched_writes(void **state)
     assert_true(emu_store_exec(emu_store_lock(s), "INSERT INTO bt(i) VALUES(10)"));
     emu_store_unlock(s);
     uint64_t k = emu_store_defer_end();
-    assert_int_equal(emu_store_when_durable(s, k, on_batch_ack, NULL), EMU_STORE_FAILED);
+    assert_int_equal(emu_store_when_durable(s, k, on_durable_never, NULL), EMU_STORE_FAILED);
     assert_false(bt_has(s, 9));
     assert_true(bt_has(s, 10));
 
@@ -1704,6 +1697,113 @@ static void store_batched_writes(void **state)
         fail_msg("reopen: %s", err);
     assert_int_equal(count_rows(s, "SELECT count(*) FROM bt"), 9); /* 1-5, 7, 10-12 */
     assert_true(bt_has(s, 11));
+    emu_store_close(s);
+}
+
+/* Another holder of the store lock: it commits the open batch first. */
+static void *flush_main(void *arg)
+{
+    emu_store *s = arg;
+    (void)emu_store_lock(s);
+    emu_store_unlock(s);
+    return NULL;
+}
+
+static emu_store *g_insert6_store;
+static uint64_t g_insert6_seq;
+
+static void *insert6_main(void *arg)
+{
+    (void)arg;
+    g_insert6_seq = batched_insert(g_insert6_store, 6);
+    return NULL;
+}
+
+/* A handler that read from a batch that then fails is told so (its answer showed rows that
+ * were never stored), and a write it makes after that in a later batch fails that batch. */
+static void store_batch_read_depends(void **state)
+{
+    (void)state;
+    char dir[PATH_MAX], path[PATH_MAX + 16];
+    static const emu_migration m = {"bt", 1, "CREATE TABLE bt(i INTEGER);"};
+    emu_store *s = open_tmp_store("bdep", &m, dir, path);
+    uint64_t w = batched_insert(s, 1);
+    /* a reader of the open batch waits for it; the batch fails: so does the reader */
+    uint64_t r = batched_count_rows(s, 1);
+    assert_int_equal(r, w);
+    emu_store_testing_refuse_commits(s, 1);
+    assert_int_equal(cmk_test_durable(s, w), 0);
+    assert_int_equal(cmk_test_durable(s, r), 0);
+    /* a handler reads the open batch (row 2), the batch fails under it (another holder's
+     * flush), then it writes: its write goes to a new batch, which fails with it */
+    (void)batched_insert(s, 2);
+    emu_store_defer_begin(s);
+    sqlite3_stmt *st = NULL;
+    sqlite3 *db = emu_store_lock_batched(s);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM bt WHERE i=2", -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 1);
+    sqlite3_finalize(st);
+    emu_store_unlock(s);
+    emu_store_testing_refuse_commits(s, 1);
+    pthread_t th; /* the flush comes from another thread, as it would */
+    assert_int_equal(pthread_create(&th, NULL, flush_main, s), 0);
+    pthread_join(th, NULL);
+    assert_true(emu_store_exec(emu_store_lock_batched(s), "INSERT INTO bt(i) VALUES(3)"));
+    emu_store_unlock(s);
+    uint64_t k = emu_store_defer_end();
+    assert_int_equal(cmk_test_durable(s, k), 0);
+    assert_false(bt_has(s, 2));
+    assert_false(bt_has(s, 3));
+    /* a handler that read a batch that failed, and then only reads a later one (which
+     * commits), still fails: its first read may have shown rows that were never stored */
+    (void)batched_insert(s, 5);
+    emu_store_defer_begin(s);
+    (void)emu_store_lock_batched(s);
+    emu_store_unlock(s);
+    emu_store_testing_refuse_commits(s, 1);
+    assert_int_equal(pthread_create(&th, NULL, flush_main, s), 0);
+    pthread_join(th, NULL);
+    g_insert6_store = s;
+    assert_int_equal(pthread_create(&th, NULL, insert6_main, NULL), 0); /* another handler */
+    pthread_join(th, NULL);
+    (void)emu_store_lock_batched(s);
+    emu_store_unlock(s);
+    k = emu_store_defer_end();
+    assert_int_equal(cmk_test_durable(s, k), 0);
+    assert_int_equal(cmk_test_durable(s, g_insert6_seq), 1);
+    assert_true(bt_has(s, 6));
+
+    /* an unrelated write afterwards is stored */
+    uint64_t ok = batched_insert(s, 4);
+    assert_int_equal(cmk_test_durable(s, ok), 1);
+    assert_true(bt_has(s, 4));
+    emu_store_close(s);
+}
+
+/* A batch that failed long ago, beyond what the store remembers one by one, is still reported
+ * failed to a late waiter (the safe side), never durable. */
+static void store_batch_failures_forgotten(void **state)
+{
+    (void)state;
+    char dir[PATH_MAX], path[PATH_MAX + 16];
+    static const emu_migration m = {"bt", 1, "CREATE TABLE bt(i INTEGER);"};
+    emu_store *s = open_tmp_store("bring", &m, dir, path);
+    enum { FAILURES = 300 }; /* more than the store keeps one by one */
+    emu_store_testing_refuse_commits(s, FAILURES);
+    uint64_t first = 0, last = 0;
+    for (int i = 0; i < FAILURES; i++) {
+        last = batched_insert(s, i);
+        if (!first)
+            first = last;
+        (void)flush_main(s); /* another holder's flush: the COMMIT is refused */
+    }
+    assert_int_equal(count_rows(s, "SELECT count(*) FROM bt"), 0);
+    assert_int_equal(emu_store_when_durable(s, first, on_durable_never, NULL), EMU_STORE_FAILED);
+    assert_int_equal(emu_store_when_durable(s, last, on_durable_never, NULL), EMU_STORE_FAILED);
+    uint64_t ok = batched_insert(s, 1000);
+    assert_int_equal(cmk_test_durable(s, ok), 1);
     emu_store_close(s);
 }
 
@@ -2076,6 +2176,8 @@ int main(void)
         cmocka_unit_test(store_group_commit),
         cmocka_unit_test(store_gathering),
         cmocka_unit_test(store_batched_writes),
+        cmocka_unit_test(store_batch_read_depends),
+        cmocka_unit_test(store_batch_failures_forgotten),
         cmocka_unit_test(store_batch_failure_over_http),
         cmocka_unit_test(clock_offset_and_hooks),
         cmocka_unit_test(log_escape_table),

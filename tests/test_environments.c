@@ -1103,6 +1103,68 @@ static void test_world(void **state)
     resp_clear(&r);
 }
 
+/* ---- batched record writes: reads of a batch that then fails ------------------------------ */
+
+/* Between a PATCH's read and its write: the open batch fails to commit (another holder's
+ * flush meets a disk error). */
+static void fail_open_batch(pp_envs_t *p, const char *env, void *ud)
+{
+    (void)p;
+    (void)env;
+    emu_store *s = ud;
+    char v[8];
+    emu_store_testing_refuse_commits(s, 1);
+    (void)emu_store_meta_get(s, "nothing", v, sizeof v); /* emu_store_lock: commits the batch */
+}
+
+/* Handlers run as the HTTP layer runs them (deferred acknowledgement, batched rows): a row
+ * created in a batch that fails is never reported by a GET that read it (the GET fails with
+ * the batch), and a PATCH that read it and writes after the failure cannot bring it back. */
+static void test_batch_failure_leaves_no_trace(void **state)
+{
+    fixture *f = *state;
+    emu_store *s = f->fx->store;
+    char env[40], uri[128], id[40], host[96];
+    create_env(f, "Batch", "Production", env);
+    snprintf(host, sizeof host, "%s.crm.localhost:8443", env);
+
+    emu_store_defer_begin(s);
+    resp r = rec(f, env, "POST", "/api/data/v9.2/accounts", "{\"name\":\"ghost\"}",
+                 "return=representation");
+    uint64_t post = emu_store_defer_end();
+    assert_int_equal(r.status, 201);
+    assert_true(post > 0);
+    snprintf(id, sizeof id, "%s", path_str(r.json, "accountid"));
+    resp_clear(&r);
+    snprintf(uri, sizeof uri, "/api/data/v9.2/accounts(%s)", id);
+
+    /* a GET that sees the uncommitted row waits for its batch */
+    emu_store_defer_begin(s);
+    r = rec(f, env, "GET", uri, NULL, NULL);
+    uint64_t get = emu_store_defer_end();
+    assert_int_equal(r.status, 200);
+    assert_int_equal(get, post);
+    resp_clear(&r);
+
+    /* a PATCH that must find the row reads it; the batch fails before it writes */
+    pp_envs_testing_set_before_store(f->fx->envs, fail_open_batch, s);
+    emu_store_defer_begin(s);
+    const char *const hdr[] = {"If-Match", "*", NULL};
+    emu_req *req = cmk_fixture_dispatch(
+        f->fx, "PATCH", uri, &(cmk_call_opts){.host = host, .body = "{\"n\":1}", .headers = hdr});
+    uint64_t patch = emu_store_defer_end();
+    emu_req_free(req);
+    pp_envs_testing_set_before_store(f->fx->envs, NULL, NULL);
+
+    assert_int_equal(cmk_test_durable(s, post), 0);
+    assert_int_equal(cmk_test_durable(s, get), 0);
+    assert_true(patch > 0);
+    assert_int_equal(cmk_test_durable(s, patch), 0);
+    r = rec(f, env, "GET", uri, NULL, NULL);
+    assert_int_equal(r.status, 404);
+    resp_clear(&r);
+}
+
 static int group_setup(void **state)
 {
     fixture *f = calloc(1, sizeof *f);
@@ -1139,6 +1201,7 @@ int main(void)
         cmocka_unit_test_teardown(test_write_refused_when_data_key_changes, clear_store_hook),
         cmocka_unit_test(test_concurrent_patches_keep_every_field),
         cmocka_unit_test(test_world),
+        cmocka_unit_test_teardown(test_batch_failure_leaves_no_trace, clear_store_hook),
     };
     return cmocka_run_group_tests_name("environments", tests, group_setup, group_teardown);
 }

@@ -24,7 +24,7 @@ typedef struct durable_waiter {
     struct durable_waiter *next;
 } durable_waiter;
 
-#define FAILED_KEEP 64 /* batches that failed to commit, remembered for late waiters */
+#define FAILED_KEEP 256 /* batches that failed to commit, remembered for late waiters */
 
 /*
  * Locks: `lock` (the connection) before `sync_lock` (durability state), never the other way.
@@ -52,6 +52,13 @@ typedef struct durable_waiter {
  * it first, emu_store_lock), so its handlers wait for batch_seq = seq + 1 at open. A batch
  * that cannot commit (or that an error rolled back) uses its number up: its waiters are
  * told it failed (the HTTP layer then answers 503 instead of the handler's answer).
+ * Reads: a batched holder that changed nothing while the batch holds changes may have read
+ * them (a row, or a unique key's conflict), so its handler waits for that batch too and fails
+ * with it: no answer reports a write that then turns out lost. A handler that writes in a
+ * later batch after reading from one that failed (a PATCH whose row vanished with the failed
+ * batch) fails the later batch as well, so that what it read is not stored through it.
+ * Each handler keeps the lowest and highest batch it touched; a failed batch between them
+ * fails the handler (possibly one it did not touch: rare, and the safe side).
  */
 struct emu_store {
     sqlite3 *db;
@@ -59,6 +66,7 @@ struct emu_store {
     uint64_t seq;     /* under lock: commits (commit hook) and failed batches, see the top */
     uint64_t at_lock; /* under lock: `seq` when the current holder took the lock */
     bool batch_open;  /* under lock: a transaction of batched writes is open */
+    bool batch_dirty; /* under lock: a batched holder changed rows in the open batch */
     uint64_t batch_seq;      /* under lock: the number the open batch gets (seq + 1 at open) */
     bool holder_batched;     /* under lock: the holder came through emu_store_lock_batched */
     int64_t changes_at_lock; /* under lock: sqlite3_total_changes64 when a batched holder
@@ -75,6 +83,9 @@ struct emu_store {
     durable_waiter *waiters;  /* under sync_lock */
     uint64_t failed[FAILED_KEEP]; /* under sync_lock: the last batches that failed (ring) */
     unsigned nfailed;             /* under sync_lock: how many were ever recorded */
+    uint64_t failed_forgotten;    /* under sync_lock: the highest failed batch that fell out of
+                                     the ring: at or below it, failure can no longer be ruled
+                                     out, and it is assumed (the safe side) */
     bool stopping;            /* under sync_lock */
     bool syncer_started;
     pthread_t syncer;
@@ -95,7 +106,7 @@ struct emu_store {
 
 static _Thread_local emu_store *tl_defer_store;
 static _Thread_local uint64_t tl_defer_seq;   /* the highest commit the handler waits for */
-static _Thread_local uint64_t tl_defer_batch; /* the highest batch it wrote in (0: none) */
+static _Thread_local uint64_t tl_batch_lo, tl_batch_hi; /* batches it touched (0: none) */
 
 static int on_commit(void *ud)
 {
@@ -184,13 +195,21 @@ static void note_written_inlock(emu_store *s, uint64_t seq)
     pthread_mutex_unlock(&s->sync_lock);
 }
 
-static bool failed_inlock(const emu_store *s, uint64_t seq) /* sync_lock held */
+/* A failed batch in lo..hi, or 0 (sync_lock held). */
+static uint64_t failed_between_inlock(const emu_store *s, uint64_t lo, uint64_t hi)
 {
+    if (lo <= s->failed_forgotten)
+        return lo;
     unsigned n = s->nfailed < FAILED_KEEP ? s->nfailed : FAILED_KEEP;
     for (unsigned i = 0; i < n; i++)
-        if (s->failed[i] == seq)
-            return true;
-    return false;
+        if (s->failed[i] >= lo && s->failed[i] <= hi)
+            return s->failed[i];
+    return 0;
+}
+
+static bool failed_inlock(const emu_store *s, uint64_t seq) /* sync_lock held */
+{
+    return failed_between_inlock(s, seq, seq) != 0;
 }
 
 /* The open batch will never commit (s->lock held): it is rolled back if it is not already,
@@ -199,6 +218,7 @@ static void batch_failed_inlock(emu_store *s, const char *why)
 {
     uint64_t seq = s->batch_seq;
     s->batch_open = false;
+    s->batch_dirty = false;
     if (!sqlite3_get_autocommit(s->db))
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
     if (s->seq < seq)
@@ -208,7 +228,10 @@ static void batch_failed_inlock(emu_store *s, const char *why)
             "its requests are answered 503",
             why);
     pthread_mutex_lock(&s->sync_lock);
-    s->failed[s->nfailed++ % FAILED_KEEP] = seq;
+    uint64_t *slot = &s->failed[s->nfailed++ % FAILED_KEEP];
+    if (*slot > s->failed_forgotten)
+        s->failed_forgotten = *slot;
+    *slot = seq;
     for (durable_waiter *w = s->waiters; w; w = w->next)
         if (w->seq == seq)
             w->failed = true;
@@ -230,6 +253,7 @@ static void batch_commit_inlock(emu_store *s)
         return;
     }
     s->batch_open = false;
+    s->batch_dirty = false;
     note_written_inlock(s, s->seq);
 }
 
@@ -335,7 +359,7 @@ void emu_store_defer_begin(emu_store *s)
 {
     tl_defer_store = s;
     tl_defer_seq = 0;
-    tl_defer_batch = 0;
+    tl_batch_lo = tl_batch_hi = 0;
     atomic_fetch_add(&s->active, 1);
 }
 
@@ -348,17 +372,19 @@ uint64_t emu_store_defer_end(void)
         pthread_mutex_unlock(&s->sync_lock);
     }
     uint64_t seq = tl_defer_seq;
-    if (s && tl_defer_batch && tl_defer_batch < seq) {
-        /* a later commit of the handler flushed its batch first: if that failed, the
-         * failure is what the handler waits for (a later commit would hide it) */
+    if (s && tl_batch_lo) {
+        /* a batch of the handler that closed already may have failed: that failure is what
+         * it waits for (a later batch or commit would hide it). Only the last batch can still
+         * be open; its waiter learns its fate from the syncer. */
         pthread_mutex_lock(&s->sync_lock);
-        if (failed_inlock(s, tl_defer_batch))
-            seq = tl_defer_batch;
+        uint64_t f = failed_between_inlock(s, tl_batch_lo, tl_batch_hi);
+        if (f)
+            seq = f;
         pthread_mutex_unlock(&s->sync_lock);
     }
     tl_defer_store = NULL;
     tl_defer_seq = 0;
-    tl_defer_batch = 0;
+    tl_batch_lo = tl_batch_hi = 0;
     return seq;
 }
 
@@ -502,6 +528,7 @@ sqlite3 *emu_store_lock_batched(emu_store *s)
     if (!s->batch_open && sqlite3_get_autocommit(s->db) &&
         sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK) {
         s->batch_open = true;
+        s->batch_dirty = false;
         s->batch_seq = s->seq + 1;
     }
     if (s->batch_open) { /* else the statements commit one by one, as with emu_store_lock */
@@ -518,12 +545,25 @@ void emu_store_unlock(emu_store *s)
     if (s->holder_batched) {
         s->holder_batched = false;
         uint64_t bseq = s->batch_seq;
-        if (sqlite3_total_changes64(s->db) != s->changes_at_lock) {
+        bool changed = sqlite3_total_changes64(s->db) != s->changes_at_lock;
+        if (changed || s->batch_dirty) { /* wrote in the batch, or may have read from it */
             seq = bseq;
             batched = true;
         }
-        if (sqlite3_get_autocommit(s->db)) /* an error (full, I/O) rolled the batch back */
+        if (sqlite3_get_autocommit(s->db)) { /* an error (full, I/O) rolled the batch back */
             batch_failed_inlock(s, "a statement's error rolled it back");
+        } else if (changed) {
+            s->batch_dirty = true;
+            if (tl_batch_lo && tl_batch_lo < bseq) {
+                /* it read from an earlier batch: if that failed, what it wrote here may
+                 * come from rows that were never stored */
+                pthread_mutex_lock(&s->sync_lock);
+                uint64_t f = failed_between_inlock(s, tl_batch_lo, bseq - 1);
+                pthread_mutex_unlock(&s->sync_lock);
+                if (f)
+                    batch_failed_inlock(s, "a write in it depends on a batch that failed");
+            }
+        }
     } else if (s->seq != s->at_lock) {
         seq = s->seq; /* COMMIT has returned: its WAL frames are written (not yet synced) */
         note_written_inlock(s, seq);
@@ -534,8 +574,12 @@ void emu_store_unlock(emu_store *s)
     if (tl_defer_store == s) {
         if (seq > tl_defer_seq)
             tl_defer_seq = seq;
-        if (batched && seq > tl_defer_batch)
-            tl_defer_batch = seq;
+        if (batched) {
+            if (!tl_batch_lo || seq < tl_batch_lo)
+                tl_batch_lo = seq;
+            if (seq > tl_batch_hi)
+                tl_batch_hi = seq;
+        }
         return;
     }
     emu_store_wait_durable(s, seq);

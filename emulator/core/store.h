@@ -41,10 +41,13 @@ void emu_store_unlock(emu_store *s);
 /* As emu_store_lock, for single statements (no BEGIN/COMMIT) that may join the open batch of
  * writes: inside a deferred handler (emu_store_defer_begin) they run in one transaction that
  * the syncer commits, for every handler at once, just before its fdatasync; elsewhere this is
- * emu_store_lock. Reads see the batch. The whole batch can fail to commit (disk full, I/O
- * error): nothing of it is stored and emu_store_when_durable reports EMU_STORE_FAILED to its
- * handlers, so the caller must not change state outside the store on the strength of a
- * batched write (record rows: the answer is all that depends on them). */
+ * emu_store_lock. Reads see the batch, so a handler that read while the batch held changes
+ * waits for that batch as if it had written. The whole batch can fail to commit (disk full,
+ * I/O error): nothing of it is stored and emu_store_when_durable reports EMU_STORE_FAILED to
+ * every handler that wrote or read in it (and a later batch in which such a handler wrote
+ * fails too), so the caller must not change state outside the store on the strength of a
+ * batched statement (record rows: the answer is all that depends on them). A handler that
+ * also made an ordinary commit is answered as failed too, though that commit stands. */
 sqlite3 *emu_store_lock_batched(emu_store *s);
 
 /* Deferral for the HTTP layer: between begin and end, an unlock on this thread that committed
