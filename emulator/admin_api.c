@@ -36,9 +36,11 @@ static void h_health(emu_req *req, void *ud)
                   (json_int_t)ctx->reconciled_missing);
     if (ctx->store)
         json_object_set_new(j, "store",
-                            json_pack("{s:I,s:I}", "commits",
+                            json_pack("{s:I,s:I,s:I}", "commits",
                                       (json_int_t)emu_store_commit_count(ctx->store), "syncs",
-                                      (json_int_t)emu_store_sync_count(ctx->store)));
+                                      (json_int_t)emu_store_sync_count(ctx->store),
+                                      "failedBatches",
+                                      (json_int_t)emu_store_failed_batches(ctx->store)));
     emu_send_json(req, 200, j);
 }
 

@@ -1800,6 +1800,7 @@ static void store_batch_failures_forgotten(void **state)
         (void)flush_main(s); /* another holder's flush: the COMMIT is refused */
     }
     assert_int_equal(count_rows(s, "SELECT count(*) FROM bt"), 0);
+    assert_int_equal(emu_store_failed_batches(s), FAILURES);
     assert_int_equal(emu_store_when_durable(s, first, on_durable_never, NULL), EMU_STORE_FAILED);
     assert_int_equal(emu_store_when_durable(s, last, on_durable_never, NULL), EMU_STORE_FAILED);
     uint64_t ok = batched_insert(s, 1000);

@@ -53,6 +53,9 @@ static void test_serve_health_restart(void **state)
         assert_true(commits > 0);
         assert_true(syncs > 0);
         assert_true(syncs <= commits);
+        json_t *failed = json_object_get(st, "failedBatches");
+        assert_true(json_is_integer(failed));
+        assert_int_equal(json_integer_value(failed), 0);
     }
     json_decref(j);
     free(body);

@@ -408,6 +408,14 @@ uint64_t emu_store_commit_count(emu_store *s)
     return atomic_load(&s->ncommits);
 }
 
+unsigned long emu_store_failed_batches(emu_store *s)
+{
+    pthread_mutex_lock(&s->sync_lock);
+    unsigned long n = s->nfailed;
+    pthread_mutex_unlock(&s->sync_lock);
+    return n;
+}
+
 unsigned long emu_store_sync_count(emu_store *s)
 {
     return atomic_load(&s->nsyncs);

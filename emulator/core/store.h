@@ -77,6 +77,8 @@ void emu_store_testing_refuse_commits(emu_store *s, unsigned n);
 uint64_t emu_store_commit_count(emu_store *s);
 /* fdatasyncs done so far (tests, stats). */
 unsigned long emu_store_sync_count(emu_store *s);
+/* Batches of writes that failed to commit so far (health). */
+unsigned long emu_store_failed_batches(emu_store *s);
 
 /* Convenience inside a lock: exec SQL without results; false + log on error. */
 bool emu_store_exec(sqlite3 *db, const char *sql);
