@@ -1165,6 +1165,49 @@ static void test_batch_failure_leaves_no_trace(void **state)
     resp_clear(&r);
 }
 
+/* A read waits for the open batch only if the batch changed the row it read: a GET of a
+ * committed row is answered at once while another row waits in the batch. */
+static void test_batch_reads_wait_only_for_their_rows(void **state)
+{
+    fixture *f = *state;
+    emu_store *s = f->fx->store;
+    char env[40], uri_a[128], uri_b[128], id[40];
+    create_env(f, "Reads", "Production", env);
+
+    emu_store_defer_begin(s);
+    resp r = rec(f, env, "POST", "/api/data/v9.2/accounts", "{\"name\":\"a\"}",
+                 "return=representation");
+    uint64_t a = emu_store_defer_end();
+    assert_int_equal(r.status, 201);
+    snprintf(id, sizeof id, "%s", path_str(r.json, "accountid"));
+    snprintf(uri_a, sizeof uri_a, "/api/data/v9.2/accounts(%s)", id);
+    resp_clear(&r);
+    assert_int_equal(cmk_test_durable(s, a), 1);
+
+    emu_store_defer_begin(s);
+    r = rec(f, env, "POST", "/api/data/v9.2/accounts", "{\"name\":\"b\"}",
+            "return=representation");
+    uint64_t b = emu_store_defer_end();
+    assert_int_equal(r.status, 201);
+    assert_true(b > a);
+    snprintf(id, sizeof id, "%s", path_str(r.json, "accountid"));
+    snprintf(uri_b, sizeof uri_b, "/api/data/v9.2/accounts(%s)", id);
+    resp_clear(&r);
+
+    /* b's batch is open: a GET of row a has nothing to wait for, a GET of row b waits */
+    emu_store_defer_begin(s);
+    r = rec(f, env, "GET", uri_a, NULL, NULL);
+    assert_int_equal(emu_store_defer_end(), 0);
+    assert_int_equal(r.status, 200);
+    resp_clear(&r);
+    emu_store_defer_begin(s);
+    r = rec(f, env, "GET", uri_b, NULL, NULL);
+    assert_int_equal(emu_store_defer_end(), b);
+    assert_int_equal(r.status, 200);
+    resp_clear(&r);
+    assert_int_equal(cmk_test_durable(s, b), 1);
+}
+
 static int group_setup(void **state)
 {
     fixture *f = calloc(1, sizeof *f);
@@ -1202,6 +1245,7 @@ int main(void)
         cmocka_unit_test(test_concurrent_patches_keep_every_field),
         cmocka_unit_test(test_world),
         cmocka_unit_test_teardown(test_batch_failure_leaves_no_trace, clear_store_hook),
+        cmocka_unit_test(test_batch_reads_wait_only_for_their_rows),
     };
     return cmocka_run_group_tests_name("environments", tests, group_setup, group_teardown);
 }

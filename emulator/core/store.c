@@ -58,7 +58,10 @@ typedef struct durable_waiter {
  * later batch after reading from one that failed (a PATCH whose row vanished with the failed
  * batch) fails the later batch as well, so that what it read is not stored through it.
  * Each handler keeps the lowest and highest batch it touched; a failed batch between them
- * fails the handler (possibly one it did not touch: rare, and the safe side).
+ * fails the handler (possibly one it did not touch: rare, and the safe side). A reader that
+ * knows which rows the open batch changed (emu_store_lock_batched_read) depends on the batch
+ * only when it says it read one of them (emu_store_read_batch), so reads of other rows do not
+ * wait for the sync.
  */
 struct emu_store {
     sqlite3 *db;
@@ -69,6 +72,8 @@ struct emu_store {
     bool batch_dirty; /* under lock: a batched holder changed rows in the open batch */
     uint64_t batch_seq;      /* under lock: the number the open batch gets (seq + 1 at open) */
     bool holder_batched;     /* under lock: the holder came through emu_store_lock_batched */
+    bool holder_tracked;     /* under lock: ... through emu_store_lock_batched_read */
+    bool holder_read_batch;  /* under lock: the tracked holder read a row of the open batch */
     int64_t changes_at_lock; /* under lock: sqlite3_total_changes64 when a batched holder
                                 took the lock */
     atomic_ulong ncommits;   /* commits (stats) */
@@ -533,6 +538,8 @@ sqlite3 *emu_store_lock_batched(emu_store *s)
     pthread_mutex_lock(&s->lock);
     s->at_lock = s->seq;
     s->holder_batched = false;
+    s->holder_tracked = false;
+    s->holder_read_batch = false;
     if (!s->batch_open && sqlite3_get_autocommit(s->db) &&
         sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK) {
         s->batch_open = true;
@@ -546,6 +553,23 @@ sqlite3 *emu_store_lock_batched(emu_store *s)
     return s->db;
 }
 
+sqlite3 *emu_store_lock_batched_read(emu_store *s)
+{
+    sqlite3 *db = emu_store_lock_batched(s);
+    s->holder_tracked = s->holder_batched;
+    return db;
+}
+
+uint64_t emu_store_open_batch(emu_store *s)
+{
+    return s->holder_batched && s->batch_open ? s->batch_seq : 0;
+}
+
+void emu_store_read_batch(emu_store *s)
+{
+    s->holder_read_batch = true;
+}
+
 void emu_store_unlock(emu_store *s)
 {
     uint64_t seq = 0;
@@ -554,7 +578,9 @@ void emu_store_unlock(emu_store *s)
         s->holder_batched = false;
         uint64_t bseq = s->batch_seq;
         bool changed = sqlite3_total_changes64(s->db) != s->changes_at_lock;
-        if (changed || s->batch_dirty) { /* wrote in the batch, or may have read from it */
+        bool read = s->holder_tracked ? s->holder_read_batch : s->batch_dirty;
+        s->holder_tracked = s->holder_read_batch = false;
+        if (changed || read) { /* wrote in the batch, or (may have) read from it */
             seq = bseq;
             batched = true;
         }

@@ -49,6 +49,16 @@ void emu_store_unlock(emu_store *s);
  * batched statement (record rows: the answer is all that depends on them). A handler that
  * also made an ordinary commit is answered as failed too, though that commit stands. */
 sqlite3 *emu_store_lock_batched(emu_store *s);
+/* As emu_store_lock_batched, for a holder that only reads and knows which rows the open batch
+ * changed (its module keeps track): it depends on the batch only if it calls
+ * emu_store_read_batch, so a read of a row the batch did not change does not wait for it. */
+sqlite3 *emu_store_lock_batched_read(emu_store *s);
+/* Store lock held, through emu_store_lock_batched(_read): the number of the open batch, or 0
+ * when statements are not batched (not in a deferred handler, or no batch could be opened). */
+uint64_t emu_store_open_batch(emu_store *s);
+/* Store lock held, through emu_store_lock_batched_read: the holder read a row that the open
+ * batch changed (it waits for the batch and fails with it). */
+void emu_store_read_batch(emu_store *s);
 
 /* Deferral for the HTTP layer: between begin and end, an unlock on this thread that committed
  * does not wait; end returns the commit to wait for (0 = none), which the caller then hands

@@ -63,6 +63,11 @@ struct pp_envs {
     pp_env_hooks hooks;   /* components (components.h); zero = none */
     sqlite3_stmt *rec_stmts[REC_STMT_COUNT];     /* under the store lock; finalized at close */
     pthread_mutex_t rec_stripes[PP_REC_STRIPES]; /* a record's read-modify-write (environments.c) */
+    /* Under the store lock: the rows that the open batch of record writes changed, as a
+     * filter (bit rec_hash % 4096; a false positive only makes a read wait for the batch),
+     * valid for batch dirty_batch; see row_open. */
+    uint64_t dirty_batch;
+    uint64_t dirty_bits[64];
     void (*testing_before_store)(pp_envs_t *p, const char *env, void *ud); /* env_testing.h */
     void *testing_before_store_ud;
 };

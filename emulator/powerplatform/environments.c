@@ -789,7 +789,7 @@ static void rec_end(rec_view *v)
 
 /* The lock that serialises read-modify-writes of one record (a PATCH reads the row, merges and
  * writes it back; two at once must not lose a field). Taken before the pp lock. */
-static pthread_mutex_t *rec_stripe(pp_envs_t *p, const char *env, const char *set, const char *id)
+static uint32_t rec_hash(const char *env, const char *set, const char *id)
 {
     uint32_t h = 2166136261u; /* FNV-1a */
     const char *parts[3] = {env, set, id};
@@ -798,7 +798,36 @@ static pthread_mutex_t *rec_stripe(pp_envs_t *p, const char *env, const char *se
             h = (h ^ (uint32_t)tolower(*c)) * 16777619u;
         h = (h ^ 0xffu) * 16777619u;
     }
-    return &p->rec_stripes[h % PP_REC_STRIPES];
+    return h;
+}
+
+static pthread_mutex_t *rec_stripe(pp_envs_t *p, const char *env, const char *set, const char *id)
+{
+    return &p->rec_stripes[rec_hash(env, set, id) % PP_REC_STRIPES];
+}
+
+/* The open batch of record writes changed this row (store lock held, batched holder). */
+static void rec_dirty_mark(pp_envs_t *p, const char *env, const char *set, const char *id)
+{
+    uint64_t b = emu_store_open_batch(p->store);
+    if (!b)
+        return;
+    if (p->dirty_batch != b) { /* the rows of earlier batches are committed or gone */
+        memset(p->dirty_bits, 0, sizeof p->dirty_bits);
+        p->dirty_batch = b;
+    }
+    uint32_t bit = rec_hash(env, set, id) % 4096u;
+    p->dirty_bits[bit / 64] |= (uint64_t)1 << (bit % 64);
+}
+
+/* May the open batch have changed this row? (store lock held, batched holder) */
+static bool rec_dirty(const pp_envs_t *p, const char *env, const char *set, const char *id)
+{
+    uint64_t b = emu_store_open_batch(p->store);
+    if (!b || p->dirty_batch != b)
+        return false;
+    uint32_t bit = rec_hash(env, set, id) % 4096u;
+    return (p->dirty_bits[bit / 64] >> (bit % 64)) & 1;
 }
 
 /* Frees a row's plaintext (NULL is a no-op), wiping it first. */
@@ -823,7 +852,11 @@ static pp_env_status row_open(pp_envs_t *p, const rec_view *v, const char *set, 
     pp_env_status rs = PP_ENV_OK;
     *pt = NULL;
     *ptl = 0;
-    sqlite3 *db = emu_store_lock_batched(p->store); /* reads the open batch, no commit */
+    /* reads the open batch, no commit; it depends on the batch only if the batch changed the
+     * row (the answer or the merge may then carry what the batch would lose if it failed) */
+    sqlite3 *db = emu_store_lock_batched_read(p->store);
+    if (rec_dirty(p, v->env_id, set, id))
+        emu_store_read_batch(p->store);
     sqlite3_stmt *st = rec_stmt(p, db, REC_STMT_READ);
     if (st) {
         sqlite3_bind_text(st, 1, v->env_id, -1, SQLITE_STATIC);
@@ -925,6 +958,8 @@ static pp_env_status rec_store(pp_envs_t *p, const char *set, const rec_view *v,
             sqlite3_bind_text(st, 3, id, -1, SQLITE_STATIC);
             sqlite3_bind_blob(st, 4, blob, (int)blen, SQLITE_STATIC);
             src = sqlite3_step(st);
+            if (src == SQLITE_DONE)
+                rec_dirty_mark(p, v->env_id, set, id);
         }
         rec_stmt_done(st);
         emu_store_unlock(p->store);
