@@ -59,6 +59,15 @@
 #define HSM_MAX_EXP_BYTES 8           /* public exponent fits an unsigned long */
 #define HSM_MAX_LABEL 200             /* CKA_LABEL of keys */
 #define HSM_PIN_MAX 256               /* PIN buffer incl. NUL */
+
+/* The policy of every RSA private key the emulator makes (generated, imported, unwrapped from
+ * a backup or a sealed blob): private and sensitive, extractable only wrapped (backup,
+ * sealing), for decrypt, unwrap and sign. tok and yes point to CK_BBOOLs. */
+#define RSA_PRIVATE_KEY_POLICY(tok, yes)                                                        \
+    {CKA_TOKEN, (tok), sizeof(CK_BBOOL)}, {CKA_PRIVATE, (yes), sizeof(CK_BBOOL)},              \
+        {CKA_SENSITIVE, (yes), sizeof(CK_BBOOL)}, {CKA_EXTRACTABLE, (yes), sizeof(CK_BBOOL)},  \
+        {CKA_DECRYPT, (yes), sizeof(CK_BBOOL)}, {CKA_UNWRAP, (yes), sizeof(CK_BBOOL)},          \
+        {CKA_SIGN, (yes), sizeof(CK_BBOOL)}
 #define HSM_RELOAD_AFTER_DEFAULT 1000 /* destroyed objects between module reloads */
 #define HSM_HEAL_INTERVAL 5           /* seconds between healing reloads at most */
 #define HSM_PIN_RANDOM_BYTES 16       /* generated PINs: 32 hex characters */
@@ -1505,13 +1514,7 @@ static hsm_status blob_unwrap(hsm_t *h, CK_SESSION_HANDLE s, kek_kind kind, cons
     CK_ATTRIBUTE t[] = {
         {CKA_CLASS, &cls, sizeof(cls)},
         {CKA_KEY_TYPE, &kt, sizeof(kt)},
-        {CKA_TOKEN, &on_token, sizeof(on_token)},
-        {CKA_PRIVATE, &yes, sizeof(yes)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)},
-        {CKA_EXTRACTABLE, &yes, sizeof(yes)},
-        {CKA_DECRYPT, &yes, sizeof(yes)},
-        {CKA_UNWRAP, &yes, sizeof(yes)},
-        {CKA_SIGN, &yes, sizeof(yes)},
+        RSA_PRIVATE_KEY_POLICY(&on_token, &yes),
         {CKA_ID, (void *)id, HSM_ID_LEN},
         {CKA_LABEL, (void *)label, label ? strlen(label) : 0},
     };
@@ -2281,13 +2284,7 @@ static hsm_status op_rsa_generate(hsm_t *h, unsigned bits, unsigned long public_
         {CKA_LABEL, (void *)label, llen},
     };
     CK_ATTRIBUTE priv_t[] = {
-        {CKA_TOKEN, &on_token, sizeof(on_token)},
-        {CKA_PRIVATE, &yes, sizeof(yes)},
-        {CKA_SENSITIVE, &yes, sizeof(yes)},
-        {CKA_EXTRACTABLE, &yes, sizeof(yes)},
-        {CKA_DECRYPT, &yes, sizeof(yes)},
-        {CKA_UNWRAP, &yes, sizeof(yes)},
-        {CKA_SIGN, &yes, sizeof(yes)},
+        RSA_PRIVATE_KEY_POLICY(&on_token, &yes),
         {CKA_ID, id, sizeof(id)},
         {CKA_LABEL, (void *)label, llen},
     };
@@ -2453,13 +2450,7 @@ static hsm_status op_rsa_import(hsm_t *h, const hsm_rsa_components *c, const cha
         CK_ATTRIBUTE t[] = {
             {CKA_CLASS, &cls, sizeof(cls)},
             {CKA_KEY_TYPE, &kt, sizeof(kt)},
-            {CKA_TOKEN, &on_token, sizeof(on_token)},
-            {CKA_PRIVATE, &yes, sizeof(yes)},
-            {CKA_SENSITIVE, &yes, sizeof(yes)},
-            {CKA_EXTRACTABLE, &yes, sizeof(yes)},
-            {CKA_DECRYPT, &yes, sizeof(yes)},
-            {CKA_UNWRAP, &yes, sizeof(yes)},
-            {CKA_SIGN, &yes, sizeof(yes)},
+            RSA_PRIVATE_KEY_POLICY(&on_token, &yes),
             {CKA_ID, id, sizeof(id)},
             {CKA_MODULUS, buf[N], len[N]},
             {CKA_PUBLIC_EXPONENT, buf[E], len[E]},

@@ -1828,8 +1828,14 @@ static size_t bt_header(char *buf, size_t size, size_t n, void *ud)
 {
     bt_headers *h = ud;
     size_t len = size * n;
-    if (len > 12 && !strncasecmp(buf, "Retry-After:", 12))
-        snprintf(h->retry_after, sizeof h->retry_after, "%.*s", (int)(len - 12), buf + 12);
+    if (len > 12 && !strncasecmp(buf, "Retry-After:", 12)) { /* the value, trimmed */
+        size_t b = 12, e = len;
+        while (b < e && buf[b] == ' ')
+            b++;
+        while (e > b && (buf[e - 1] == '\r' || buf[e - 1] == '\n' || buf[e - 1] == ' '))
+            e--;
+        snprintf(h->retry_after, sizeof h->retry_after, "%.*s", (int)(e - b), buf + b);
+    }
     if (len >= 10 && !strncasecmp(buf, "X-Written:", 10))
         h->written = true;
     return len;
@@ -1899,7 +1905,7 @@ static void store_batch_failure_over_http(void **state)
     emu_store_testing_refuse_commits(s, 1);
     assert_int_equal(bt_request(port, cert_path, &hd, body), 503);
     assert_false(hd.written); /* the handler's answer is gone, headers included */
-    assert_int_equal(atoi(hd.retry_after), 1);
+    assert_string_equal(hd.retry_after, "1");
     assert_non_null(strstr(body, "StoreUnavailable"));
     assert_int_equal(count_rows(s, "SELECT count(*) FROM bt"), 1);
 

@@ -1287,19 +1287,51 @@ static int bytes_within(const uint8_t *hay, size_t hay_len, const uint8_t *needl
 }
 
 /* Session and token objects of the token with this CKA_ID, seen by a raw session. */
+/* The objects (at most max) that match q, seen from session s. */
+static CK_ULONG raw_find(CK_FUNCTION_LIST *fl, CK_SESSION_HANDLE s, CK_ATTRIBUTE *q, CK_ULONG nq,
+                         CK_OBJECT_HANDLE *found, CK_ULONG max)
+{
+    CK_ULONG got = 0;
+    assert_int_equal(fl->C_FindObjectsInit(s, q, nq), CKR_OK);
+    assert_int_equal(fl->C_FindObjects(s, found, max, &got), CKR_OK);
+    assert_int_equal(fl->C_FindObjectsFinal(s), CKR_OK);
+    return got;
+}
+
 static int raw_count_id(hsm_t *h, const uint8_t id[HSM_ID_LEN], CK_BBOOL on_token)
 {
     CK_FUNCTION_LIST *fl = hsm_testing_get_functions(h);
     CK_SESSION_HANDLE s = raw_session(fl);
     CK_ATTRIBUTE q[] = {{CKA_ID, (void *)id, HSM_ID_LEN}, {CKA_TOKEN, &on_token, sizeof(on_token)}};
     CK_OBJECT_HANDLE found[8];
-    CK_ULONG got = 0;
-
-    assert_int_equal(fl->C_FindObjectsInit(s, q, 2), CKR_OK);
-    assert_int_equal(fl->C_FindObjects(s, found, 8, &got), CKR_OK);
-    assert_int_equal(fl->C_FindObjectsFinal(s), CKR_OK);
+    CK_ULONG got = raw_find(fl, s, q, 2, found, 8);
     assert_int_equal(fl->C_CloseSession(s), CKR_OK);
     return (int)got;
+}
+
+/* The one private key object with this id (token or session object) carries the emulator's
+ * policy: private, sensitive, extractable only wrapped, for decrypt, unwrap and sign. */
+static void assert_private_key_policy(hsm_t *h, const uint8_t id[HSM_ID_LEN])
+{
+    CK_FUNCTION_LIST *fl = hsm_testing_get_functions(h);
+    CK_SESSION_HANDLE s = raw_session(fl);
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE q[] = {{CKA_ID, (void *)id, HSM_ID_LEN}, {CKA_CLASS, &cls, sizeof(cls)}};
+    CK_OBJECT_HANDLE o[2];
+    assert_int_equal(raw_find(fl, s, q, 2, o, 2), 1);
+    CK_BBOOL v[6] = {0};
+    CK_ATTRIBUTE a[6] = {
+        {CKA_PRIVATE, &v[0], 1}, {CKA_SENSITIVE, &v[1], 1}, {CKA_EXTRACTABLE, &v[2], 1},
+        {CKA_DECRYPT, &v[3], 1}, {CKA_UNWRAP, &v[4], 1},    {CKA_SIGN, &v[5], 1},
+    };
+    assert_int_equal(fl->C_GetAttributeValue(s, o[0], a, 6), CKR_OK);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(v[i], CK_TRUE);
+    /* sensitive: its private exponent does not come out */
+    CK_BYTE d[512];
+    CK_ATTRIBUTE pd = {CKA_PRIVATE_EXPONENT, d, sizeof(d)};
+    assert_int_equal(fl->C_GetAttributeValue(s, o[0], &pd, 1), CKR_ATTRIBUTE_SENSITIVE);
+    assert_int_equal(fl->C_CloseSession(s), CKR_OK);
 }
 
 static void sign_and_check(hsm_t *h, const uint8_t id[HSM_ID_LEN])
@@ -1356,6 +1388,8 @@ static void hsm_sealed_key_lives_outside_the_token(void **state)
     assert_memory_equal(pt, msg, sizeof(msg));
     assert_int_equal(raw_count_id(f->h, id, CK_FALSE), 1); /* unsealed once, as a session object */
     assert_int_equal(raw_count_id(f->h, id, CK_TRUE), 0);
+    assert_private_key_policy(f->h, id);
+    assert_private_key_policy(f->h, f->k2048); /* and a token key */
     /* the listing (reconciliation's view of the token) does not see the live object */
     assert_int_equal(probe(f->h, id).found, 0);
     assert_int_equal(probe(f->h, NULL).count, before);
@@ -1421,6 +1455,7 @@ static void hsm_sealed_import_and_restore(void **state)
     ossl_encrypt(k.pkey, HSM_RSA_OAEP_SHA1, msg, sizeof(msg), ct, &ct_len);
     assert_int_equal(hsm_rsa_decrypt(f->h, id, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len), HSM_OK);
     assert_memory_equal(pt, msg, sizeof(msg));
+    assert_private_key_policy(f->h, id);
 
     /* backup of a sealed key, restored as another sealed key */
     assert_int_equal(hsm_key_export_wrapped(f->h, id, &backup, &backup_len), HSM_OK);
@@ -1433,6 +1468,7 @@ static void hsm_sealed_import_and_restore(void **state)
     assert_int_equal(hsm_rsa_decrypt(f->h, id2, HSM_RSA_OAEP_SHA1, ct, ct_len, pt, &pt_len),
                      HSM_OK);
     assert_memory_equal(pt, msg, sizeof(msg));
+    assert_private_key_policy(f->h, id2);
     /* a sealed blob does not restore as a backup */
     assert_int_equal(hsm_key_import_wrapped(f->h, sealed, sealed_len, "test/not-backup", id3),
                      HSM_ERR_DECRYPT);

@@ -157,18 +157,24 @@ static void resume_durable(void *arg, bool ok)
     MHD_resume_connection(s->conn);
 }
 
-static void run_slow(void *arg)
+/* Resumes the suspended connection once commit seq (0: none) is durable, now or from the
+ * store's sync thread, with the handler's answer or, if its batch failed, a 503. */
+static void resume_when_durable(conn_state *s, uint64_t seq)
 {
-    conn_state *s = arg;
-    uint64_t seq = run_route(s);
     if (seq) {
         emu_store_durability d = emu_store_when_durable(s->srv->cfg.store, seq, resume_durable, s);
         if (d == EMU_STORE_LATER)
-            return; /* the store's sync thread resumes the connection */
+            return;
         if (d == EMU_STORE_FAILED)
             answer_not_stored(s);
     }
     MHD_resume_connection(s->conn);
+}
+
+static void run_slow(void *arg)
+{
+    conn_state *s = arg;
+    resume_when_durable(s, run_route(s));
 }
 
 static void *delay_main(void *arg)
@@ -241,13 +247,8 @@ static enum MHD_Result dispatch(conn_state *s)
     }
     uint64_t seq = run_route(s);
     if (seq) {
-        /* suspended first: the sync thread may resume it at once */
-        MHD_suspend_connection(conn);
-        emu_store_durability d = emu_store_when_durable(srv->cfg.store, seq, resume_durable, s);
-        if (d == EMU_STORE_FAILED)
-            answer_not_stored(s);
-        if (d != EMU_STORE_LATER)
-            MHD_resume_connection(conn);
+        MHD_suspend_connection(conn); /* first: the sync thread may resume it at once */
+        resume_when_durable(s, seq);
         return MHD_YES;
     }
     return queue(s);

@@ -23,7 +23,8 @@ typedef struct {
     const emu_router *router;
     emu_workers *workers;
     /* When set, a handler's commits are acknowledged only once durable: the answer is held
-     * (connection suspended) until the store's group sync covers them. May be NULL. */
+     * (connection suspended) until the store's group sync covers them; if they were in a batch
+     * that failed to commit, the answer becomes 503 StoreUnavailable. May be NULL. */
     emu_store *store;
     /* Called once per answered request (any thread), after the response is final: the audit
      * log. May be NULL. */

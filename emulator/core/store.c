@@ -70,7 +70,8 @@ struct emu_store {
     uint64_t at_lock; /* under lock: `seq` when the current holder took the lock */
     bool batch_open;  /* under lock: a transaction of batched writes is open */
     bool batch_dirty; /* under lock: a batched holder changed rows in the open batch */
-    uint64_t batch_seq;      /* under lock: the number the open batch gets (seq + 1 at open) */
+    uint64_t batch_seq;      /* under lock: the number the open batch will commit as: one
+                                above `seq` when it opened */
     bool holder_batched;     /* under lock: the holder came through emu_store_lock_batched */
     bool holder_tracked;     /* under lock: ... through emu_store_lock_batched_read */
     bool holder_read_batch;  /* under lock: the tracked holder read a row of the open batch */
